@@ -1,0 +1,105 @@
+
+/*
+ * Copyright (C) The MDM module authors
+ */
+
+
+#ifndef _NGX_HTTP_MDM_H_INCLUDED_
+#define _NGX_HTTP_MDM_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+#include "ngx_http_mdm_message.h"
+
+
+/* The Redis Functions library version this module speaks. */
+#define NGX_HTTP_MDM_LIB_VERSION      "1"
+
+#define NGX_HTTP_MDM_CHECKIN          1
+#define NGX_HTTP_MDM_COMMAND          2
+#define NGX_HTTP_MDM_ENDPOINT         3      /* told apart by Content-Type */
+
+#define NGX_HTTP_MDM_UA_DECLINE       0
+#define NGX_HTTP_MDM_UA_ACCEPT        1
+
+#define NGX_HTTP_MDM_ID_TLS           1
+#define NGX_HTTP_MDM_ID_SIGNATURE     2
+#define NGX_HTTP_MDM_ID_HEADER        3
+#define NGX_HTTP_MDM_ID_AUTO          4
+
+#define NGX_HTTP_MDM_RETRY_AFTER      "5"
+
+
+typedef struct {
+    ngx_str_t                   addr;        /* unix:/path or ip:port */
+    ngx_str_t                   password;
+    ngx_int_t                   db;
+    ngx_msec_t                  timeout;
+    ngx_flag_t                  configured;
+} ngx_http_mdm_main_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                  endpoint;
+    ngx_array_t                *topics;      /* of ngx_str_t */
+    ngx_uint_t                  user_auth;
+    ngx_uint_t                  identity;
+    ngx_flag_t                  allow_rebind;
+    ngx_flag_t                  migration;
+    ngx_flag_t                  require_id_in_cert;
+    ngx_msec_t                  timeout;
+} ngx_http_mdm_loc_conf_t;
+
+
+/* Per-request state; also feeds the $mdm_* variables. */
+typedef struct {
+    mdm_message_t               msg;
+    ngx_str_t                   enrollment_id;
+    ngx_str_t                   message_type;
+    ngx_str_t                   error;
+    ngx_str_t                   status;
+    ngx_str_t                   command_uuid;
+    ngx_str_t                   request_type;
+    ngx_str_t                   body;
+    u_char                      cert_sha256[65];
+    time_t                      cert_not_after;
+    ngx_uint_t                  kind;        /* mdm_msg_kind_e */
+} ngx_http_mdm_ctx_t;
+
+
+typedef void (*ngx_http_mdm_reply_pt)(ngx_http_request_t *r,
+    redisReply *reply);
+
+
+extern ngx_module_t  ngx_http_mdm_module;
+
+
+/* handler: request -> identity -> message -> store -> response */
+ngx_int_t ngx_http_mdm_handler(ngx_http_request_t *r);
+void ngx_http_mdm_respond(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *ct, u_char *body, size_t len);
+void ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason);
+
+/* identity */
+ngx_int_t ngx_http_mdm_identify(ngx_http_request_t *r,
+    ngx_http_mdm_ctx_t *ctx, const char **reason);
+
+/* store: one FCALL per device request */
+ngx_int_t ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx);
+
+/* redis */
+ngx_int_t ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle);
+void ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_mdm_redis_ready(void);
+ngx_int_t ngx_http_mdm_redis_call(ngx_http_request_t *r, int argc,
+    const char **argv, const size_t *argvlen, ngx_msec_t timeout,
+    ngx_http_mdm_reply_pt handler);
+
+
+#endif /* _NGX_HTTP_MDM_H_INCLUDED_ */

@@ -1,0 +1,426 @@
+
+/*
+ * Copyright (C) The MDM module authors
+ *
+ * Directives, configuration, variables and the process hooks.
+ */
+
+
+#include "ngx_http_mdm.h"
+
+
+static ngx_int_t ngx_http_mdm_add_variables(ngx_conf_t *cf);
+static void *ngx_http_mdm_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_mdm_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_mdm_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_mdm_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_mdm_cert_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_mdm_init_process(ngx_cycle_t *cycle);
+static void ngx_http_mdm_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_http_mdm_user_auth[] = {
+    { ngx_string("decline"), NGX_HTTP_MDM_UA_DECLINE },
+    { ngx_string("accept"), NGX_HTTP_MDM_UA_ACCEPT },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_mdm_commands[] = {
+
+    { ngx_string("mdm_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_mdm_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("mdm_checkin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_mdm_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_MDM_CHECKIN,
+      NULL },
+
+    { ngx_string("mdm_command"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_mdm_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_MDM_COMMAND,
+      NULL },
+
+    { ngx_string("mdm_endpoint"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_mdm_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_MDM_ENDPOINT,
+      NULL },
+
+    { ngx_string("mdm_topic"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_str_array_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mdm_loc_conf_t, topics),
+      NULL },
+
+    { ngx_string("mdm_user_authenticate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mdm_loc_conf_t, user_auth),
+      &ngx_http_mdm_user_auth },
+
+    { ngx_string("mdm_allow_rebind"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mdm_loc_conf_t, allow_rebind),
+      NULL },
+
+    { ngx_string("mdm_migration"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mdm_loc_conf_t, migration),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_mdm_module_ctx = {
+    ngx_http_mdm_add_variables,            /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_mdm_create_main_conf,         /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_mdm_create_loc_conf,          /* create location configuration */
+    ngx_http_mdm_merge_loc_conf            /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_mdm_module = {
+    NGX_MODULE_V1,
+    &ngx_http_mdm_module_ctx,              /* module context */
+    ngx_http_mdm_commands,                 /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_mdm_init_process,             /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_mdm_exit_process,             /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_mdm_vars[] = {
+
+    { ngx_string("mdm_enrollment_id"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, enrollment_id), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
+    { ngx_string("mdm_message_type"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, message_type), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
+    { ngx_string("mdm_error"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, error), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("mdm_status"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, status), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("mdm_command_uuid"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, command_uuid), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
+    { ngx_string("mdm_request_type"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, request_type), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
+    { ngx_string("mdm_cert_sha256"), NULL, ngx_http_mdm_cert_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_int_t
+ngx_http_mdm_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_mdm_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mdm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    ngx_str_t           *s;
+    ngx_http_mdm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    s = (ngx_str_t *) ((char *) ctx + data);
+
+    if (s->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = s->len;
+    v->data = s->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mdm_cert_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_mdm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
+    if (ctx == NULL || ctx->cert_sha256[0] == '\0') {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = 64;
+    v->data = ctx->cert_sha256;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_mdm_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_mdm_main_conf_t  *mmcf;
+
+    mmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_mdm_main_conf_t));
+    if (mmcf == NULL) {
+        return NULL;
+    }
+
+    mmcf->timeout = 3000;
+
+    return mmcf;
+}
+
+
+static void *
+ngx_http_mdm_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_mdm_loc_conf_t  *mlcf;
+
+    mlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_mdm_loc_conf_t));
+    if (mlcf == NULL) {
+        return NULL;
+    }
+
+    mlcf->topics = NGX_CONF_UNSET_PTR;
+    mlcf->user_auth = NGX_CONF_UNSET_UINT;
+    mlcf->identity = NGX_CONF_UNSET_UINT;
+    mlcf->allow_rebind = NGX_CONF_UNSET;
+    mlcf->migration = NGX_CONF_UNSET;
+    mlcf->require_id_in_cert = NGX_CONF_UNSET;
+
+    return mlcf;
+}
+
+
+static char *
+ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_mdm_loc_conf_t  *prev = parent;
+    ngx_http_mdm_loc_conf_t  *conf = child;
+
+    ngx_http_mdm_main_conf_t  *mmcf;
+
+    ngx_conf_merge_ptr_value(conf->topics, prev->topics, NULL);
+    ngx_conf_merge_uint_value(conf->user_auth, prev->user_auth,
+                              NGX_HTTP_MDM_UA_DECLINE);
+    ngx_conf_merge_uint_value(conf->identity, prev->identity,
+                              NGX_HTTP_MDM_ID_TLS);
+    ngx_conf_merge_value(conf->allow_rebind, prev->allow_rebind, 0);
+    ngx_conf_merge_value(conf->migration, prev->migration, 0);
+    ngx_conf_merge_value(conf->require_id_in_cert, prev->require_id_in_cert,
+                         0);
+
+    if (conf->endpoint == 0) {
+        return NGX_CONF_OK;
+    }
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_mdm_module);
+
+    if (!mmcf->configured) {
+        return "needs \"mdm_redis\" in the http block";
+    }
+
+    if (conf->topics == NULL) {
+        return "needs \"mdm_topic\": the push topics this server owns";
+    }
+
+    if (conf->migration) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "mdm: migration mode is ON: enrollments without "
+                           "a certificate binding bind on their next "
+                           "request; turn it off after the migration");
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* mdm_redis unix:/path | ip:port [timeout=3s] [password=..] [db=N] */
+
+static char *
+ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_mdm_main_conf_t  *mmcf = conf;
+
+    u_char      *p;
+    ngx_str_t   *value, s;
+    ngx_int_t    port;
+    ngx_uint_t   i;
+
+    if (mmcf->configured) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    mmcf->addr = value[1];
+
+    if (mmcf->addr.len > 5 && ngx_strncmp(mmcf->addr.data, "unix:", 5) == 0) {
+        /* a unix socket path */
+
+    } else {
+        p = ngx_strlchr(mmcf->addr.data, mmcf->addr.data + mmcf->addr.len,
+                        ':');
+        port = p ? ngx_atoi(p + 1, mmcf->addr.data + mmcf->addr.len - p - 1)
+                 : NGX_ERROR;
+
+        if (p == NULL || port < 1 || port > 65535
+            || ngx_inet_addr(mmcf->addr.data, p - mmcf->addr.data)
+               == INADDR_NONE)
+        {
+            /* hiredis would resolve a name with blocking getaddrinfo() */
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "mdm_redis: \"%V\" is not unix:/path or "
+                               "IPv4:port (names are not resolved)",
+                               &mmcf->addr);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+            mmcf->timeout = ngx_parse_time(&s, 0);
+            if (mmcf->timeout == (ngx_msec_t) NGX_ERROR
+                || mmcf->timeout == 0)
+            {
+                goto invalid;
+            }
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
+            mmcf->password.data = value[i].data + 9;
+            mmcf->password.len = value[i].len - 9;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            mmcf->db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (mmcf->db == NGX_ERROR) {
+                goto invalid;
+            }
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    mmcf->configured = 1;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "mdm_redis: invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_mdm_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_mdm_loc_conf_t  *mlcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (mlcf->endpoint) {
+        return "is duplicate";
+    }
+
+    mlcf->endpoint = cmd->offset;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_mdm_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_mdm_init_process(ngx_cycle_t *cycle)
+{
+    return ngx_http_mdm_redis_init_process(cycle);
+}
+
+
+static void
+ngx_http_mdm_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_mdm_redis_exit_process(cycle);
+}

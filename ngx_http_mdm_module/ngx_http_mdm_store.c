@@ -1,0 +1,310 @@
+
+/*
+ * Copyright (C) The MDM module authors
+ *
+ * One Redis Function call per device request (redis-scripts/mdm.lua does
+ * every read and write of it atomically), and the translation of its reply
+ * into the HTTP response.
+ *
+ * Reply of mdm_checkin / mdm_report: { status, kind, payload, reason,
+ * command uuid, request type }; kind is "" (empty body), "command" (payload
+ * is the command plist), "bootstrap" (payload is the raw token) or
+ * "digest" (an empty DigestChallenge).
+ */
+
+
+#include "ngx_http_mdm.h"
+
+
+#define NGX_HTTP_MDM_ARGS_MAX   (16 + 2 * MDM_KV_MAX)
+
+
+static void ngx_http_mdm_store_reply(ngx_http_request_t *r,
+    redisReply *reply);
+static u_char *ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e,
+    size_t *len);
+static ngx_int_t ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r,
+    u_char *token, size_t len, ngx_str_t *out);
+
+
+static ngx_str_t  ngx_http_mdm_xml = ngx_string("application/xml");
+
+static u_char  ngx_http_mdm_digest[] =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" "
+    "\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n"
+    "<plist version=\"1.0\">\n<dict>\n"
+    "\t<key>DigestChallenge</key>\n\t<string></string>\n"
+    "</dict>\n</plist>\n";
+
+
+ngx_int_t
+ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
+{
+    int                       argc, i;
+    u_char                   *p, *flags, *enr, *cert, *na;
+    size_t                    len[NGX_HTTP_MDM_ARGS_MAX];
+    const char               *argv[NGX_HTTP_MDM_ARGS_MAX];
+    mdm_message_t            *m;
+    ngx_http_mdm_loc_conf_t  *mlcf;
+    ngx_http_mdm_main_conf_t *mmcf;
+
+    m = &ctx->msg;
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_mdm_module);
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_mdm_module);
+
+    /* mdm:{D}:enr:E */
+    len[3] = sizeof("mdm:{}:enr:") - 1 + m->device_id_len
+             + m->enrollment_id_len;
+    enr = ngx_pnalloc(r->pool, len[3] + sizeof("mdm:cert:") - 1 + 64
+                               + 4 + NGX_INT64_LEN);
+    if (enr == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(enr, "mdm:{%*s}:enr:%*s", m->device_id_len, m->device_id,
+                    m->enrollment_id_len, m->enrollment_id);
+
+    cert = p;
+    p = ngx_sprintf(cert, "mdm:cert:%s", ctx->cert_sha256);
+    len[4] = p - cert;
+
+    flags = p;
+    if (mlcf->allow_rebind) {
+        *p++ = 'r';
+    }
+    if (mlcf->migration) {
+        *p++ = 'm';
+    }
+    if (mlcf->user_auth == NGX_HTTP_MDM_UA_ACCEPT) {
+        *p++ = 'a';
+    }
+    len[10] = p - flags;
+
+    na = p;
+    p = ngx_sprintf(na, "%T", ctx->cert_not_after);
+    len[11] = p - na;
+
+    argv[0] = "FCALL";
+    len[0] = 5;
+
+    if (m->type == MDM_MSG_REPORT) {
+        argv[1] = "mdm_report";
+        len[1] = sizeof("mdm_report") - 1;
+
+    } else {
+        argv[1] = "mdm_checkin";
+        len[1] = sizeof("mdm_checkin") - 1;
+    }
+
+    argv[2] = "3";
+    len[2] = 1;
+    argv[3] = (char *) enr;
+    argv[4] = (char *) cert;
+    argv[5] = "mdm:events";
+    len[5] = sizeof("mdm:events") - 1;
+    argv[6] = m->type_name;
+    len[6] = ngx_strlen(m->type_name);
+    argv[7] = m->enrollment_id;
+    len[7] = m->enrollment_id_len;
+    argv[8] = m->device_id;
+    len[8] = m->device_id_len;
+    argv[9] = m->channel;
+    len[9] = ngx_strlen(m->channel);
+    argv[10] = (char *) flags;
+    argv[11] = (char *) na;
+    argv[12] = (char *) ctx->cert_sha256;
+    len[12] = 64;
+    argc = 13;
+
+    if (m->type == MDM_MSG_REPORT) {
+        argv[argc] = m->status;
+        len[argc++] = m->status_len;
+        argv[argc] = m->command_uuid ? m->command_uuid : "";
+        len[argc++] = m->command_uuid_len;
+        argv[argc] = (char *) ctx->body.data;
+        len[argc++] = ctx->body.len;
+
+    } else {
+        for (i = 0; i < m->nkv; i++) {
+            argv[argc] = m->kv[i].key;
+            len[argc++] = ngx_strlen(m->kv[i].key);
+            argv[argc] = m->kv[i].val;
+            len[argc++] = m->kv[i].len;
+        }
+
+        if (m->type == MDM_MSG_AUTHENTICATE
+            || m->type == MDM_MSG_TOKEN_UPDATE)
+        {
+            argv[argc] = "Raw";
+            len[argc++] = 3;
+            argv[argc] = (char *) ctx->body.data;
+            len[argc++] = ctx->body.len;
+        }
+    }
+
+    return ngx_http_mdm_redis_call(r, argc, argv, len, mmcf->timeout,
+                                   ngx_http_mdm_store_reply);
+}
+
+
+static void
+ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
+{
+    size_t               n;
+    u_char              *payload, *reason;
+    ngx_str_t            body;
+    ngx_uint_t           status;
+    redisReply         **e;
+    ngx_http_mdm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
+
+    if (reply == NULL) {
+        ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                            "redis connection lost");
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        reason = ngx_http_mdm_copy(r, reply, &n);
+        ngx_http_mdm_refuse(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                            reason ? (char *) reason : "redis error");
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4
+        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+    {
+        ngx_http_mdm_refuse(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                            "unexpected reply from mdm.lua");
+        return;
+    }
+
+    e = reply->element;
+    status = (ngx_uint_t) e[0]->integer;
+
+    /* hiredis frees the reply when we return: copy what we keep */
+
+    if (reply->elements >= 6 && e[4]->len) {
+        ctx->command_uuid.data = ngx_http_mdm_copy(r, e[4],
+                                                   &ctx->command_uuid.len);
+        ctx->request_type.data = ngx_http_mdm_copy(r, e[5],
+                                                   &ctx->request_type.len);
+    }
+
+    if (status != NGX_HTTP_OK) {
+        reason = ngx_http_mdm_copy(r, e[3], &n);
+        ngx_http_mdm_refuse(r, status, reason ? (char *) reason : "refused");
+        return;
+    }
+
+    if (e[1]->len == 0) {
+        ngx_http_mdm_respond(r, NGX_HTTP_OK, NULL, NULL, 0);
+        return;
+    }
+
+    payload = ngx_http_mdm_copy(r, e[2], &n);
+    if (payload == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    switch (e[1]->str[0]) {
+
+    case 'c': /* command */
+        ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_xml, payload, n);
+        return;
+
+    case 'b': /* bootstrap */
+        if (n == 0) {
+            ngx_http_mdm_respond(r, NGX_HTTP_OK, NULL, NULL, 0);
+            return;
+        }
+
+        if (ngx_http_mdm_bootstrap_plist(r, payload, n, &body) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_xml, body.data,
+                             body.len);
+        return;
+
+    case 'd': /* digest */
+        ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_xml,
+                             ngx_http_mdm_digest,
+                             sizeof(ngx_http_mdm_digest) - 1);
+        return;
+
+    default:
+        ngx_http_mdm_refuse(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                            "unknown reply kind from mdm.lua");
+    }
+}
+
+
+/* A NUL-terminated copy of a string reply element in the request pool. */
+
+static u_char *
+ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e, size_t *len)
+{
+    u_char  *p;
+
+    *len = 0;
+
+    if (e->type != REDIS_REPLY_STRING && e->type != REDIS_REPLY_STATUS
+        && e->type != REDIS_REPLY_ERROR)
+    {
+        return NULL;
+    }
+
+    p = ngx_pnalloc(r->pool, e->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, e->str, e->len);
+    p[e->len] = '\0';
+    *len = e->len;
+
+    return p;
+}
+
+
+static ngx_int_t
+ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r, u_char *token,
+    size_t len, ngx_str_t *out)
+{
+    char      *xml;
+    plist_t    dict;
+    uint32_t   n;
+
+    dict = plist_new_dict();
+    if (dict == NULL) {
+        return NGX_ERROR;
+    }
+
+    plist_dict_set_item(dict, "BootstrapToken",
+                        plist_new_data((char *) token, len));
+
+    xml = NULL;
+    plist_to_xml(dict, &xml, &n);
+    plist_free(dict);
+
+    if (xml == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->data = ngx_pnalloc(r->pool, n);
+    if (out->data == NULL) {
+        free(xml);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(out->data, xml, n);
+    out->len = n;
+    free(xml);
+
+    return NGX_OK;
+}

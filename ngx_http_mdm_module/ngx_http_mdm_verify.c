@@ -1,0 +1,1116 @@
+/*
+ * Device identity verification (see ngx_http_mdm_verify.h).  nginx-free:
+ * plain C and OpenSSL, so the decoders can be unit-tested and fuzzed.
+ */
+
+/* timegm() */
+#define _DEFAULT_SOURCE
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "ngx_http_mdm_verify.h"
+
+
+/* Each cache set holds up to this many entries, replaced LRU-first. */
+#define MDM_CACHE_WAYS  8
+
+
+typedef struct {
+    unsigned char        key[32];      /* SHA-256 of the certificate DER */
+    time_t               not_before;   /* latest notBefore of the chain */
+    time_t               expires;      /* min(chain notAfter, added + ttl) */
+    uint64_t             used;         /* LRU tick, 0 = free slot */
+} mdm_cache_entry_t;
+
+
+struct mdm_verifier_s {
+    X509_STORE          *store;
+    STACK_OF(X509)      *untrusted;
+    mdm_cache_entry_t   *cache;
+    size_t               nsets;
+    size_t               ways;
+    uint64_t             tick;
+    time_t               ttl;
+    mdm_verify_stats_t   stats;
+    unsigned             method_ref:1;
+};
+
+
+/* Reads the body pieces in order without copying them first. */
+typedef struct {
+    const struct iovec  *iov;
+    int                  n;
+    int                  i;
+    size_t               off;
+} mdm_iov_reader_t;
+
+
+static int mdm_iov_read(BIO *b, char *out, size_t outl, size_t *readbytes);
+static long mdm_iov_ctrl(BIO *b, int cmd, long num, void *ptr);
+static BIO *mdm_iov_bio(mdm_iov_reader_t *r, const struct iovec *iov, int n);
+static int mdm_b64_decode(const unsigned char *in, size_t len,
+    unsigned char **out, size_t *outlen);
+static int mdm_url_unescape(const unsigned char *in, size_t len,
+    unsigned char **out, size_t *outlen);
+static int mdm_load_intermediates(mdm_verifier_t *v, const char *file,
+    char *err, size_t errlen);
+static int mdm_chain(mdm_verifier_t *v, X509 *cert,
+    STACK_OF(X509) *extra, time_t now, const char **reason);
+static int mdm_chain_build(mdm_verifier_t *v, X509 *cert,
+    STACK_OF(X509) *extra, time_t now, time_t *not_before,
+    time_t *not_after, const char **reason);
+static const char *mdm_chain_reason(int err, int depth);
+static mdm_cache_entry_t *mdm_cache_set(mdm_verifier_t *v,
+    const unsigned char *key);
+static int mdm_cache_lookup(mdm_verifier_t *v, const unsigned char *key,
+    time_t now);
+static void mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key,
+    time_t now, time_t not_before, time_t not_after);
+static time_t mdm_asn1_time(const ASN1_TIME *t);
+static int mdm_digest_allowed(CMS_SignerInfo *si);
+static int mdm_fail(const char **reason, const char *text);
+
+
+/*
+ * One BIO_METHOD shared by all verifiers of the process: BIO type indexes
+ * are a small global resource, and a master process that re-creates its
+ * verifiers on every reload must not use up one each time.
+ */
+static BIO_METHOD  *mdm_iov_method;
+static unsigned     mdm_iov_method_users;
+
+
+mdm_verifier_t *
+mdm_verifier_create(const char *ca_file, const char *intermediates_file,
+    size_t cache_size, char *err, size_t errlen)
+{
+    int              n;
+    mdm_verifier_t  *v;
+    unsigned long    e;
+
+    if (errlen) {
+        err[0] = '\0';
+    }
+
+    v = calloc(1, sizeof(mdm_verifier_t));
+    if (v == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+
+    v->ttl = MDM_VERIFY_DEFAULT_TTL;
+
+    if (mdm_iov_method == NULL) {
+        n = BIO_get_new_index();
+        if (n == -1) {
+            snprintf(err, errlen, "BIO_get_new_index() failed");
+            goto failed;
+        }
+
+        mdm_iov_method = BIO_meth_new(n | BIO_TYPE_SOURCE_SINK,
+                                      "mdm body");
+        if (mdm_iov_method == NULL
+            || !BIO_meth_set_read_ex(mdm_iov_method, mdm_iov_read)
+            || !BIO_meth_set_ctrl(mdm_iov_method, mdm_iov_ctrl))
+        {
+            snprintf(err, errlen, "BIO_meth_new() failed");
+            BIO_meth_free(mdm_iov_method);
+            mdm_iov_method = NULL;
+            goto failed;
+        }
+    }
+
+    mdm_iov_method_users++;
+    v->method_ref = 1;
+
+    v->store = X509_STORE_new();
+    if (v->store == NULL) {
+        snprintf(err, errlen, "X509_STORE_new() failed");
+        goto failed;
+    }
+
+    if (ca_file == NULL || !X509_STORE_load_file(v->store, ca_file)) {
+        e = ERR_peek_last_error();
+        snprintf(err, errlen, "cannot load CA file \"%s\": %s",
+                 ca_file ? ca_file : "(none)",
+                 e ? ERR_reason_error_string(e) : "no file");
+        goto failed;
+    }
+
+    /*
+     * Every certificate of the CA file is an anchor, so that the file may
+     * hold the issuing (intermediate) CA alone.
+     */
+    X509_STORE_set_flags(v->store, X509_V_FLAG_PARTIAL_CHAIN);
+
+    if (intermediates_file
+        && mdm_load_intermediates(v, intermediates_file, err, errlen) != 0)
+    {
+        goto failed;
+    }
+
+    if (cache_size) {
+        v->ways = cache_size < MDM_CACHE_WAYS ? cache_size : MDM_CACHE_WAYS;
+        v->nsets = (cache_size + v->ways - 1) / v->ways;
+        v->cache = calloc(v->nsets * v->ways, sizeof(mdm_cache_entry_t));
+        if (v->cache == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto failed;
+        }
+    }
+
+    ERR_clear_error();
+    return v;
+
+failed:
+
+    mdm_verifier_free(v);
+    ERR_clear_error();
+    return NULL;
+}
+
+
+void
+mdm_verifier_free(mdm_verifier_t *v)
+{
+    if (v == NULL) {
+        return;
+    }
+
+    if (v->method_ref && --mdm_iov_method_users == 0) {
+        BIO_meth_free(mdm_iov_method);
+        mdm_iov_method = NULL;
+    }
+
+    X509_STORE_free(v->store);
+    sk_X509_pop_free(v->untrusted, X509_free);
+    free(v->cache);
+    free(v);
+}
+
+
+void
+mdm_verifier_set_cache_ttl(mdm_verifier_t *v, time_t ttl)
+{
+    v->ttl = ttl;
+}
+
+
+void
+mdm_verifier_get_stats(mdm_verifier_t *v, mdm_verify_stats_t *st)
+{
+    *st = v->stats;
+}
+
+
+static int
+mdm_load_intermediates(mdm_verifier_t *v, const char *file, char *err,
+    size_t errlen)
+{
+    BIO   *bio;
+    X509  *x;
+
+    bio = BIO_new_file(file, "r");
+    if (bio == NULL) {
+        snprintf(err, errlen, "cannot open intermediates file \"%s\"", file);
+        return -1;
+    }
+
+    v->untrusted = sk_X509_new_null();
+    if (v->untrusted == NULL) {
+        BIO_free(bio);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+
+    for ( ;; ) {
+        x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+        if (x == NULL) {
+            break;
+        }
+
+        if (!sk_X509_push(v->untrusted, x)) {
+            X509_free(x);
+            BIO_free(bio);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+
+    BIO_free(bio);
+
+    /* PEM_read_bio_X509() ends with "no start line" at the end of file. */
+    if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE
+        || sk_X509_num(v->untrusted) == 0)
+    {
+        snprintf(err, errlen, "no certificates in intermediates file \"%s\"",
+                 file);
+        return -1;
+    }
+
+    ERR_clear_error();
+    return 0;
+}
+
+
+int
+mdm_verify_signature(mdm_verifier_t *v, const unsigned char *b64, size_t len,
+    const struct iovec *body, int nbody, X509 **signer, const char **reason)
+{
+    int                         rc;
+    size_t                      derlen;
+    X509                       *cert;
+    BIO                        *content;
+    unsigned char              *der;
+    const unsigned char        *p;
+    CMS_ContentInfo            *cms;
+    CMS_SignerInfo             *si;
+    STACK_OF(X509)             *certs;
+    mdm_iov_reader_t            reader;
+    STACK_OF(CMS_SignerInfo)   *sinfos;
+
+    *signer = NULL;
+    cms = NULL;
+    certs = NULL;
+    content = NULL;
+    rc = -1;
+
+    if (len > MDM_VERIFY_MAX_SIGNATURE) {
+        return mdm_fail(reason, "signature too large");
+    }
+
+    if (mdm_b64_decode(b64, len, &der, &derlen) != 0) {
+        return mdm_fail(reason, "bad base64");
+    }
+
+    p = der;
+    cms = d2i_CMS_ContentInfo(NULL, &p, (long) derlen);
+
+    if (cms == NULL) {
+        mdm_fail(reason, "signature is not CMS");
+        goto done;
+    }
+
+    if (p != der + derlen) {
+        mdm_fail(reason, "trailing data after signature");
+        goto done;
+    }
+
+    if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
+        mdm_fail(reason, "signature is not CMS SignedData");
+        goto done;
+    }
+
+    if (CMS_is_detached(cms) != 1) {
+        mdm_fail(reason, "signature is not detached");
+        goto done;
+    }
+
+    sinfos = CMS_get0_SignerInfos(cms);
+
+    if (sk_CMS_SignerInfo_num(sinfos) < 1) {
+        mdm_fail(reason, "no signer");
+        goto done;
+    }
+
+    if (sk_CMS_SignerInfo_num(sinfos) > 1) {
+        mdm_fail(reason, "more than one signer");
+        goto done;
+    }
+
+    si = sk_CMS_SignerInfo_value(sinfos, 0);
+
+    if (!mdm_digest_allowed(si)) {
+        mdm_fail(reason, "unsupported digest algorithm");
+        goto done;
+    }
+
+    /* Only certificates carried in the signature may identify the signer. */
+    if (CMS_set1_signers_certs(cms, NULL, 0) < 0) {
+        mdm_fail(reason, "signer certificate not embedded");
+        goto done;
+    }
+
+    CMS_SignerInfo_get0_algs(si, NULL, &cert, NULL, NULL);
+
+    if (cert == NULL) {
+        mdm_fail(reason, "signer certificate not embedded");
+        goto done;
+    }
+
+    content = mdm_iov_bio(&reader, body, nbody);
+    if (content == NULL) {
+        mdm_fail(reason, "out of memory");
+        goto done;
+    }
+
+    /*
+     * CMS_BINARY: the body is hashed as is, no MIME canonicalisation.
+     * The chain is checked below with the TLS client purpose, not S/MIME.
+     */
+    if (CMS_verify(cms, NULL, NULL, content, NULL,
+                   CMS_DETACHED | CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY)
+        != 1)
+    {
+        mdm_fail(reason, "signature does not verify");
+        goto done;
+    }
+
+    certs = CMS_get1_certs(cms);
+
+    if (mdm_chain(v, cert, certs, time(NULL), reason) != 0) {
+        goto done;
+    }
+
+    if (!X509_up_ref(cert)) {
+        mdm_fail(reason, "out of memory");
+        goto done;
+    }
+
+    *signer = cert;
+    rc = 0;
+
+done:
+
+    BIO_free(content);
+    sk_X509_pop_free(certs, X509_free);
+    CMS_ContentInfo_free(cms);
+    OPENSSL_clear_free(der, derlen);
+    ERR_clear_error();
+
+    return rc;
+}
+
+
+static int
+mdm_digest_allowed(CMS_SignerInfo *si)
+{
+    X509_ALGOR         *alg;
+    const ASN1_OBJECT  *obj;
+
+    CMS_SignerInfo_get0_algs(si, NULL, NULL, &alg, NULL);
+
+    if (alg == NULL) {
+        return 0;
+    }
+
+    X509_ALGOR_get0(&obj, NULL, NULL, alg);
+
+    switch (OBJ_obj2nid(obj)) {
+    case NID_sha1:
+    case NID_sha224:
+    case NID_sha256:
+    case NID_sha384:
+    case NID_sha512:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+
+static BIO *
+mdm_iov_bio(mdm_iov_reader_t *r, const struct iovec *iov, int n)
+{
+    BIO  *b;
+
+    b = BIO_new(mdm_iov_method);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    r->iov = iov;
+    r->n = n > 0 ? n : 0;
+    r->i = 0;
+    r->off = 0;
+
+    BIO_set_data(b, r);
+    BIO_set_init(b, 1);
+
+    return b;
+}
+
+
+static int
+mdm_iov_read(BIO *b, char *out, size_t outl, size_t *readbytes)
+{
+    size_t             total, n;
+    mdm_iov_reader_t  *r;
+
+    r = BIO_get_data(b);
+    total = 0;
+
+    BIO_clear_retry_flags(b);
+
+    while (total < outl && r->i < r->n) {
+        n = r->iov[r->i].iov_len - r->off;
+
+        if (n == 0) {
+            r->i++;
+            r->off = 0;
+            continue;
+        }
+
+        if (n > outl - total) {
+            n = outl - total;
+        }
+
+        memcpy(out + total, (const char *) r->iov[r->i].iov_base + r->off, n);
+        r->off += n;
+        total += n;
+    }
+
+    *readbytes = total;
+
+    return total > 0;
+}
+
+
+static long
+mdm_iov_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    mdm_iov_reader_t  *r;
+
+    (void) num;
+    (void) ptr;
+
+    r = BIO_get_data(b);
+
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_EOF:
+        return r->i >= r->n;
+    default:
+        return 0;
+    }
+}
+
+
+int
+mdm_parse_forwarded_cert(const unsigned char *value, size_t len, X509 **cert,
+    const char **reason)
+{
+    int                   rc;
+    BIO                  *bio;
+    X509                 *x;
+    char                 *rest;
+    long                  nrest;
+    size_t                derlen, pemlen;
+    unsigned char        *buf;
+    const unsigned char  *p;
+
+    *cert = NULL;
+
+    if (len > MDM_VERIFY_MAX_FORWARDED) {
+        return mdm_fail(reason, "forwarded certificate too large");
+    }
+
+    /* Optional whitespace around a header field value. */
+    while (len && (value[0] == ' ' || value[0] == '\t')) {
+        value++;
+        len--;
+    }
+
+    while (len && (value[len - 1] == ' ' || value[len - 1] == '\t')) {
+        len--;
+    }
+
+    if (len == 0) {
+        return mdm_fail(reason, "empty forwarded certificate");
+    }
+
+    if (value[0] == ':') {
+
+        /* RFC 9440: a structured-field byte sequence of the DER. */
+
+        if (len < 2 || value[len - 1] != ':') {
+            return mdm_fail(reason, "bad RFC 9440 certificate");
+        }
+
+        if (mdm_b64_decode(value + 1, len - 2, &buf, &derlen) != 0) {
+            return mdm_fail(reason, "bad base64");
+        }
+
+        p = buf;
+        x = d2i_X509(NULL, &p, (long) derlen);
+        rc = 0;
+
+        if (x == NULL) {
+            rc = mdm_fail(reason, "bad DER certificate");
+
+        } else if (p != buf + derlen) {
+            X509_free(x);
+            rc = mdm_fail(reason, "trailing data after certificate");
+
+        } else {
+            *cert = x;
+        }
+
+        free(buf);
+        ERR_clear_error();
+        return rc;
+    }
+
+    /* nginx $ssl_client_escaped_cert: URL-escaped PEM. */
+
+    if (mdm_url_unescape(value, len, &buf, &pemlen) != 0) {
+        return mdm_fail(reason, "bad URL escape");
+    }
+
+    bio = BIO_new_mem_buf(buf, (int) pemlen);
+    if (bio == NULL) {
+        free(buf);
+        return mdm_fail(reason, "out of memory");
+    }
+
+    x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    rc = 0;
+
+    if (x == NULL) {
+        rc = mdm_fail(reason, "bad PEM certificate");
+
+    } else {
+        nrest = BIO_get_mem_data(bio, &rest);
+
+        while (nrest > 0 && (rest[nrest - 1] == '\n' || rest[nrest - 1] == '\r'
+                             || rest[nrest - 1] == ' '
+                             || rest[nrest - 1] == '\t'))
+        {
+            nrest--;
+        }
+
+        if (nrest > 0) {
+            X509_free(x);
+            rc = mdm_fail(reason, "trailing data after certificate");
+
+        } else {
+            *cert = x;
+        }
+    }
+
+    BIO_free(bio);
+    free(buf);
+    ERR_clear_error();
+
+    return rc;
+}
+
+
+/*
+ * Decodes %XX escapes; everything else is copied as is ("+" stays "+":
+ * nginx escapes a literal "+" as %2B, and base64 uses "+").
+ */
+static int
+mdm_url_unescape(const unsigned char *in, size_t len, unsigned char **out,
+    size_t *outlen)
+{
+    int             hi, lo;
+    size_t          i, n;
+    unsigned char  *buf;
+
+    buf = malloc(len + 1);
+    if (buf == NULL) {
+        return -1;
+    }
+
+    n = 0;
+
+    for (i = 0; i < len; i++) {
+        if (in[i] != '%') {
+            buf[n++] = in[i];
+            continue;
+        }
+
+        if (len - i < 3) {
+            goto failed;
+        }
+
+        hi = OPENSSL_hexchar2int(in[i + 1]);
+        lo = OPENSSL_hexchar2int(in[i + 2]);
+
+        if (hi < 0 || lo < 0) {
+            goto failed;
+        }
+
+        buf[n++] = (unsigned char) (hi << 4 | lo);
+        i += 2;
+    }
+
+    *out = buf;
+    *outlen = n;
+
+    return 0;
+
+failed:
+
+    free(buf);
+    return -1;
+}
+
+
+/*
+ * Standard base64 (RFC 4648 section 4) with optional padding; whitespace
+ * is ignored, anything else after the padding is an error.
+ */
+static int
+mdm_b64_decode(const unsigned char *in, size_t len, unsigned char **out,
+    size_t *outlen)
+{
+    int             decoded;
+    size_t          i, n, pad;
+    unsigned char   c, *clean, *buf;
+
+    if (len == 0) {
+        return -1;
+    }
+
+    clean = malloc(len + 3);
+    if (clean == NULL) {
+        return -1;
+    }
+
+    n = 0;
+    pad = 0;
+
+    for (i = 0; i < len; i++) {
+        c = in[i];
+
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            continue;
+        }
+
+        if (c == '=') {
+            pad++;
+            continue;
+        }
+
+        if (pad
+            || !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+                 || (c >= '0' && c <= '9') || c == '+' || c == '/'))
+        {
+            goto failed;
+        }
+
+        clean[n++] = c;
+    }
+
+    if (n == 0 || n % 4 == 1 || pad > 2 || (pad && (n + pad) % 4 != 0)) {
+        goto failed;
+    }
+
+    pad = (4 - n % 4) % 4;
+
+    for (i = 0; i < pad; i++) {
+        clean[n++] = '=';
+    }
+
+    buf = malloc(n / 4 * 3 + 1);
+    if (buf == NULL) {
+        goto failed;
+    }
+
+    decoded = EVP_DecodeBlock(buf, clean, (int) n);
+
+    if (decoded < 0 || (size_t) decoded < pad) {
+        free(buf);
+        goto failed;
+    }
+
+    free(clean);
+
+    *out = buf;
+    *outlen = (size_t) decoded - pad;
+
+    return 0;
+
+failed:
+
+    free(clean);
+    return -1;
+}
+
+
+int
+mdm_verify_chain(mdm_verifier_t *v, X509 *cert, time_t now,
+    const char **reason)
+{
+    return mdm_chain(v, cert, NULL, now, reason);
+}
+
+
+static int
+mdm_chain(mdm_verifier_t *v, X509 *cert, STACK_OF(X509) *extra, time_t now,
+    const char **reason)
+{
+    int            rc;
+    time_t         not_before, not_after;
+    unsigned int   n;
+    unsigned char  key[EVP_MAX_MD_SIZE];
+
+    if (v->cache) {
+        if (!X509_digest(cert, EVP_sha256(), key, &n) || n != 32) {
+            ERR_clear_error();
+            return mdm_fail(reason, "cannot hash certificate");
+        }
+
+        if (mdm_cache_lookup(v, key, now)) {
+            return 0;
+        }
+    }
+
+    rc = mdm_chain_build(v, cert, extra, now, &not_before, &not_after,
+                         reason);
+
+    if (rc == 0 && v->cache) {
+        mdm_cache_insert(v, key, now, not_before, not_after);
+    }
+
+    ERR_clear_error();
+
+    return rc;
+}
+
+
+static int
+mdm_chain_build(mdm_verifier_t *v, X509 *cert, STACK_OF(X509) *extra,
+    time_t now, time_t *not_before, time_t *not_after, const char **reason)
+{
+    int                  i, rc;
+    time_t               t;
+    X509                *x;
+    X509_STORE_CTX      *ctx;
+    STACK_OF(X509)      *untrusted, *chain;
+
+    untrusted = v->untrusted;
+
+    if (extra && sk_X509_num(extra) > 0) {
+        untrusted = v->untrusted ? sk_X509_dup(v->untrusted)
+                                 : sk_X509_new_null();
+        if (untrusted == NULL) {
+            return mdm_fail(reason, "out of memory");
+        }
+
+        for (i = 0; i < sk_X509_num(extra); i++) {
+            if (!sk_X509_push(untrusted, sk_X509_value(extra, i))) {
+                sk_X509_free(untrusted);
+                return mdm_fail(reason, "out of memory");
+            }
+        }
+    }
+
+    ctx = X509_STORE_CTX_new();
+
+    if (ctx == NULL || !X509_STORE_CTX_init(ctx, v->store, cert, untrusted)) {
+        rc = mdm_fail(reason, "out of memory");
+        goto done;
+    }
+
+    /* Also sets the trust to X509_TRUST_SSL_CLIENT. */
+    X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT);
+    X509_STORE_CTX_set_time(ctx, 0, now);
+
+    v->stats.chain_builds++;
+
+    if (X509_verify_cert(ctx) != 1) {
+        rc = mdm_fail(reason,
+                      mdm_chain_reason(X509_STORE_CTX_get_error(ctx),
+                                       X509_STORE_CTX_get_error_depth(ctx)));
+        goto done;
+    }
+
+    /* The cached result must not outlive any certificate of the chain. */
+
+    chain = X509_STORE_CTX_get0_chain(ctx);
+    *not_before = 0;
+    *not_after = (time_t) -1;
+    rc = 0;
+
+    for (i = 0; i < sk_X509_num(chain); i++) {
+        x = sk_X509_value(chain, i);
+
+        t = mdm_asn1_time(X509_get0_notBefore(x));
+        if (t == (time_t) -1) {
+            rc = mdm_fail(reason, "bad certificate validity");
+            break;
+        }
+
+        if (t > *not_before) {
+            *not_before = t;
+        }
+
+        t = mdm_asn1_time(X509_get0_notAfter(x));
+        if (t == (time_t) -1) {
+            rc = mdm_fail(reason, "bad certificate validity");
+            break;
+        }
+
+        if (*not_after == (time_t) -1 || t < *not_after) {
+            *not_after = t;
+        }
+    }
+
+done:
+
+    X509_STORE_CTX_free(ctx);
+
+    if (untrusted != v->untrusted) {
+        sk_X509_free(untrusted);
+    }
+
+    return rc;
+}
+
+
+static const char *
+mdm_chain_reason(int err, int depth)
+{
+    switch (err) {
+
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return depth ? "issuer certificate expired" : "certificate expired";
+
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return depth ? "issuer certificate not yet valid"
+                     : "certificate not yet valid";
+
+    case X509_V_ERR_INVALID_PURPOSE:
+        return "not for TLS client auth";
+
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_CERT_UNTRUSTED:
+        return "certificate not issued by a trusted CA";
+
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+        return "certificate signature does not verify";
+
+    default:
+        /* Static strings too, e.g. "invalid CA certificate". */
+        return X509_verify_cert_error_string(err);
+    }
+}
+
+
+static mdm_cache_entry_t *
+mdm_cache_set(mdm_verifier_t *v, const unsigned char *key)
+{
+    uint64_t  h;
+
+    /* The key is a cryptographic hash: its first bytes are uniform. */
+    memcpy(&h, key, sizeof(h));
+
+    return &v->cache[(h % v->nsets) * v->ways];
+}
+
+
+static int
+mdm_cache_lookup(mdm_verifier_t *v, const unsigned char *key, time_t now)
+{
+    size_t              i;
+    mdm_cache_entry_t  *set, *e;
+
+    set = mdm_cache_set(v, key);
+
+    for (i = 0; i < v->ways; i++) {
+        e = &set[i];
+
+        if (e->used == 0 || memcmp(e->key, key, sizeof(e->key)) != 0) {
+            continue;
+        }
+
+        if (now >= e->not_before && now < e->expires) {
+            e->used = ++v->tick;
+            v->stats.cache_hits++;
+            return 1;
+        }
+
+        e->used = 0;
+        v->stats.cache_entries--;
+        v->stats.cache_expired++;
+        return 0;
+    }
+
+    v->stats.cache_misses++;
+    return 0;
+}
+
+
+static void
+mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key, time_t now,
+    time_t not_before, time_t not_after)
+{
+    size_t              i;
+    time_t              expires;
+    mdm_cache_entry_t  *set, *e;
+
+    expires = now + v->ttl;
+    if (not_after < expires) {
+        expires = not_after;
+    }
+
+    if (expires <= now) {
+        return;
+    }
+
+    set = mdm_cache_set(v, key);
+    e = &set[0];
+
+    for (i = 0; i < v->ways; i++) {
+        if (set[i].used == 0
+            || memcmp(set[i].key, key, sizeof(set[i].key)) == 0)
+        {
+            e = &set[i];
+            break;
+        }
+
+        if (set[i].used < e->used) {
+            e = &set[i];
+        }
+    }
+
+    if (e->used == 0) {
+        v->stats.cache_entries++;
+
+    } else if (memcmp(e->key, key, sizeof(e->key)) != 0) {
+        v->stats.cache_evictions++;
+    }
+
+    memcpy(e->key, key, sizeof(e->key));
+    e->not_before = not_before;
+    e->expires = expires;
+    e->used = ++v->tick;
+}
+
+
+int
+mdm_cert_sha256_hex(X509 *cert, char out[65])
+{
+    static const char  hex[] = "0123456789abcdef";
+
+    unsigned int   i, n;
+    unsigned char  md[EVP_MAX_MD_SIZE];
+
+    if (!X509_digest(cert, EVP_sha256(), md, &n) || n != 32) {
+        ERR_clear_error();
+        out[0] = '\0';
+        return -1;
+    }
+
+    for (i = 0; i < n; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 0xf];
+    }
+
+    out[64] = '\0';
+
+    return 0;
+}
+
+
+time_t
+mdm_cert_not_after(X509 *cert)
+{
+    return mdm_asn1_time(X509_get0_notAfter(cert));
+}
+
+
+static time_t
+mdm_asn1_time(const ASN1_TIME *t)
+{
+    struct tm  tm;
+
+    memset(&tm, 0, sizeof(struct tm));
+
+    if (t == NULL || !ASN1_TIME_to_tm(t, &tm)) {
+        ERR_clear_error();
+        return (time_t) -1;
+    }
+
+    return timegm(&tm);
+}
+
+
+int
+mdm_cert_names_id(X509 *cert, const char *id, size_t idlen)
+{
+    int                     i, n, found;
+    unsigned char          *utf8;
+    X509_NAME              *name;
+    GENERAL_NAME           *gn;
+    ASN1_STRING            *s;
+    GENERAL_NAMES          *sans;
+    const unsigned char    *data;
+
+    found = 0;
+    name = X509_get_subject_name(cert);
+
+    for (i = -1; !found; ) {
+        i = X509_NAME_get_index_by_NID(name, NID_commonName, i);
+        if (i < 0) {
+            break;
+        }
+
+        s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+
+        n = ASN1_STRING_to_UTF8(&utf8, s);
+        if (n < 0) {
+            continue;
+        }
+
+        found = ((size_t) n == idlen && memcmp(utf8, id, idlen) == 0);
+        OPENSSL_free(utf8);
+    }
+
+    sans = found ? NULL
+                 : X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+
+    for (i = 0; !found && i < sk_GENERAL_NAME_num(sans); i++) {
+        gn = sk_GENERAL_NAME_value(sans, i);
+
+        switch (gn->type) {
+        case GEN_DNS:
+        case GEN_URI:
+        case GEN_EMAIL:
+            s = gn->d.ia5;
+            break;
+        default:
+            continue;
+        }
+
+        data = ASN1_STRING_get0_data(s);
+        found = ((size_t) ASN1_STRING_length(s) == idlen
+                 && memcmp(data, id, idlen) == 0);
+    }
+
+    GENERAL_NAMES_free(sans);
+    ERR_clear_error();
+
+    return found;
+}
+
+
+static int
+mdm_fail(const char **reason, const char *text)
+{
+    if (reason) {
+        *reason = text;
+    }
+
+    return -1;
+}

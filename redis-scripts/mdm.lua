@@ -1,0 +1,714 @@
+#!lua name=mdm
+
+--[[
+Redis Functions for the MDM server: the device path (called by the nginx
+module, one FCALL per request) and the admin API (redis-cli, mdmctl).
+Key space: KEYS.md next to this file. Load with:
+  redis-cli -x FUNCTION LOAD REPLACE < redis-scripts/mdm.lua
+Bump VERSION whenever a function's arguments or replies change; the module
+refuses to serve (503) against another version.
+]]
+
+local VERSION = '1'
+
+local RESULT_TTL = 604800          -- seconds; mdm:conf result_ttl overrides
+local EVENTS_MAXLEN = 100000       -- mdm:conf events_maxlen overrides
+local CERT_WARN_DAYS = 30          -- mdm:conf cert_warn_days overrides
+
+local FINISHED = { Acknowledged = true, Error = true,
+                   CommandFormatError = true }
+
+-- Apple check-in key -> enrollment hash field
+local FIELDS = {
+    Token = 'token', PushMagic = 'push_magic', UnlockToken = 'unlock_token',
+    AwaitingConfiguration = 'awaiting_configuration',
+    UserShortName = 'user_short_name', UserLongName = 'user_long_name',
+    NotOnConsole = 'not_on_console', SerialNumber = 'serial',
+    Model = 'model', ModelName = 'model_name', ProductName = 'product',
+    OSVersion = 'os_version', BuildVersion = 'build_version',
+    DeviceName = 'device_name', IMEI = 'imei', MEID = 'meid',
+}
+
+local AUTH_FIELDS = { 'serial', 'model', 'model_name', 'product',
+                      'os_version', 'build_version', 'device_name', 'imei',
+                      'meid' }
+
+-- keys ---------------------------------------------------------------------
+
+local function k_enr(d, e) return 'mdm:{' .. d .. '}:enr:' .. e end
+local function k_users(d) return 'mdm:{' .. d .. '}:users' end
+local function k_q(d, e) return 'mdm:{' .. d .. '}:q:' .. e end
+local function k_qi(d, e) return 'mdm:{' .. d .. '}:qi:' .. e end
+local function k_nn(d, e) return 'mdm:{' .. d .. '}:nn:' .. e end
+local function k_res(d, e, u) return 'mdm:{' .. d .. '}:res:' .. e .. ':' .. u end
+local function k_cmd(u) return 'mdm:cmd:' .. u end
+local function k_cmdt(u) return 'mdm:cmdt:' .. u end
+
+local function device_of(e) return string.match(e, '^[^:]+') end
+
+-- helpers ------------------------------------------------------------------
+
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function conf(field, default)
+    return tonumber(redis.call('HGET', 'mdm:conf', field)) or default
+end
+
+local function int(n) return string.format('%d', n) end
+
+local function event(fields)
+    redis.call('XADD', 'mdm:events', 'MAXLEN', '~',
+               conf('events_maxlen', EVENTS_MAXLEN), '*', unpack(fields))
+end
+
+-- queue item meta: status|notnow_count|notnow_ms|enqueue_ms|expires_ms
+local function meta_parse(s)
+    local st, c, nms, ems, xms =
+        string.match(s or '', '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    return st, tonumber(c) or 0, tonumber(nms) or 0, tonumber(ems) or 0,
+           tonumber(xms) or 0
+end
+
+local function meta(st, c, nms, ems, xms)
+    return st .. '|' .. int(c) .. '|' .. int(nms) .. '|' .. int(ems) .. '|'
+           .. int(xms)
+end
+
+-- One target fewer holds the command; the body goes with the last one.
+local function release(u, ttl)
+    local ck = k_cmd(u)
+    local refs = redis.call('HGET', ck, 'refs')
+    if not refs then
+        return
+    end
+    if tonumber(refs) <= 1 then
+        redis.call('DEL', ck)
+        redis.call('EXPIRE', k_cmdt(u), ttl)
+    else
+        redis.call('HINCRBY', ck, 'refs', -1)
+    end
+end
+
+local function store_result(d, e, u, status, raw, ms, rt, ttl, extra)
+    local rk = k_res(d, e, u)
+    redis.call('HSET', rk, 'status', status, 'ms', int(ms),
+               'raw', raw or '', 'request_type', rt or '')
+    if extra then
+        redis.call('HSET', rk, unpack(extra))
+    end
+    redis.call('EXPIRE', rk, ttl)
+end
+
+-- Takes an item out of a queue and records why (result status).
+local function finish_item(d, e, u, status, raw, ms, ttl)
+    local rt = redis.call('HGET', k_cmd(u), 'request_type')
+    redis.call('ZREM', k_q(d, e), u)
+    redis.call('HDEL', k_qi(d, e), u)
+    redis.call('SREM', k_nn(d, e), u)
+    release(u, ttl)
+    store_result(d, e, u, status, raw, ms, rt, ttl)
+end
+
+local function clear_queue(d, e, status, ms, ttl)
+    local q = k_q(d, e)
+    local uuids = redis.call('ZRANGE', q, 0, -1)
+    for _, u in ipairs(uuids) do
+        finish_item(d, e, u, status, '', ms, ttl)
+    end
+    redis.call('DEL', q, k_qi(d, e), k_nn(d, e))
+    return #uuids
+end
+
+-- The next command due: priority, then age; skips items answered NotNow in
+-- this session and drops expired ones with an Expired result.
+local function next_command(d, e, ms, ttl)
+    local q, qi, nn = k_q(d, e), k_qi(d, e), k_nn(d, e)
+    local skip = redis.call('EXISTS', nn) == 1
+    local start = 0
+    while true do
+        local uuids = redis.call('ZRANGE', q, start, start + 15)
+        if #uuids == 0 then
+            return nil
+        end
+        local removed = 0
+        for _, u in ipairs(uuids) do
+            if not skip or redis.call('SISMEMBER', nn, u) == 0 then
+                local st, c, nms, ems, xms = meta_parse(redis.call('HGET', qi, u))
+                local cmd = redis.call('HMGET', k_cmd(u), 'body',
+                                       'request_type')
+                if xms > 0 and xms <= ms then
+                    finish_item(d, e, u, 'Expired', '', ms, ttl)
+                    removed = removed + 1
+                elseif not cmd[1] then
+                    finish_item(d, e, u, 'Missing', '', ms, ttl)
+                    removed = removed + 1
+                else
+                    if st ~= 'Sent' then
+                        redis.call('HSET', qi, u, meta('Sent', c, nms, ems, xms))
+                    end
+                    return u, cmd[1], cmd[2]
+                end
+            end
+        end
+        start = start + #uuids - removed
+    end
+end
+
+local function has(flags, f) return string.find(flags, f, 1, true) ~= nil end
+
+local function seen(d, e, ms)
+    redis.call('HSET', k_enr(d, e), 'last_seen_ms', int(ms))
+    redis.call('ZADD', 'mdm:enrollments', ms, e)
+end
+
+--[[
+The certificate check every request but Authenticate passes: the device
+channel must be bound to this certificate. User channels ride on their
+device's binding. Returns nil when fine, else the reason.
+]]
+local function check_binding(d, sha, certkey, flags, ms)
+    local dk = k_enr(d, d)
+    local bound = redis.call('HGET', dk, 'cert')
+    if bound == sha then
+        return nil
+    end
+    local owner = redis.call('GET', certkey)
+    if owner and owner ~= d then
+        return 'certificate is bound to another device (' .. owner .. ')'
+    end
+    if not bound then
+        if has(flags, 'm') and not owner
+           and redis.call('EXISTS', dk) == 1 then
+            redis.call('HSET', dk, 'cert', sha)
+            redis.call('SET', certkey, d)
+            event({ 'type', 'MigrationBind', 'id', d, 'ms', int(ms),
+                    'cert', sha })
+            return nil
+        end
+        return 'device has not authenticated with this certificate'
+    end
+    return 'certificate is not the one bound to this device'
+end
+
+-- Records the certificate's expiry; an event when it enters the window.
+local function cert_expiry(d, not_after, ms)
+    if not_after <= 0 then
+        return
+    end
+    local dk = k_enr(d, d)
+    local warn = conf('cert_warn_days', CERT_WARN_DAYS) * 86400000
+    local expiring = (not_after * 1000 - ms) < warn
+    local was = redis.call('HGET', dk, 'cert_expiring')
+    if expiring and was ~= '1' then
+        redis.call('HSET', dk, 'cert_expiring', '1',
+                   'cert_not_after_ms', int(not_after * 1000))
+        event({ 'type', 'CertificateExpiring', 'id', d, 'ms', int(ms),
+                'not_after_ms', int(not_after * 1000) })
+    elseif not expiring and was ~= '0' then
+        redis.call('HSET', dk, 'cert_expiring', '0',
+                   'cert_not_after_ms', int(not_after * 1000))
+    end
+end
+
+local function refuse(status, reason)
+    return { status, '', '', reason, '', '' }
+end
+
+local OK = { 200, '', '', '', '', '' }
+
+-- device path ---------------------------------------------------------------
+
+--[[
+FCALL mdm_checkin 3 <enr key> <cert key> mdm:events
+      <MessageType> <E> <D> <channel> <flags> <cert not-after s> <cert sha256>
+      [<Apple key> <value>]...
+flags: r = allow re-Authenticate with another certificate, m = migration
+(bind unbound enrollments), a = accept UserAuthenticate.
+]]
+local function checkin(keys, args)
+    local mt, e, d, channel, flags = args[1], args[2], args[3], args[4], args[5]
+    local not_after, sha = tonumber(args[6]) or 0, args[7]
+    local enr, certkey = keys[1], keys[2]
+    local ms = now_ms()
+    local ttl = conf('result_ttl', RESULT_TTL)
+    local f = {}
+    for i = 8, #args - 1, 2 do
+        f[args[i]] = args[i + 1]
+    end
+
+    if mt == 'Authenticate' then
+        if e ~= d then
+            return refuse(400, 'Authenticate on a user channel')
+        end
+        local owner = redis.call('GET', certkey)
+        if owner and owner ~= d then
+            return refuse(403, 'certificate is bound to another device ('
+                               .. owner .. ')')
+        end
+        local old = redis.call('HMGET', enr, 'cert', 'enabled')
+        if old[1] and old[1] ~= sha and old[2] == '1'
+           and not has(flags, 'r') then
+            event({ 'type', 'RebindRefused', 'id', d, 'ms', int(ms),
+                    'cert', sha, 'bound', old[1] })
+            return refuse(403, 'enabled enrollment re-authenticated with '
+                               .. 'another certificate (mdm_allow_rebind off)')
+        end
+        if old[1] and old[1] ~= sha then
+            redis.call('DEL', 'mdm:cert:' .. old[1])
+        end
+        redis.call('SET', certkey, d)
+
+        -- a new enrollment starts clean: queues, user channels, tokens
+        for _, u in ipairs(redis.call('SMEMBERS', k_users(d))) do
+            clear_queue(d, u, 'Cleared', ms, ttl)
+            redis.call('HSET', k_enr(d, u), 'enabled', '0')
+        end
+        clear_queue(d, d, 'Cleared', ms, ttl)
+        redis.call('HDEL', enr, 'bootstrap_token', 'cert_expiring',
+                   unpack(AUTH_FIELDS))
+
+        local h = { 'type', channel, 'device', d, 'cert', sha, 'enabled', '0',
+                    'topic', f.Topic or '', 'authenticate_ms', int(ms),
+                    'raw_authenticate', f.Raw or '' }
+        for k, v in pairs(f) do
+            local field = FIELDS[k]
+            if field then
+                h[#h + 1] = field
+                h[#h + 1] = v
+            end
+        end
+        redis.call('HSET', enr, unpack(h))
+        cert_expiry(d, not_after, ms)
+        seen(d, e, ms)
+        event({ 'type', mt, 'id', e, 'ms', int(ms) })
+        return OK
+    end
+
+    local why = check_binding(d, sha, certkey, flags, ms)
+    if why then
+        return refuse(403, why)
+    end
+    cert_expiry(d, not_after, ms)
+
+    if mt == 'TokenUpdate' then
+        local h = { 'type', channel, 'device', d, 'enabled', '1',
+                    'token_update_ms', int(ms), 'raw_token_update', f.Raw }
+        for k, v in pairs(f) do
+            local field = FIELDS[k]
+            if field then
+                h[#h + 1] = field
+                h[#h + 1] = v
+            end
+        end
+        if e ~= d then
+            h[#h + 1] = 'user'
+            h[#h + 1] = string.sub(e, #d + 2)
+            redis.call('SADD', k_users(d), e)
+        end
+        h[#h + 1] = 'topic'
+        h[#h + 1] = f.Topic
+        redis.call('HSET', enr, unpack(h))
+        redis.call('HINCRBY', enr, 'token_updates', 1)
+        -- a fresh token supersedes what APNs said about the old one
+        redis.call('HDEL', enr, 'token_dead_ms', 'token_bad')
+
+    elseif mt == 'CheckOut' then
+        redis.call('HSET', enr, 'enabled', '0', 'checkout_ms', int(ms))
+        if e == d then
+            for _, u in ipairs(redis.call('SMEMBERS', k_users(d))) do
+                redis.call('HSET', k_enr(d, u), 'enabled', '0')
+            end
+        end
+
+    elseif mt == 'SetBootstrapToken' then
+        if e ~= d then
+            return refuse(400, 'SetBootstrapToken on a user channel')
+        end
+        if f.BootstrapToken and #f.BootstrapToken > 0 then
+            redis.call('HSET', enr, 'bootstrap_token', f.BootstrapToken)
+        else
+            redis.call('HDEL', enr, 'bootstrap_token')
+        end
+        if f.AwaitingConfiguration then
+            redis.call('HSET', enr, 'awaiting_configuration',
+                       f.AwaitingConfiguration)
+        end
+
+    elseif mt == 'GetBootstrapToken' then
+        seen(d, e, ms)
+        event({ 'type', mt, 'id', e, 'ms', int(ms) })
+        local t = redis.call('HGET', k_enr(d, d), 'bootstrap_token') or ''
+        return { 200, 'bootstrap', t, '', '', '' }
+
+    elseif mt == 'UserAuthenticate' then
+        if e == d then
+            return refuse(400, 'UserAuthenticate without UserID')
+        end
+        event({ 'type', mt, 'id', e, 'ms', int(ms) })
+        if not has(flags, 'a') then
+            return refuse(410, 'UserAuthenticate declined '
+                               .. '(mdm_user_authenticate decline)')
+        end
+        if f.DigestResponse then
+            return OK
+        end
+        return { 200, 'digest', '', '', '', '' }
+
+    else
+        return refuse(400, 'unsupported MessageType')
+    end
+
+    seen(d, e, ms)
+    event({ 'type', mt, 'id', e, 'ms', int(ms) })
+    return OK
+end
+
+--[[
+FCALL mdm_report 3 <enr key> <cert key> mdm:events
+      Report <E> <D> <channel> <flags> <cert not-after s> <cert sha256>
+      <Status> <CommandUUID> <raw body>
+Stores the report and returns the next command, atomically.
+]]
+local function report(keys, args)
+    local e, d, flags = args[2], args[3], args[5]
+    local not_after, sha = tonumber(args[6]) or 0, args[7]
+    local status, u, raw = args[8], args[9], args[10]
+    local enr, certkey = keys[1], keys[2]
+    local ms = now_ms()
+    local ttl = conf('result_ttl', RESULT_TTL)
+
+    local why = check_binding(d, sha, certkey, flags, ms)
+    if why then
+        return refuse(403, why)
+    end
+    if redis.call('EXISTS', enr) == 0 then
+        return refuse(403, 'no enrollment with this id; TokenUpdate first')
+    end
+    cert_expiry(d, not_after, ms)
+
+    local qi = k_qi(d, e)
+    local ev = { 'type', 'Report', 'id', e, 'ms', int(ms), 'status', status }
+
+    if status == 'Idle' then
+        -- a new session: NotNow'd items are due again
+        redis.call('DEL', k_nn(d, e))
+
+    elseif FINISHED[status] then
+        ev[#ev + 1] = 'uuid'
+        ev[#ev + 1] = u
+        if redis.call('HEXISTS', qi, u) == 1 then
+            finish_item(d, e, u, status, raw, ms, ttl)
+        elseif redis.call('EXISTS', k_res(d, e, u)) == 0 then
+            -- unknown or already finished: kept, marked, and tolerated
+            store_result(d, e, u, status, raw, ms, '', ttl, { 'unknown', '1' })
+            ev[#ev + 1] = 'unknown'
+            ev[#ev + 1] = '1'
+        end
+
+    elseif status == 'NotNow' then
+        ev[#ev + 1] = 'uuid'
+        ev[#ev + 1] = u
+        local m = redis.call('HGET', qi, u)
+        if m then
+            local _, c, _, ems, xms = meta_parse(m)
+            redis.call('HSET', qi, u, meta('NotNow', c + 1, ms, ems, xms))
+            redis.call('SADD', k_nn(d, e), u)
+        end
+    end
+
+    seen(d, e, ms)
+
+    local nu, body, rt = next_command(d, e, ms, ttl)
+    if nu then
+        ev[#ev + 1] = 'next'
+        ev[#ev + 1] = nu
+    end
+    event(ev)
+
+    if nu then
+        return { 200, 'command', body, '', nu, rt or '' }
+    end
+    return OK
+end
+
+-- admin API -----------------------------------------------------------------
+
+local function scan_command(body)
+    if not string.find(body, '<plist', 1, true) then
+        return nil, nil, 'the command is not an XML property list'
+    end
+    local u = string.match(body,
+        '<key>%s*CommandUUID%s*</key>%s*<string>%s*([^<]-)%s*</string>')
+    local rt = string.match(body,
+        '<key>%s*RequestType%s*</key>%s*<string>%s*([^<]-)%s*</string>')
+    if not u or u == '' then
+        return nil, nil, 'the command has no CommandUUID string'
+    end
+    if not string.match(u, '^[%w%-%._]+$') or #u > 128 then
+        return nil, nil, 'CommandUUID has invalid characters'
+    end
+    if not rt or rt == '' or not string.find(body, '<key>Command</key>', 1,
+                                             true) then
+        return nil, nil, 'the command has no Command.RequestType string'
+    end
+    return u, rt
+end
+
+local function push_request(e)
+    if redis.call('SADD', 'mdm:push:pending', e) == 1 then
+        redis.call('RPUSH', 'mdm:push:q', e)
+        return 1
+    end
+    return 0
+end
+
+local function enrolled(e)
+    local d = device_of(e)
+    return d and redis.call('EXISTS', k_enr(d, e)) == 1
+end
+
+--[[
+FCALL mdm_enqueue 0 <command plist> <priority 0-9> <expires s|0> <nopush 0|1>
+      <id>...
+Queues one command (stored once) for every id; all or nothing.
+Returns { CommandUUID, targets queued, push requests written }.
+]]
+local function enqueue(keys, args)
+    local body, prio, exp, nopush = args[1], tonumber(args[2]),
+                                    tonumber(args[3]), args[4]
+    if not body or #args < 5 then
+        return redis.error_reply('usage: mdm_enqueue 0 <plist> <priority> '
+                                 .. '<expires-seconds> <nopush> <id>...')
+    end
+    if not prio or prio < 0 or prio > 9 or prio % 1 ~= 0 then
+        return redis.error_reply('priority must be an integer 0-9')
+    end
+    if not exp or exp < 0 or exp % 1 ~= 0 then
+        return redis.error_reply('expiry must be whole seconds, 0 for none')
+    end
+    local u, rt, err = scan_command(body)
+    if not u then
+        return redis.error_reply(err)
+    end
+
+    local ck = k_cmd(u)
+    local existing = redis.call('HGET', ck, 'body')
+    if existing and existing ~= body then
+        return redis.error_reply('CommandUUID ' .. u
+                                 .. ' is already queued with another body')
+    end
+    local known = existing or redis.call('EXISTS', k_cmdt(u)) == 1
+
+    -- validate everything before writing anything
+    local seen_ids = {}
+    for i = 5, #args do
+        local e = args[i]
+        if seen_ids[e] then
+            return redis.error_reply('id ' .. e .. ' given twice')
+        end
+        seen_ids[e] = true
+        if not enrolled(e) then
+            return redis.error_reply('unknown enrollment id ' .. e)
+        end
+        if known and redis.call('SISMEMBER', k_cmdt(u), e) == 1 then
+            return redis.error_reply('CommandUUID ' .. u
+                                     .. ' was already queued for ' .. e)
+        end
+    end
+
+    local ms = now_ms()
+    local n = #args - 4
+    local seq = redis.call('INCR', 'mdm:seq')
+    local score = (9 - prio) * 1e13 + seq
+    local m = meta('Queued', 0, 0, ms, exp > 0 and ms + exp * 1000 or 0)
+    local pushes = 0
+
+    if existing then
+        redis.call('HINCRBY', ck, 'refs', n)
+    else
+        redis.call('HSET', ck, 'body', body, 'request_type', rt,
+                   'ms', int(ms), 'refs', n, 'priority', prio,
+                   'expires_ms', exp > 0 and int(ms + exp * 1000) or '0')
+    end
+    redis.call('PERSIST', k_cmdt(u))
+
+    for i = 5, #args do
+        local e = args[i]
+        local d = device_of(e)
+        redis.call('ZADD', k_q(d, e), score, u)
+        redis.call('HSET', k_qi(d, e), u, m)
+        redis.call('SADD', k_cmdt(u), e)
+        if nopush ~= '1' then
+            pushes = pushes + push_request(e)
+        end
+    end
+
+    event({ 'type', 'Enqueue', 'uuid', u, 'request_type', rt,
+            'targets', n, 'ms', int(ms) })
+    return { u, n, pushes }
+end
+
+-- FCALL mdm_push 0 <id>... : push requests only (coalesced).
+local function push(keys, args)
+    for _, e in ipairs(args) do
+        if not enrolled(e) then
+            return redis.error_reply('unknown enrollment id ' .. e)
+        end
+    end
+    local n = 0
+    for _, e in ipairs(args) do
+        n = n + push_request(e)
+    end
+    return n
+end
+
+-- FCALL_RO mdm_queue 0 <id> : { uuid, request_type, status, notnow_count,
+-- age_s, priority, expires_in_s }...
+local function queue(keys, args)
+    local e = args[1]
+    local d = device_of(e or '')
+    if not d then
+        return redis.error_reply('usage: mdm_queue 0 <id>')
+    end
+    local ms = now_ms()
+    local out = {}
+    for _, u in ipairs(redis.call('ZRANGE', k_q(d, e), 0, -1)) do
+        local st, c, _, ems, xms = meta_parse(redis.call('HGET', k_qi(d, e), u))
+        local cmd = redis.call('HMGET', k_cmd(u), 'request_type', 'priority')
+        out[#out + 1] = { u, cmd[1] or '', st or '', c,
+                          math.floor((ms - ems) / 1000), tonumber(cmd[2]) or 0,
+                          xms > 0 and math.floor((xms - ms) / 1000) or -1 }
+    end
+    return out
+end
+
+-- FCALL mdm_cancel 0 <id> <uuid> : 1 when the item was queued.
+local function cancel(keys, args)
+    local e, u = args[1], args[2]
+    local d = device_of(e or '')
+    if not d or not u then
+        return redis.error_reply('usage: mdm_cancel 0 <id> <uuid>')
+    end
+    if redis.call('HEXISTS', k_qi(d, e), u) == 0 then
+        return 0
+    end
+    local ms = now_ms()
+    finish_item(d, e, u, 'Canceled', '', ms, conf('result_ttl', RESULT_TTL))
+    event({ 'type', 'Cancel', 'id', e, 'uuid', u, 'ms', int(ms) })
+    return 1
+end
+
+-- FCALL mdm_clear 0 <id> : number of items removed.
+local function clear(keys, args)
+    local e = args[1]
+    local d = device_of(e or '')
+    if not d then
+        return redis.error_reply('usage: mdm_clear 0 <id>')
+    end
+    local ms = now_ms()
+    local n = clear_queue(d, e, 'Canceled', ms, conf('result_ttl', RESULT_TTL))
+    event({ 'type', 'Clear', 'id', e, 'count', n, 'ms', int(ms) })
+    return n
+end
+
+-- FCALL_RO mdm_result 0 <id> <uuid> : flat field/value list, or nil.
+local function result(keys, args)
+    local e, u = args[1], args[2]
+    local d = device_of(e or '')
+    if not d or not u then
+        return redis.error_reply('usage: mdm_result 0 <id> <uuid>')
+    end
+    local r = redis.call('HGETALL', k_res(d, e, u))
+    if #r == 0 then
+        local m = redis.call('HGET', k_qi(d, e), u)
+        if m then
+            local st, c = meta_parse(m)
+            return { 'status', st, 'notnow_count', int(c) }
+        end
+        return nil
+    end
+    return r
+end
+
+-- FCALL_RO mdm_command_status 0 <uuid> : { id, status }... for every target.
+local function command_status(keys, args)
+    local u = args[1]
+    if not u then
+        return redis.error_reply('usage: mdm_command_status 0 <uuid>')
+    end
+    local out = {}
+    for _, e in ipairs(redis.call('SMEMBERS', k_cmdt(u))) do
+        local d = device_of(e)
+        local st = redis.call('HGET', k_res(d, e, u), 'status')
+        if not st then
+            st = meta_parse(redis.call('HGET', k_qi(d, e), u)) or 'Unknown'
+        end
+        out[#out + 1] = { e, st }
+    end
+    return out
+end
+
+-- FCALL_RO mdm_enrollments 0 [offset] [count] : most recently seen first,
+-- { id, type, enabled, topic, last_seen_ms, queue_length }...
+local function enrollments(keys, args)
+    local off = tonumber(args[1]) or 0
+    local count = tonumber(args[2]) or 100
+    local out = {}
+    for _, e in ipairs(redis.call('ZREVRANGE', 'mdm:enrollments', off,
+                                  off + count - 1)) do
+        local d = device_of(e)
+        local h = redis.call('HMGET', k_enr(d, e), 'type', 'enabled', 'topic',
+                             'last_seen_ms')
+        out[#out + 1] = { e, h[1] or '', h[2] or '', h[3] or '', h[4] or '',
+                          redis.call('ZCARD', k_q(d, e)) }
+    end
+    return out
+end
+
+-- FCALL_RO mdm_enrollment 0 <id> : the enrollment hash; secrets and raw
+-- messages are shown by their length only.
+local SECRET = { unlock_token = true, bootstrap_token = true,
+                 raw_authenticate = true, raw_token_update = true }
+
+local function enrollment(keys, args)
+    local e = args[1]
+    local d = device_of(e or '')
+    if not d then
+        return redis.error_reply('usage: mdm_enrollment 0 <id>')
+    end
+    local h = redis.call('HGETALL', k_enr(d, e))
+    for i = 1, #h, 2 do
+        if SECRET[h[i]] then
+            h[i + 1] = '(' .. #h[i + 1] .. ' bytes)'
+        end
+    end
+    if #h > 0 then
+        h[#h + 1] = 'queue_length'
+        h[#h + 1] = tostring(redis.call('ZCARD', k_q(d, e)))
+        h[#h + 1] = 'users'
+        h[#h + 1] = table.concat(redis.call('SMEMBERS', k_users(d)), ' ')
+    end
+    return h
+end
+
+redis.register_function{ function_name = 'mdm_version',
+    callback = function() return VERSION end, flags = { 'no-writes' } }
+redis.register_function('mdm_checkin', checkin)
+redis.register_function('mdm_report', report)
+redis.register_function('mdm_enqueue', enqueue)
+redis.register_function('mdm_push', push)
+redis.register_function('mdm_cancel', cancel)
+redis.register_function('mdm_clear', clear)
+redis.register_function{ function_name = 'mdm_queue', callback = queue,
+    flags = { 'no-writes' } }
+redis.register_function{ function_name = 'mdm_result', callback = result,
+    flags = { 'no-writes' } }
+redis.register_function{ function_name = 'mdm_command_status',
+    callback = command_status, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'mdm_enrollments',
+    callback = enrollments, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'mdm_enrollment',
+    callback = enrollment, flags = { 'no-writes' } }
