@@ -1,0 +1,414 @@
+/*
+ * mdm-sim: command line, set-up and the event loop.
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+
+#include <openssl/rand.h>
+
+#include "mdm_sim.h"
+
+
+static const char  *sim_usage =
+"usage: mdm-sim [options]\n"
+"  -s, --scenario NAME     enroll | poll | cycle | mixed | static | enqueue\n"
+"  -n, --devices N         simulated devices (default 100)\n"
+"  -c, --connections N     devices talking at once (default N); fewer\n"
+"                          connections than devices rotate devices\n"
+"                          (a TLS handshake per switch)\n"
+"  -d, --duration SEC      stop starting sessions after SEC seconds\n"
+"      --requests N        stop after N requests\n"
+"      --sessions N        sessions per device (enroll: Authenticate +\n"
+"                          TokenUpdate; poll/cycle: Idle until a zero-byte\n"
+"                          reply); default: until --duration\n"
+"      --rate R            open loop: R session starts per second fleet-wide\n"
+"                          (latency counts from the scheduled start)\n"
+"      --think MS          pause of a device between its sessions\n"
+"      --timeout SEC       per request (default 10)\n"
+"      --connect HOST:PORT server (default 127.0.0.1:8443)\n"
+"      --server-name NAME  SNI and Host (default localhost)\n"
+"      --checkin-path P    default /mdm/checkin\n"
+"      --connect-path P    default /mdm/connect\n"
+"      --static-path P     default /static (static scenario)\n"
+"      --static-method M   PUT (default) or GET\n"
+"      --topic TOPIC       APNs topic in check-ins\n"
+"      --udid-prefix S     UDIDs are S followed by 8 hex digits\n"
+"      --ca-cert F --ca-key F   mint device identities from this CA\n"
+"      --certs DIR         keep minted identities in DIR (same certificates\n"
+"                          next run: the server binds them to the UDIDs)\n"
+"      --cert F --key F    load identities; %d in F is the device index\n"
+"      --signature         identify with Mdm-Signature, no TLS client cert\n"
+"      --no-unlock-token   TokenUpdate without UnlockToken\n"
+"      --mixed-checkin P   mixed: share of sessions opening with a\n"
+"                          TokenUpdate (default 0.2)\n"
+"      --redis ADDR        unix socket path or host:port, for enqueueing\n"
+"      --commands K        cycle/mixed: enqueue K commands to every device\n"
+"                          first (FCALL mdm_enqueue), then check each is\n"
+"                          acknowledged exactly once\n"
+"      --targets N         enqueue: time one mdm_enqueue to N ids\n"
+"      --json              machine-readable report on stdout\n"
+"  -v, --verbose\n";
+
+
+enum {
+    OPT_REQUESTS = 256, OPT_SESSIONS, OPT_RATE, OPT_THINK, OPT_TIMEOUT,
+    OPT_CONNECT, OPT_SNI, OPT_CHECKIN, OPT_CMDPATH, OPT_STATIC,
+    OPT_STATIC_METHOD, OPT_TOPIC, OPT_PREFIX, OPT_CA_CERT, OPT_CA_KEY,
+    OPT_CERTS, OPT_CERT, OPT_KEY, OPT_SIGNATURE, OPT_NO_UNLOCK, OPT_MIXED,
+    OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON
+};
+
+static const struct option  sim_options[] = {
+    { "scenario", required_argument, NULL, 's' },
+    { "devices", required_argument, NULL, 'n' },
+    { "connections", required_argument, NULL, 'c' },
+    { "duration", required_argument, NULL, 'd' },
+    { "requests", required_argument, NULL, OPT_REQUESTS },
+    { "sessions", required_argument, NULL, OPT_SESSIONS },
+    { "rate", required_argument, NULL, OPT_RATE },
+    { "think", required_argument, NULL, OPT_THINK },
+    { "timeout", required_argument, NULL, OPT_TIMEOUT },
+    { "connect", required_argument, NULL, OPT_CONNECT },
+    { "server-name", required_argument, NULL, OPT_SNI },
+    { "checkin-path", required_argument, NULL, OPT_CHECKIN },
+    { "connect-path", required_argument, NULL, OPT_CMDPATH },
+    { "static-path", required_argument, NULL, OPT_STATIC },
+    { "static-method", required_argument, NULL, OPT_STATIC_METHOD },
+    { "topic", required_argument, NULL, OPT_TOPIC },
+    { "udid-prefix", required_argument, NULL, OPT_PREFIX },
+    { "ca-cert", required_argument, NULL, OPT_CA_CERT },
+    { "ca-key", required_argument, NULL, OPT_CA_KEY },
+    { "certs", required_argument, NULL, OPT_CERTS },
+    { "cert", required_argument, NULL, OPT_CERT },
+    { "key", required_argument, NULL, OPT_KEY },
+    { "signature", no_argument, NULL, OPT_SIGNATURE },
+    { "no-unlock-token", no_argument, NULL, OPT_NO_UNLOCK },
+    { "mixed-checkin", required_argument, NULL, OPT_MIXED },
+    { "redis", required_argument, NULL, OPT_REDIS },
+    { "commands", required_argument, NULL, OPT_COMMANDS },
+    { "targets", required_argument, NULL, OPT_TARGETS },
+    { "json", no_argument, NULL, OPT_JSON },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 }
+};
+
+
+static sim_scenario_e
+sim_scenario(const char *s)
+{
+    static const char  *names[] = {
+        "enroll", "poll", "cycle", "mixed", "static", "enqueue"
+    };
+    size_t  i;
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(s, names[i]) == 0) {
+            return (sim_scenario_e) i;
+        }
+    }
+
+    sim_die("unknown scenario %s", s);
+}
+
+
+static void
+sim_parse_args(sim_t *sim, int argc, char **argv)
+{
+    int          o;
+    char        *colon;
+    const char  *connect;
+    sim_conf_t  *cf;
+
+    cf = &sim->conf;
+    cf->scenario = SIM_POLL;
+    cf->devices = 100;
+    cf->conns = 0;
+    cf->timeout = 10;
+    cf->mixed_checkin = 0.2;
+    cf->unlock_token = 1;
+    cf->server_name = "localhost";
+    cf->checkin_path = "/mdm/checkin";
+    cf->connect_path = "/mdm/connect";
+    cf->static_path = "/static";
+    cf->static_method = "PUT";
+    cf->topic = "com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9";
+    cf->udid_prefix = "00008030-5133AA00";
+    cf->targets = 100000;
+    connect = "127.0.0.1:8443";
+
+    while ((o = getopt_long(argc, argv, "s:n:c:d:vh", sim_options, NULL))
+           != -1)
+    {
+        switch (o) {
+        case 's': cf->scenario = sim_scenario(optarg); break;
+        case 'n': cf->devices = atoi(optarg); break;
+        case 'c': cf->conns = atoi(optarg); break;
+        case 'd': cf->duration = atof(optarg); break;
+        case 'v': cf->verbose = 1; break;
+        case OPT_REQUESTS: cf->max_requests = strtoull(optarg, NULL, 10);
+            break;
+        case OPT_SESSIONS: cf->sessions = atoi(optarg); break;
+        case OPT_RATE: cf->rate = atof(optarg); break;
+        case OPT_THINK: cf->think_ms = atof(optarg); break;
+        case OPT_TIMEOUT: cf->timeout = atof(optarg); break;
+        case OPT_CONNECT: connect = optarg; break;
+        case OPT_SNI: cf->server_name = optarg; break;
+        case OPT_CHECKIN: cf->checkin_path = optarg; break;
+        case OPT_CMDPATH: cf->connect_path = optarg; break;
+        case OPT_STATIC: cf->static_path = optarg; break;
+        case OPT_STATIC_METHOD: cf->static_method = optarg; break;
+        case OPT_TOPIC: cf->topic = optarg; break;
+        case OPT_PREFIX: cf->udid_prefix = optarg; break;
+        case OPT_CA_CERT: cf->ca_cert = optarg; break;
+        case OPT_CA_KEY: cf->ca_key = optarg; break;
+        case OPT_CERTS: cf->certs_dir = optarg; break;
+        case OPT_CERT: cf->cert_file = optarg; break;
+        case OPT_KEY: cf->key_file = optarg; break;
+        case OPT_SIGNATURE: cf->signature = 1; break;
+        case OPT_NO_UNLOCK: cf->unlock_token = 0; break;
+        case OPT_MIXED: cf->mixed_checkin = atof(optarg); break;
+        case OPT_REDIS: cf->redis = optarg; break;
+        case OPT_COMMANDS: cf->commands = atoi(optarg); break;
+        case OPT_TARGETS: cf->targets = atoi(optarg); break;
+        case OPT_JSON: cf->json = 1; break;
+        case 'h':
+            fputs(sim_usage, stdout);
+            exit(0);
+        default:
+            fputs(sim_usage, stderr);
+            exit(2);
+        }
+    }
+
+    if (cf->devices < 1 || cf->targets < 1 || cf->commands < 0) {
+        sim_die("--devices and --targets must be positive");
+    }
+    if (cf->conns <= 0 || cf->conns > cf->devices) {
+        cf->conns = cf->devices;
+    }
+    if (cf->duration <= 0 && cf->sessions == 0 && cf->max_requests == 0
+        && cf->scenario != SIM_CYCLE)
+    {
+        cf->duration = 10;
+    }
+
+    colon = strrchr(connect, ':');
+    if (colon == NULL) {
+        sim_die("--connect wants HOST:PORT");
+    }
+    cf->host = strndup(connect, colon - connect);
+    cf->port = atoi(colon + 1);
+}
+
+
+static void
+sim_resolve(sim_t *sim)
+{
+    int               rc;
+    char              port[16];
+    struct addrinfo   hints, *ai;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(port, sizeof(port), "%d", sim->conf.port);
+
+    rc = getaddrinfo(sim->conf.host, port, &hints, &ai);
+    if (rc != 0) {
+        sim_die("%s: %s", sim->conf.host, gai_strerror(rc));
+    }
+
+    memcpy(&sim->addr, ai->ai_addr, ai->ai_addrlen);
+    sim->addrlen = ai->ai_addrlen;
+    freeaddrinfo(ai);
+}
+
+
+static void
+sim_init(sim_t *sim)
+{
+    int            i;
+    uint8_t        rnd[16];
+    struct rlimit  rl;
+
+    signal(SIGPIPE, SIG_IGN);
+    srandom(getpid());
+
+    /* one descriptor per device connection */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    RAND_bytes(rnd, sizeof(rnd));
+    snprintf(sim->run_prefix, sizeof(sim->run_prefix),
+             "%02X%02X%02X%02X-%02X%02X-4%01X%02X-8%01X%02X-",
+             rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5],
+             rnd[6] & 0xf, rnd[7], rnd[8] & 0xf, rnd[9]);
+
+    /* an escrow keybag is tagged blobs: DATA, VERS, TYPE, UUID, ... */
+    RAND_bytes(sim->unlock, sizeof(sim->unlock));
+    memcpy(sim->unlock, "DATA\0\0\x04\xe4VERS\0\0\0\x04\0\0\0\x04", 20);
+    memcpy(sim->unlock + 20, "TYPE\0\0\0\x04\0\0\0\x02UUID\0\0\0\x10", 20);
+
+    sim->devices = calloc(sim->conf.devices, sizeof(sim_device_t));
+    sim->conns = calloc(sim->conf.conns, sizeof(sim_conn_t));
+    sim->heap = calloc(sim->conf.conns, sizeof(sim_conn_t *));
+    if (sim->devices == NULL || sim->conns == NULL || sim->heap == NULL) {
+        sim_die("out of memory");
+    }
+
+    for (i = 0; i < sim->conf.devices; i++) {
+        sim->devices[i].index = i;
+        snprintf(sim->devices[i].udid, sizeof(sim->devices[i].udid),
+                 "%s%08X", sim->conf.udid_prefix, i);
+    }
+
+    for (i = 0; i < sim->conf.conns; i++) {
+        sim->conns[i].id = i;
+        sim->conns[i].fd = -1;
+        sim->conns[i].dev_first = i;
+    }
+
+    sim->epfd = epoll_create1(0);
+    if (sim->epfd < 0) {
+        sim_die("epoll_create1: %s", strerror(errno));
+    }
+}
+
+
+static void
+sim_run(sim_t *sim)
+{
+    int                 i, n, ms;
+    double              now, next, last_check, end;
+    sim_conn_t         *c;
+    struct epoll_event  evs[512];
+
+    now = sim_now();
+    sim->stats.t_start = now;
+    sim->stats.t_end = now;
+    end = sim->conf.duration > 0 ? now + sim->conf.duration : 0;
+    last_check = now;
+    sim->active = sim->conf.conns;
+
+    for (i = 0; i < sim->conf.conns; i++) {
+        c = &sim->conns[i];
+        /* spread the open-loop schedule evenly over one interval */
+        if (sim->conf.rate > 0) {
+            c->next_at = now + (i / (double) sim->conf.conns - 1)
+                               * sim->conf.conns / sim->conf.rate;
+        }
+        sim_device_start(sim, c);
+    }
+
+    while (sim->active > 0) {
+        now = sim_now();
+
+        if (end && now >= end && !sim->stopping) {
+            sim->stopping = 1;
+        }
+
+        while ((c = sim_heap_top(sim)) != NULL
+               && (c->next_at <= now || sim->stopping))
+        {
+            sim_heap_pop(sim);
+            sim_device_timer(sim, c);
+        }
+
+        if (now - last_check > 0.1) {
+            sim_conn_check_timeouts(sim, now);
+            last_check = now;
+        }
+
+        if (sim->active == 0) {
+            break;
+        }
+
+        next = now + 0.1;
+        if ((c = sim_heap_top(sim)) != NULL && c->next_at < next) {
+            next = c->next_at;
+        }
+        if (end && !sim->stopping && end < next) {
+            next = end;
+        }
+        ms = (int) ((next - now) * 1e3 + 0.999);
+
+        n = epoll_wait(sim->epfd, evs, 512, ms < 0 ? 0 : ms);
+        if (n < 0 && errno != EINTR) {
+            sim_die("epoll_wait: %s", strerror(errno));
+        }
+
+        for (i = 0; i < n; i++) {
+            c = evs[i].data.ptr;
+            sim_conn_io(sim, c, evs[i].events);
+        }
+    }
+
+    for (i = 0; i < sim->conf.conns; i++) {
+        sim_conn_close(sim, &sim->conns[i]);
+    }
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int       i, rc;
+    sim_t    *sim;
+    uint64_t  errors;
+
+    sim = calloc(1, sizeof(sim_t));
+    if (sim == NULL) {
+        sim_die("out of memory");
+    }
+
+    sim_parse_args(sim, argc, argv);
+    sim_init(sim);
+
+    if (sim->conf.scenario == SIM_ENQUEUE) {
+        sim_redis_bulk(sim);
+        sim_stats_print(sim, sim->conf.json);
+        return 0;
+    }
+
+    sim_resolve(sim);
+    sim_pki_init(sim);
+
+    if (sim->conf.scenario == SIM_CYCLE || sim->conf.scenario == SIM_MIXED
+        || sim->conf.scenario == SIM_POLL)
+    {
+        sim_redis_enqueue(sim);
+    }
+
+    sim_run(sim);
+
+    if (sim->stats.cmd_enqueued > sim->stats.cmd_acked) {
+        sim->stats.cmd_missing = sim->stats.cmd_enqueued
+                                 - sim->stats.cmd_acked;
+    }
+
+    sim_stats_print(sim, sim->conf.json);
+
+    /* exit status: 1 when anything went wrong, for scripts and tests */
+    errors = sim->stats.err_connect + sim->stats.err_tls
+             + sim->stats.err_timeout + sim->stats.err_closed
+             + sim->stats.err_protocol + sim->stats.cmd_duplicate;
+    for (i = 0; i < 600; i++) {
+        if (i != 200) {
+            errors += sim->stats.status[i];
+        }
+    }
+    rc = errors ? 1 : 0;
+
+    return rc;
+}

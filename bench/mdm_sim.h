@@ -1,0 +1,250 @@
+/*
+ * mdm-sim: an event-driven fleet of simulated Apple MDM devices.
+ *
+ * One process, one epoll loop: every connection slot drives one simulated
+ * device at a time over keep-alive HTTPS with that device's own identity
+ * certificate, so a single core can keep thousands of devices talking.
+ */
+
+#ifndef MDM_SIM_H
+#define MDM_SIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/evp.h>
+#include <http_parser.h>
+
+
+typedef enum {
+    SIM_ENROLL = 0,
+    SIM_POLL,
+    SIM_CYCLE,
+    SIM_MIXED,
+    SIM_STATIC,
+    SIM_ENQUEUE
+} sim_scenario_e;
+
+typedef enum {
+    SIM_RQ_AUTHENTICATE = 0,
+    SIM_RQ_TOKEN_UPDATE,
+    SIM_RQ_IDLE,
+    SIM_RQ_ACK,
+    SIM_RQ_STATIC,
+    SIM_RQ_NKINDS
+} sim_kind_e;
+
+
+typedef struct {
+    const char       *host;
+    int               port;
+    const char       *server_name;
+    const char       *checkin_path;
+    const char       *connect_path;
+    const char       *static_path;
+    const char       *static_method;
+    const char       *topic;
+    const char       *udid_prefix;
+
+    sim_scenario_e    scenario;
+    int               devices;
+    int               conns;
+    double            duration;      /* seconds; 0 = until sessions done */
+    uint64_t          max_requests;  /* 0 = no limit */
+    uint32_t          sessions;      /* per device; 0 = until duration */
+    double            rate;          /* session starts/s, 0 = closed loop */
+    double            think_ms;      /* pause between a device's sessions */
+    double            timeout;       /* seconds per request */
+    double            mixed_checkin; /* share of mixed sessions with a
+                                        TokenUpdate first */
+    int               signature;     /* Mdm-Signature instead of TLS cert */
+    int               unlock_token;
+    int               json;
+    int               verbose;
+
+    const char       *ca_cert;
+    const char       *ca_key;
+    const char       *cert_file;    /* may contain %d (device index) */
+    const char       *key_file;
+    const char       *certs_dir;    /* cache of minted identities */
+
+    const char       *redis;        /* unix path or host:port */
+    int               commands;     /* enqueued per device (cycle, mixed) */
+    int               targets;      /* enqueue scenario */
+} sim_conf_t;
+
+
+/* Log-linear latency histogram in microseconds (about 1.6% precision). */
+#define SIM_HIST_SUB    64
+#define SIM_HIST_N      (128 + 40 * SIM_HIST_SUB)
+
+typedef struct {
+    uint64_t          count;
+    uint64_t          sum;
+    uint64_t          max;
+    uint64_t          buckets[SIM_HIST_N];
+} sim_hist_t;
+
+
+typedef struct {
+    uint64_t          requests;
+    uint64_t          by_kind[SIM_RQ_NKINDS];
+    uint64_t          status[600];
+    uint64_t          err_connect;
+    uint64_t          err_tls;
+    uint64_t          err_timeout;
+    uint64_t          err_closed;
+    uint64_t          err_protocol;
+    uint64_t          handshakes;
+    uint64_t          retries;
+    uint64_t          sessions;
+    uint64_t          devices_done;
+
+    uint64_t          cmd_enqueued;
+    uint64_t          cmd_received;
+    uint64_t          cmd_acked;
+    uint64_t          cmd_duplicate;
+    uint64_t          cmd_foreign;
+    uint64_t          cmd_missing;
+
+    double            enqueue_ms;
+    double            t_start;
+    double            t_end;
+
+    sim_hist_t        latency;
+    sim_hist_t        handshake;
+} sim_stats_t;
+
+
+typedef struct {
+    int               index;
+    char              udid[64];
+    X509             *cert;
+    EVP_PKEY         *key;
+    uint32_t          sessions;
+    uint8_t          *acked;        /* one bit per enqueued command */
+    int               done;         /* cycle: queue drained */
+    uint32_t          failures;     /* consecutive failed sessions */
+} sim_device_t;
+
+
+typedef enum {
+    SIM_C_IDLE = 0,
+    SIM_C_WAIT,                     /* scheduled, in the timer heap */
+    SIM_C_CONNECTING,
+    SIM_C_HANDSHAKE,
+    SIM_C_WRITING,
+    SIM_C_READING,
+    SIM_C_DONE
+} sim_conn_state_e;
+
+typedef struct {
+    char             *data;
+    size_t            len;
+    size_t            cap;
+} sim_buf_t;
+
+typedef struct {
+    int               id;
+    int               fd;
+    SSL              *ssl;
+    sim_conn_state_e  state;
+    uint32_t          events;
+
+    int               dev_first;    /* devices id, id + conns, ... */
+    int               dev_cursor;
+    sim_device_t     *dev;
+    sim_device_t     *conn_dev;     /* identity of the open connection */
+
+    sim_buf_t         out;
+    size_t            out_off;
+    sim_buf_t         body;
+    http_parser       parser;
+    int               resp_done;
+    int               got_bytes;
+    uint32_t          reqs_on_conn;
+
+    sim_kind_e        kind;
+    double            t_req;
+    double            t_hs;
+    double            deadline;
+    double            next_at;
+    size_t            heap_idx;
+    int               retried;
+
+    char              cmd_uuid[64];
+    char              cmd_type[64];
+} sim_conn_t;
+
+
+typedef struct {
+    sim_conf_t        conf;
+    sim_stats_t       stats;
+    SSL_CTX          *ctx;
+    struct sockaddr_storage  addr;
+    socklen_t         addrlen;
+    sim_device_t     *devices;
+    sim_conn_t       *conns;
+    int               epfd;
+    int               stopping;
+    int               active;       /* connections not idle or done */
+    uint64_t          started;      /* requests started */
+
+    sim_conn_t      **heap;
+    size_t            nheap;
+
+    char              run_prefix[32];  /* command UUID prefix of this run */
+    uint8_t           unlock[1288];
+} sim_t;
+
+
+/* sim_util.c */
+double sim_now(void);
+void sim_buf_reset(sim_buf_t *b);
+void sim_buf_add(sim_buf_t *b, const void *p, size_t n);
+void sim_buf_printf(sim_buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void sim_buf_base64(sim_buf_t *b, const uint8_t *p, size_t n, int wrap);
+void sim_die(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
+
+/* sim_stats.c */
+void sim_hist_add(sim_hist_t *h, uint64_t us);
+uint64_t sim_hist_pct(const sim_hist_t *h, double pct);
+void sim_stats_print(sim_t *sim, int json);
+
+/* sim_pki.c */
+void sim_pki_init(sim_t *sim);
+void sim_pki_sign(sim_device_t *dev, const char *body, size_t len,
+    sim_buf_t *out);
+
+/* sim_body.c */
+void sim_body_build(sim_t *sim, sim_conn_t *c, sim_kind_e kind,
+    sim_buf_t *out);
+void sim_body_command(sim_t *sim, int k, sim_buf_t *out);
+void sim_body_uuid(sim_t *sim, int k, char *out, size_t n);
+int sim_body_uuid_index(sim_t *sim, const char *uuid);
+
+/* sim_conn.c */
+void sim_conn_send(sim_t *sim, sim_conn_t *c, sim_kind_e kind);
+void sim_conn_io(sim_t *sim, sim_conn_t *c, uint32_t events);
+void sim_conn_close(sim_t *sim, sim_conn_t *c);
+void sim_conn_check_timeouts(sim_t *sim, double now);
+
+/* sim_device.c */
+void sim_device_start(sim_t *sim, sim_conn_t *c);
+void sim_device_response(sim_t *sim, sim_conn_t *c, int status);
+void sim_device_failed(sim_t *sim, sim_conn_t *c);
+void sim_device_timer(sim_t *sim, sim_conn_t *c);
+void sim_heap_push(sim_t *sim, sim_conn_t *c);
+sim_conn_t *sim_heap_top(sim_t *sim);
+void sim_heap_pop(sim_t *sim);
+
+/* sim_redis.c */
+void sim_redis_enqueue(sim_t *sim);
+void sim_redis_bulk(sim_t *sim);
+
+#endif /* MDM_SIM_H */

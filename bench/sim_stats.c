@@ -1,0 +1,241 @@
+/*
+ * Latency histogram and the report (text or JSON).
+ */
+
+#include <stdio.h>
+#include <string.h>
+
+#include "mdm_sim.h"
+
+
+static const char  *sim_kind_names[SIM_RQ_NKINDS] = {
+    "authenticate", "token_update", "idle", "acknowledged", "static"
+};
+
+static const char  *sim_scenario_names[] = {
+    "enroll", "poll", "cycle", "mixed", "static", "enqueue"
+};
+
+
+static int
+sim_hist_index(uint64_t v)
+{
+    int  e;
+
+    if (v < 128) {
+        return (int) v;
+    }
+
+    e = 63 - __builtin_clzll(v);
+    if (e > 46) {
+        return SIM_HIST_N - 1;
+    }
+
+    return 128 + (e - 7) * SIM_HIST_SUB + (int) ((v >> (e - 6)) & 63);
+}
+
+
+static uint64_t
+sim_hist_value(int i)
+{
+    int  e, sub;
+
+    if (i < 128) {
+        return i;
+    }
+
+    e = (i - 128) / SIM_HIST_SUB + 7;
+    sub = (i - 128) % SIM_HIST_SUB;
+
+    /* the middle of the bucket */
+    return ((uint64_t) (64 + sub) << (e - 6)) + ((1ULL << (e - 6)) >> 1);
+}
+
+
+void
+sim_hist_add(sim_hist_t *h, uint64_t us)
+{
+    h->buckets[sim_hist_index(us)]++;
+    h->count++;
+    h->sum += us;
+    if (us > h->max) {
+        h->max = us;
+    }
+}
+
+
+uint64_t
+sim_hist_pct(const sim_hist_t *h, double pct)
+{
+    int       i;
+    uint64_t  want, seen, v;
+
+    if (h->count == 0) {
+        return 0;
+    }
+
+    want = (uint64_t) (h->count * pct / 100.0 + 0.5);
+    if (want == 0) {
+        want = 1;
+    }
+
+    seen = 0;
+    for (i = 0; i < SIM_HIST_N; i++) {
+        seen += h->buckets[i];
+        if (seen >= want) {
+            v = sim_hist_value(i);
+            return v < h->max ? v : h->max;
+        }
+    }
+
+    return h->max;
+}
+
+
+static void
+sim_hist_print(const char *name, const sim_hist_t *h, int json)
+{
+    if (json) {
+        printf("\"%s\":{\"count\":%llu,\"mean\":%.1f,\"p50\":%llu,"
+               "\"p90\":%llu,\"p99\":%llu,\"max\":%llu}", name,
+               (unsigned long long) h->count,
+               h->count ? (double) h->sum / h->count : 0.0,
+               (unsigned long long) sim_hist_pct(h, 50),
+               (unsigned long long) sim_hist_pct(h, 90),
+               (unsigned long long) sim_hist_pct(h, 99),
+               (unsigned long long) h->max);
+        return;
+    }
+
+    printf("%-12s p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms"
+           "  (%llu)\n", name,
+           sim_hist_pct(h, 50) / 1e3, sim_hist_pct(h, 90) / 1e3,
+           sim_hist_pct(h, 99) / 1e3, h->max / 1e3,
+           (unsigned long long) h->count);
+}
+
+
+static uint64_t
+sim_errors(const sim_stats_t *s)
+{
+    int       i;
+    uint64_t  n;
+
+    n = s->err_connect + s->err_tls + s->err_timeout + s->err_closed
+        + s->err_protocol;
+    for (i = 0; i < 600; i++) {
+        if (i != 200) {
+            n += s->status[i];
+        }
+    }
+
+    return n;
+}
+
+
+void
+sim_stats_print(sim_t *sim, int json)
+{
+    int           i, first;
+    double        el, rps;
+    sim_stats_t  *s;
+
+    s = &sim->stats;
+    el = s->t_end - s->t_start;
+    if (el <= 0) {
+        el = 1e-9;
+    }
+    rps = s->requests / el;
+
+    if (!json) {
+        printf("scenario     %s, %d devices, %d connections%s\n",
+               sim_scenario_names[sim->conf.scenario], sim->conf.devices,
+               sim->conf.conns, sim->conf.signature ? ", Mdm-Signature" : "");
+        printf("elapsed      %.3f s\n", el);
+        printf("requests     %llu (%.0f/s)\n",
+               (unsigned long long) s->requests, rps);
+        for (i = 0; i < SIM_RQ_NKINDS; i++) {
+            if (s->by_kind[i]) {
+                printf("  %-14s %llu\n", sim_kind_names[i],
+                       (unsigned long long) s->by_kind[i]);
+            }
+        }
+        printf("sessions     %llu\n", (unsigned long long) s->sessions);
+        printf("handshakes   %llu (retries %llu)\n",
+               (unsigned long long) s->handshakes,
+               (unsigned long long) s->retries);
+        sim_hist_print("latency", &s->latency, 0);
+        sim_hist_print("handshake", &s->handshake, 0);
+        printf("errors       %llu", (unsigned long long) sim_errors(s));
+        for (i = 0; i < 600; i++) {
+            if (i != 200 && s->status[i]) {
+                printf("  HTTP %d: %llu", i,
+                       (unsigned long long) s->status[i]);
+            }
+        }
+        printf("  connect %llu  tls %llu  timeout %llu  closed %llu"
+               "  protocol %llu\n",
+               (unsigned long long) s->err_connect,
+               (unsigned long long) s->err_tls,
+               (unsigned long long) s->err_timeout,
+               (unsigned long long) s->err_closed,
+               (unsigned long long) s->err_protocol);
+        if (s->cmd_enqueued || s->cmd_received) {
+            printf("commands     enqueued %llu (%.1f ms)  received %llu"
+                   "  acknowledged %llu  duplicate %llu  foreign %llu"
+                   "  not delivered %llu\n",
+                   (unsigned long long) s->cmd_enqueued, s->enqueue_ms,
+                   (unsigned long long) s->cmd_received,
+                   (unsigned long long) s->cmd_acked,
+                   (unsigned long long) s->cmd_duplicate,
+                   (unsigned long long) s->cmd_foreign,
+                   (unsigned long long) s->cmd_missing);
+        }
+        return;
+    }
+
+    printf("{\"scenario\":\"%s\",\"devices\":%d,\"connections\":%d,"
+           "\"signature\":%s,\"elapsed_s\":%.6f,\"requests\":%llu,"
+           "\"rps\":%.1f,\"sessions\":%llu,\"handshakes\":%llu,"
+           "\"retries\":%llu,\"devices_done\":%llu,\"by_kind\":{",
+           sim_scenario_names[sim->conf.scenario], sim->conf.devices,
+           sim->conf.conns, sim->conf.signature ? "true" : "false", el,
+           (unsigned long long) s->requests, rps,
+           (unsigned long long) s->sessions,
+           (unsigned long long) s->handshakes,
+           (unsigned long long) s->retries,
+           (unsigned long long) s->devices_done);
+    for (i = 0; i < SIM_RQ_NKINDS; i++) {
+        printf("%s\"%s\":%llu", i ? "," : "", sim_kind_names[i],
+               (unsigned long long) s->by_kind[i]);
+    }
+    printf("},\"latency_us\":{");
+    sim_hist_print("request", &s->latency, 1);
+    printf(",");
+    sim_hist_print("handshake", &s->handshake, 1);
+    printf("},\"errors\":{\"total\":%llu,\"connect\":%llu,\"tls\":%llu,"
+           "\"timeout\":%llu,\"closed\":%llu,\"protocol\":%llu,"
+           "\"status\":{", (unsigned long long) sim_errors(s),
+           (unsigned long long) s->err_connect,
+           (unsigned long long) s->err_tls,
+           (unsigned long long) s->err_timeout,
+           (unsigned long long) s->err_closed,
+           (unsigned long long) s->err_protocol);
+    first = 1;
+    for (i = 0; i < 600; i++) {
+        if (i != 200 && s->status[i]) {
+            printf("%s\"%d\":%llu", first ? "" : ",", i,
+                   (unsigned long long) s->status[i]);
+            first = 0;
+        }
+    }
+    printf("}},\"commands\":{\"enqueued\":%llu,\"enqueue_ms\":%.3f,"
+           "\"received\":%llu,\"acknowledged\":%llu,\"duplicate\":%llu,"
+           "\"foreign\":%llu,\"not_delivered\":%llu}}\n",
+           (unsigned long long) s->cmd_enqueued, s->enqueue_ms,
+           (unsigned long long) s->cmd_received,
+           (unsigned long long) s->cmd_acked,
+           (unsigned long long) s->cmd_duplicate,
+           (unsigned long long) s->cmd_foreign,
+           (unsigned long long) s->cmd_missing);
+}
