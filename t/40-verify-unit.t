@@ -1,0 +1,240 @@
+#!/usr/bin/perl
+
+# Unit test of the nginx-free verification library
+# (ngx_http_mdm_module/ngx_http_mdm_verify.c): makes a PKI and Mdm-Signature
+# values with openssl, builds t/unit/verify_test.c twice (plain and with
+# ASan/UBSan), runs both, reports the --bench figures, and fuzzes the
+# decoders briefly when clang's libFuzzer is available.
+#
+#   prove -v t/40-verify-unit.t
+#   MDM_BENCH_SECS=2 prove -v t/40-verify-unit.t      longer bench loops
+
+use strict;
+use warnings;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use MdmTest;
+use MdmSign qw(sign_der mdm_signature escaped_pem rfc9440 is_indefinite
+               asn1_text);
+use MIME::Base64 qw(encode_base64);
+use POSIX qw(strftime);
+use Time::Local qw(timegm);
+
+my $t = MdmTest->new(no_redis => 1);
+my $d = $t->dir;
+my $root = $t->root;
+my $src = "$root/ngx_http_mdm_module/ngx_http_mdm_verify.c";
+my $test_src = "$root/t/unit/verify_test.c";
+
+# ---- PKI -------------------------------------------------------------------
+
+open my $ext, '>>', "$d/ext.cnf" or die;
+print $ext <<'EOF';
+[clientsan]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+subjectAltName = DNS:dev.example.com, URI:urn:udid:A1B2, email:dev@example.com, IP:127.0.0.1
+EOF
+close $ext;
+
+sub stamp { strftime('%Y%m%d%H%M%SZ', gmtime(time + $_[0] * 86400)) }
+
+$t->make_ca('ca2', 'Other CA');
+$t->make_ca('root', 'Root CA');
+my %c;
+$c{inter} = $t->device_cert('inter', ca => 'root', ext => 'ca',
+                            cn => 'Intermediate CA');
+$c{devi} = $t->device_cert('devi', ca => 'inter');
+$c{$_} = $t->device_cert($_) for qw(dev1 dev2);
+$c{devsan} = $t->device_cert('devsan', ext => 'clientsan', cn => 'UDID-SAN-1');
+$c{devother} = $t->device_cert('devother', ca => 'ca2');
+$c{devnoclient} = $t->device_cert('devnoclient', ext => 'noclient');
+$c{devexpired} = $t->device_cert('devexpired',
+    not_before => '20200101000000Z', not_after => '20200201000000Z');
+$c{devfuture} = $t->device_cert('devfuture',
+    not_before => stamp(10), not_after => stamp(20));
+$c{devshort} = $t->device_cert('devshort',
+    not_before => stamp(-1), not_after => stamp(5));
+
+# An RSA device key: MD5 can only be tried with RSA (OpenSSL has no
+# ecdsa-with-MD5).
+$t->run_cmd("openssl req -new -newkey rsa:2048 -nodes -keyout $d/devrsa.key"
+    . " -subj /CN=devrsa -out $d/devrsa.csr");
+$t->run_cmd("openssl x509 -req -in $d/devrsa.csr -CA $d/ca.crt"
+    . " -CAkey $d/ca.key -CAcreateserial -days 30 -out $d/devrsa.crt"
+    . " -extfile $d/ext.cnf -extensions client");
+$c{devrsa} = { cert => "$d/devrsa.crt", key => "$d/devrsa.key" };
+
+for my $n (keys %c) {
+    $t->spew("$n.sha256", $c{$n}{sha256}) if $c{$n}{sha256};
+}
+
+my $enddate = $t->run_cmd("openssl x509 -in $d/dev1.crt -noout -enddate");
+my ($mon, $day, $h, $m, $s, $y) =
+    $enddate =~ /notAfter=(\w+)\s+(\d+) (\d+):(\d+):(\d+) (\d+) GMT/
+    or die "enddate: $enddate";
+my %mi = (Jan => 0, Feb => 1, Mar => 2, Apr => 3, May => 4, Jun => 5,
+          Jul => 6, Aug => 7, Sep => 8, Oct => 9, Nov => 10, Dec => 11);
+$t->spew('dev1.notafter', timegm($s, $m, $h, $day, $mi{$mon}, $y));
+
+# ---- body and signatures ---------------------------------------------------
+
+# A typical check-in body, about 1.5 KB.
+my $body = MdmTest::plist(MessageType => 'TokenUpdate',
+    Topic => $MdmTest::TOPIC, UDID => '00008030-001A2B3C4D5E6F70',
+    Token => { data => 'T' x 32 }, PushMagic => 'B7C4E6A0-5F1D-4F5A-9C1E',
+    UnlockToken => { data => 'U' x 600 }, AwaitingConfiguration => \0);
+$body .= ' ' x (1500 - length $body) if length $body < 1500;
+$t->spew('body.bin', $body);
+
+my %sig = (
+    'sha256-der'  => [ $c{dev1} ],
+    'sha1-der'    => [ $c{dev1}, md => 'sha1' ],
+    'sha512-der'  => [ $c{dev1}, md => 'sha512' ],
+    'sha256-ber'  => [ $c{dev1}, ber => 1 ],
+    'sha1-ber'    => [ $c{dev1}, md => 'sha1', ber => 1 ],
+    'noattr'      => [ $c{dev1}, noattr => 1 ],
+    'rsa-sha256'  => [ $c{devrsa} ],
+    'other-ca'    => [ $c{devother} ],
+    'expired'     => [ $c{devexpired} ],
+    'future'      => [ $c{devfuture} ],
+    'noclient'    => [ $c{devnoclient} ],
+    'two-signers' => [ [ $c{dev1}, $c{dev2} ] ],
+    'nocerts'     => [ $c{dev1}, nocerts => 1 ],
+    'md5'         => [ $c{devrsa}, md => 'md5' ],
+    'attached'    => [ $c{dev1}, attached => 1 ],
+    'inter-embedded' => [ $c{devi}, certfile => $c{inter}{cert} ],
+    'inter-bare'  => [ $c{devi} ],
+);
+my %der;
+for my $n (sort keys %sig) {
+    my ($who, %o) = @{ $sig{$n} };
+    $der{$n} = sign_der($body, $who, %o);
+    $t->spew("$n.b64", encode_base64($der{$n}, ''));
+}
+$t->spew('truncated.b64',
+         encode_base64(substr($der{'sha256-der'}, 0, 200), ''));
+$t->spew('trailing.b64', encode_base64($der{'sha256-der'} . "\0\0", ''));
+$t->spew('wrapped.b64', encode_base64($der{'sha256-der'}));
+$t->run_cmd("openssl cms -data_create -binary -in $d/body.bin -outform DER"
+    . " -out $d/data.der");
+$t->spew('not-signeddata.b64', encode_base64($t->slurp('data.der'), ''));
+
+# The helpers make what the C test assumes.
+ok(is_indefinite($der{'sha256-ber'}) && is_indefinite($der{'sha1-ber'}),
+   'ber => 1 gives indefinite-length BER');
+ok(!is_indefinite($der{'sha256-der'}) && !is_indefinite($der{'sha1-der'}),
+   'default output is definite-length DER');
+like(asn1_text($der{'sha1-der'}), qr/:sha1\s*$/m, 'SHA-1 digest algorithm');
+like(asn1_text($der{'sha256-der'}), qr/:sha256\s*$/m,
+     'SHA-256 digest algorithm');
+ok(index($der{'sha256-der'}, $body) < 0 && index($der{attached}, $body) > 0,
+   'detached unless attached => 1');
+my $n_signers = () = asn1_text($der{'two-signers'}) =~ /:ecdsa-with-SHA256/g;
+ok($n_signers >= 2, 'two-signers has two signatures');
+
+my $mdm_sig = mdm_signature($body, $c{dev1});
+unlike($mdm_sig, qr/[\r\n]/, 'Mdm-Signature value is one line');
+
+$t->spew('dev1.escaped', escaped_pem($c{dev1}));
+$t->spew('dev1.rfc9440', rfc9440($c{dev1}));
+like($t->slurp('dev1.escaped'),
+     qr/^-----BEGIN%20CERTIFICATE-----%0A[A-Za-z0-9%]+-----END%20CERTIFICATE-----%0A$/,
+     'escaped PEM looks like $ssl_client_escaped_cert');
+like($t->slurp('dev1.rfc9440'), qr/^:[A-Za-z0-9+\/]+=*:$/,
+     'RFC 9440 value');
+
+# ---- build -----------------------------------------------------------------
+
+my $inc = "-I$root/ngx_http_mdm_module";
+my $warn = '-std=gnu99 -Wall -Wextra -Werror -Wpointer-arith';
+my $bin = "$d/verify_test";
+my $asan = "$d/verify_test_asan";
+
+sub build {
+    my ($out, $flags) = @_;
+    my $log = qx{cc $warn $flags $inc -o $out $test_src $src -lcrypto 2>&1};
+    ok(!$? && -x $out, "build $flags") or diag($log);
+}
+
+build($bin, '-O2 -g');
+build($asan, '-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined'
+             . ' -fno-sanitize-recover=all');
+
+# ---- run -------------------------------------------------------------------
+
+sub run_unit {
+    my ($exe, $label, %env) = @_;
+    local @ENV{keys %env} = values %env;
+    my $out = qx{$exe $d 2>&1};
+    my $rc = $? >> 8;
+    my ($checks, $done) = (0, 0);
+    for my $line (split /\n/, $out) {
+        if ($line =~ /^ok - (.*)$/) {
+            pass("$label: $1");
+            $checks++;
+        } elsif ($line =~ /^not ok - (.*?)(?: # (.*))?$/) {
+            fail("$label: $1");
+            diag($2) if defined $2;
+            $checks++;
+        } elsif ($line =~ /^done (\d+)$/) {
+            $done = $1;
+        } else {
+            diag("$label: $line");
+        }
+    }
+    is($rc, 0, "$label exits 0");
+    ok($checks > 80 && $done == $checks, "$label ran all $checks checks");
+    unlike($out, qr/Sanitizer|runtime error|LeakSanitizer/,
+           "$label: no sanitizer report");
+    return $checks;
+}
+
+run_unit($bin, 'unit');
+run_unit($asan, 'asan', ASAN_OPTIONS => 'detect_leaks=1:abort_on_error=0',
+         UBSAN_OPTIONS => 'print_stacktrace=1');
+
+# ---- bench (figures only, no speed assertions) -----------------------------
+
+my $secs = $ENV{MDM_BENCH_SECS} // 0.5;
+my $bench = qx{$bin $d --bench $secs 2>&1};
+my @rates = $bench =~ /cache (?:cold|warm)\s+(\d+)\/s/g;
+ok(!$? && @rates == 6 && !grep({ $_ <= 0 } @rates), 'bench runs')
+    or diag($bench);
+diag($_) for grep { /^bench:/ } split /\n/, $bench;
+
+# ---- fuzz smoke run (libFuzzer) --------------------------------------------
+
+SKIP: {
+    my $fuzz_src = "$root/fuzz/verify_fuzz.c";
+    my $fz = "$d/verify-fuzz";
+    my $clang = qx{command -v clang 2>/dev/null};
+    chomp $clang;
+    skip 'clang not installed', 3 unless $clang && -e $fuzz_src;
+    my $log = qx{$clang -g -O1 -fsanitize=fuzzer,address,undefined $inc
+                 -o $fz $fuzz_src $src -lcrypto 2>&1};
+    skip "libFuzzer not available: $log", 3 if $?;
+    pass('fuzz target builds');
+
+    # Seeds: the fuzz target takes a selector byte, then the input.
+    mkdir "$d/corpus";
+    my $i = 0;
+    for my $n (qw(sha256-der sha1-ber two-signers nocerts)) {
+        $t->spew("corpus/s$i", "S" . $t->slurp("$n.b64"));
+        $t->spew("corpus/d$i", "D" . $der{$n});
+        $i++;
+    }
+    $t->spew('corpus/e', "F" . $t->slurp('dev1.escaped'));
+    $t->spew('corpus/r', "F" . $t->slurp('dev1.rfc9440'));
+
+    my $out = qx{cd $d && $fz -runs=30000 -max_len=4096 -seed=1
+                 $d/corpus 2>&1};
+    ok(!$?, 'fuzz smoke run finds nothing')
+        or diag(join "\n", grep { /ERROR|SUMMARY|==\d+==/ }
+                split /\n/, $out);
+    like($out, qr/Done \d+ runs/, 'fuzzer completed its runs');
+}
+
+done_testing;
