@@ -1,0 +1,88 @@
+/*
+ * mdmctl entry point: a table of subcommands. Each area registers one
+ * entry here and dispatches its own verbs with mdm_dispatch().
+ */
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+#include "mdmctl.h"
+
+
+static const mdm_cmd_t  mdm_commands[] = {
+    { "pki", mdm_pki_main,
+      "development PKI: ca, server and device certificates" },
+    { "profile", mdm_profile_main,
+      "enrollment profile (.mobileconfig): create, check, sign" },
+    { "pushcert", mdm_pushcert_main,
+      "APNs push certificate: csr, vendor-sign, info, p12, pem" },
+    /* admin commands (queue, enqueue, results, ...) are added here */
+    { NULL, NULL, NULL }
+};
+
+
+static void
+mdm_list(const mdm_cmd_t *cmds, const char *group, FILE *f)
+{
+    const mdm_cmd_t  *c;
+
+    fprintf(f, "usage: mdmctl %s%s<command> [options]\n\ncommands:\n",
+            group, group[0] ? " " : "");
+    for (c = cmds; c->name; c++) {
+        fprintf(f, "  %-12s %s\n", c->name, c->summary);
+    }
+    fprintf(f, "\n'mdmctl %s%s<command> --help' shows its options.\n",
+            group, group[0] ? " " : "");
+}
+
+
+int
+mdm_dispatch(const mdm_cmd_t *cmds, const char *group, int argc,
+    char **argv)
+{
+    const mdm_cmd_t  *c;
+
+    if (argc < 2) {
+        mdm_list(cmds, group, stderr);
+        return MDM_USAGE;
+    }
+
+    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0
+        || strcmp(argv[1], "-h") == 0)
+    {
+        mdm_list(cmds, group, stdout);
+        return MDM_OK;
+    }
+
+    for (c = cmds; c->name; c++) {
+        if (strcmp(c->name, argv[1]) == 0) {
+            break;
+        }
+    }
+
+    if (c->name == NULL) {
+        mdm_err("unknown command \"%s\" (try 'mdmctl %s%shelp')", argv[1],
+                group, group[0] ? " " : "");
+        return MDM_USAGE;
+    }
+
+    /* the error prefix names the full command: "mdmctl pki server" */
+    snprintf(mdm_cmd_path, sizeof(mdm_cmd_path), "%s%s%s", group,
+             group[0] ? " " : "", c->name);
+
+    return c->handler(argc - 1, argv + 1);
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int  rc;
+
+    rc = mdm_dispatch(mdm_commands, "", argc, argv);
+
+    ERR_clear_error();
+    return rc;
+}
