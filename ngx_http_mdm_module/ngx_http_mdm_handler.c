@@ -57,6 +57,9 @@ ngx_http_mdm_handler(ngx_http_request_t *r)
             return rc;
         }
 
+        /* refuse() finalizes; the content phase finalizes NGX_DONE again */
+        r->main->count++;
+
         ngx_http_mdm_refuse(r, NGX_HTTP_NOT_ALLOWED,
                             "method is not PUT");
         return NGX_DONE;
