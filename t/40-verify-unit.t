@@ -8,6 +8,7 @@
 #
 #   prove -v t/40-verify-unit.t
 #   MDM_BENCH_SECS=2 prove -v t/40-verify-unit.t      longer bench loops
+#   MDM_FUZZ_RUNS=1000000 prove -v t/40-verify-unit.t longer fuzz run
 
 use strict;
 use warnings;
@@ -213,24 +214,35 @@ SKIP: {
     my $clang = qx{command -v clang 2>/dev/null};
     chomp $clang;
     skip 'clang not installed', 3 unless $clang && -e $fuzz_src;
-    my $log = qx{$clang -g -O1 -fsanitize=fuzzer,address,undefined $inc
-                 -o $fz $fuzz_src $src -lcrypto 2>&1};
+    my $cmd = "$clang -g -O1 -fsanitize=fuzzer,address,undefined $inc"
+        . " -o $fz $fuzz_src $src -lcrypto";
+    my $log = qx{$cmd 2>&1};
     skip "libFuzzer not available: $log", 3 if $?;
     pass('fuzz target builds');
 
-    # Seeds: the fuzz target takes a selector byte, then the input.
+    # Seeds: a selector byte, then the input; signatures over the fuzz
+    # target's fixed body, by a device of the CA it is given.
     mkdir "$d/corpus";
-    my $i = 0;
-    for my $n (qw(sha256-der sha1-ber two-signers nocerts)) {
-        $t->spew("corpus/s$i", "S" . $t->slurp("$n.b64"));
-        $t->spew("corpus/d$i", "D" . $der{$n});
-        $i++;
+    my $fb = "fuzz body\n";
+    my %seed = (
+        der => sign_der($fb, $c{dev1}),
+        ber => sign_der($fb, $c{dev1}, md => 'sha1', ber => 1),
+        two => sign_der($fb, [ $c{dev1}, $c{dev2} ]),
+        inter => sign_der($fb, $c{devi}, certfile => $c{inter}{cert}),
+        other => sign_der($fb, $c{devother}),
+    );
+    for my $n (sort keys %seed) {
+        $t->spew("corpus/S$n", 'S' . encode_base64($seed{$n}, ''));
+        $t->spew("corpus/D$n", 'D' . $seed{$n});
     }
-    $t->spew('corpus/e', "F" . $t->slurp('dev1.escaped'));
-    $t->spew('corpus/r', "F" . $t->slurp('dev1.rfc9440'));
+    $t->spew('corpus/Fesc', 'F' . $t->slurp('dev1.escaped'));
+    $t->spew('corpus/Frfc', 'F' . $t->slurp('dev1.rfc9440'));
+    $t->spew('corpus/Fsan', 'F' . rfc9440($c{devsan}));
 
-    my $out = qx{cd $d && $fz -runs=30000 -max_len=4096 -seed=1
-                 $d/corpus 2>&1};
+    my $runs = $ENV{MDM_FUZZ_RUNS} // 30000;
+    $cmd = "cd $d && MDM_FUZZ_CA=$d/ca.crt $fz -runs=$runs -max_len=4096"
+        . " -seed=1 $d/corpus";
+    my $out = qx{$cmd 2>&1};
     ok(!$?, 'fuzz smoke run finds nothing')
         or diag(join "\n", grep { /ERROR|SUMMARY|==\d+==/ }
                 split /\n/, $out);
