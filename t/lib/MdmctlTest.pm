@@ -181,7 +181,11 @@ unique_subject = no
 preserve = yes
 email_in_dn = yes
 [any]
+UID = optional
 commonName = optional
+countryName = optional
+organizationName = optional
+emailAddress = optional
 EOF
     my @dates = $o{start}
         ? ('-startdate', $o{start}, '-enddate', $o{end})
