@@ -236,6 +236,31 @@ test_signatures(void)
         "noattr.b64", "sha512-der.b64"
     };
 
+    static const struct {
+        const char  *file;
+        const char  *reason;
+        const char  *name;
+    } bad_sigs[] = {
+        { "other-ca.b64", "certificate not issued by a trusted CA",
+          "certificate from another CA" },
+        { "expired.b64", "certificate expired", "expired certificate" },
+        { "future.b64", "certificate not yet valid",
+          "not yet valid certificate" },
+        { "noclient.b64", "not for TLS client auth",
+          "emailProtection-only certificate" },
+        { "two-signers.b64", "more than one signer", "two signers" },
+        { "nocerts.b64", "signer certificate not embedded",
+          "signer certificate left out" },
+        { "md5.b64", "unsupported digest algorithm", "MD5 digest" },
+        { "attached.b64", "signature is not detached",
+          "content embedded (not detached)" },
+        { "truncated.b64", "signature is not CMS", "truncated DER" },
+        { "trailing.b64", "trailing data after signature",
+          "bytes after the DER" },
+        { "not-signeddata.b64", "signature is not CMS SignedData",
+          "CMS of type data" },
+    };
+
     /* Piece sizes including empty ones; the rest goes in the last one. */
     static const size_t  cuts[] = { 0, 1, 7, 0, 100, 64, 513, 2 };
 
@@ -262,6 +287,8 @@ test_signatures(void)
 
     expect_sig(v, "sha256-der.b64", pieces, 9, NULL, "dev1",
                "body in 9 pieces");
+    expect_sig(v, "rsa-sha256.b64", pieces, 9, NULL, "devrsa",
+               "RSA signer, body in 9 pieces");
     expect_sig(v, "sha1-ber.b64", pieces, 9, NULL, "dev1",
                "BER SHA-1 signature, body in 9 pieces");
     expect_sig(v, "sha256-der.b64", pieces, 8,
@@ -284,29 +311,11 @@ test_signatures(void)
                NULL, "truncated body");
     free(copy);
 
-    expect_sig(v, "other-ca.b64", &one, 1,
-               "certificate not issued by a trusted CA", NULL,
-               "certificate from another CA");
-    expect_sig(v, "expired.b64", &one, 1, "certificate expired", NULL,
-               "expired certificate");
-    expect_sig(v, "future.b64", &one, 1, "certificate not yet valid", NULL,
-               "not yet valid certificate");
-    expect_sig(v, "noclient.b64", &one, 1, "not for TLS client auth", NULL,
-               "emailProtection-only certificate");
-    expect_sig(v, "two-signers.b64", &one, 1, "more than one signer", NULL,
-               "two signers");
-    expect_sig(v, "nocerts.b64", &one, 1, "signer certificate not embedded",
-               NULL, "signer certificate left out");
-    expect_sig(v, "md5.b64", &one, 1, "unsupported digest algorithm", NULL,
-               "MD5 digest");
-    expect_sig(v, "attached.b64", &one, 1, "signature is not detached", NULL,
-               "content embedded (not detached)");
-    expect_sig(v, "truncated.b64", &one, 1, "signature is not CMS", NULL,
-               "truncated DER");
-    expect_sig(v, "trailing.b64", &one, 1, "trailing data after signature",
-               NULL, "bytes after the DER");
-    expect_sig(v, "not-signeddata.b64", &one, 1,
-               "signature is not CMS SignedData", NULL, "CMS of type data");
+    for (i = 0; i < (int) (sizeof(bad_sigs) / sizeof(bad_sigs[0])); i++) {
+        expect_sig(v, bad_sigs[i].file, &one, 1, bad_sigs[i].reason, NULL,
+                   bad_sigs[i].name);
+    }
+
     expect_sig(v, "wrapped.b64", &one, 1, NULL, "dev1",
                "base64 with line breaks");
 
@@ -803,10 +812,13 @@ bench(double secs)
     static const struct {
         const char  *name;
         int        (*fn)(void *);
+        const char  *sig;
     } cases[] = {
-        { "Mdm-Signature (SHA-256 DER) + chain", bench_sig },
-        { "chain only", bench_chain },
-        { "RFC 9440 header parse + chain", bench_fwd },
+        { "Mdm-Signature P-256 SHA-256 DER", bench_sig, "sha256-der.b64" },
+        { "Mdm-Signature P-256 SHA-1 BER", bench_sig, "sha1-ber.b64" },
+        { "Mdm-Signature RSA-2048 SHA-256", bench_sig, "rsa-sha256.b64" },
+        { "chain only", bench_chain, NULL },
+        { "RFC 9440 header parse + chain", bench_fwd, NULL },
     };
 
     warm = verifier("ca.crt", NULL, 1024);
@@ -814,22 +826,26 @@ bench(double secs)
 
     b.body.iov_base = slurp("body.bin", &blen);
     b.body.iov_len = blen;
-    b.sig = slurp("sha256-der.b64", &b.slen);
     b.cert = load_cert("dev1.crt");
     b.fwd = slurp("dev1.rfc9440", &b.flen);
+    b.sig = NULL;
 
-    printf("bench: body %zu bytes, signature %zu base64 chars\n", blen,
-           b.slen);
+    printf("bench: body %zu bytes\n", blen);
 
     for (i = 0; i < (int) (sizeof(cases) / sizeof(cases[0])); i++) {
+        if (cases[i].sig) {
+            free(b.sig);
+            b.sig = slurp(cases[i].sig, &b.slen);
+        }
+
         b.v = cold;
         r = rate(cases[i].fn, &b, secs, &n);
-        printf("bench: %-38s cache cold %8.0f/s (%ld runs)\n",
+        printf("bench: %-34s cache cold %8.0f/s (%ld runs)\n",
                cases[i].name, r, n);
 
         b.v = warm;
         r = rate(cases[i].fn, &b, secs, &n);
-        printf("bench: %-38s cache warm %8.0f/s (%ld runs)\n",
+        printf("bench: %-34s cache warm %8.0f/s (%ld runs)\n",
                cases[i].name, r, n);
     }
 
