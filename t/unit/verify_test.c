@@ -231,9 +231,16 @@ test_signatures(void)
     unsigned char   *body, *copy, *b64;
     mdm_verifier_t  *v, *vr, *vi, *vp, *vn;
 
-    static const char  *good[] = {
-        "sha256-der.b64", "sha1-der.b64", "sha256-ber.b64", "sha1-ber.b64",
-        "noattr.b64", "sha512-der.b64"
+    static const struct {
+        const char  *file;
+        const char  *who;
+    } good[] = {
+        { "sha256-der.b64", "dev1" }, { "sha1-der.b64", "dev1" },
+        { "sha256-ber.b64", "dev1" }, { "sha1-ber.b64", "dev1" },
+        { "noattr.b64", "dev1" }, { "sha512-der.b64", "dev1" },
+        { "rsa-sha256.b64", "devrsa" },
+        /* What the 2012-era capture shows devices send. */
+        { "rsa-sha1-ber.b64", "devrsa" },
     };
 
     static const struct {
@@ -271,8 +278,8 @@ test_signatures(void)
     v = verifier("ca.crt", NULL, 16);
 
     for (i = 0; i < (int) (sizeof(good) / sizeof(good[0])); i++) {
-        snprintf(name, sizeof(name), "signature %s verifies", good[i]);
-        expect_sig(v, good[i], &one, 1, NULL, "dev1", name);
+        snprintf(name, sizeof(name), "signature %s verifies", good[i].file);
+        expect_sig(v, good[i].file, &one, 1, NULL, good[i].who, name);
     }
 
     off = 0;
