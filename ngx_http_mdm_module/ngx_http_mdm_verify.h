@@ -12,6 +12,12 @@
  * failure *reason (when the argument is not NULL) points to a short static
  * English string meant for a log line, e.g. "certificate expired".  The
  * OpenSSL error queue is left empty on return.
+ *
+ * From nginx: create the verifier at configuration time (the workers
+ * inherit it on fork, each then fills its own cache) and free it from a
+ * cycle pool cleanup.  The body pieces are the in-memory buffers of
+ * r->request_body->bufs; a body spooled to a file must be read in first
+ * (or kept in memory with client_body_buffer_size >= client_max_body_size).
  */
 
 #ifndef _NGX_HTTP_MDM_VERIFY_H_INCLUDED_

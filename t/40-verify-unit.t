@@ -102,6 +102,7 @@ my %sig = (
     'sha256-ber'  => [ $c{dev1}, ber => 1 ],
     'sha1-ber'    => [ $c{dev1}, md => 'sha1', ber => 1 ],
     'noattr'      => [ $c{dev1}, noattr => 1 ],
+    'keyid'       => [ $c{dev1}, keyid => 1 ],
     'rsa-sha256'  => [ $c{devrsa} ],
     'rsa-sha1-ber' => [ $c{devrsa}, md => 'sha1', ber => 1 ],
     'other-ca'    => [ $c{devother} ],

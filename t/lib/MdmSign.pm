@@ -17,6 +17,7 @@ package MdmSign;
 #   nocerts => 1        leave the signer certificate out
 #   certfile => path    extra certificates to embed (intermediates)
 #   noattr => 1         no signed attributes
+#   keyid => 1          signer named by subjectKeyIdentifier, not issuer+serial
 #   attached => 1       embed the body (not what devices send)
 # A second signer: pass an array ref of { cert, key } as the signer.
 
@@ -85,6 +86,7 @@ sub sign_der {
     push @cmd, '-stream', '-nodetach' if $o{ber};
     push @cmd, '-nocerts' if $o{nocerts};
     push @cmd, '-noattr' if $o{noattr};
+    push @cmd, '-keyid' if $o{keyid};
     push @cmd, '-nodetach' if $o{attached};
     push @cmd, '-certfile', $o{certfile} if $o{certfile};
     _run(@cmd);

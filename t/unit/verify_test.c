@@ -227,7 +227,7 @@ test_signatures(void)
     int              i;
     size_t           blen, off, len;
     char             name[128];
-    struct iovec     one, pieces[9], bad;
+    struct iovec     one, pieces[9], bad, *bytes;
     unsigned char   *body, *copy, *b64;
     mdm_verifier_t  *v, *vr, *vi, *vp, *vn;
 
@@ -238,7 +238,7 @@ test_signatures(void)
         { "sha256-der.b64", "dev1" }, { "sha1-der.b64", "dev1" },
         { "sha256-ber.b64", "dev1" }, { "sha1-ber.b64", "dev1" },
         { "noattr.b64", "dev1" }, { "sha512-der.b64", "dev1" },
-        { "rsa-sha256.b64", "devrsa" },
+        { "rsa-sha256.b64", "devrsa" }, { "keyid.b64", "dev1" },
         /* What the 2012-era capture shows devices send. */
         { "rsa-sha1-ber.b64", "devrsa" },
     };
@@ -296,6 +296,15 @@ test_signatures(void)
                "body in 9 pieces");
     expect_sig(v, "rsa-sha256.b64", pieces, 9, NULL, "devrsa",
                "RSA signer, body in 9 pieces");
+
+    bytes = malloc(blen * sizeof(struct iovec));
+    for (off = 0; off < blen; off++) {
+        bytes[off].iov_base = body + off;
+        bytes[off].iov_len = 1;
+    }
+    expect_sig(v, "sha1-ber.b64", bytes, (int) blen, NULL, "dev1",
+               "body in 1-byte pieces");
+    free(bytes);
     expect_sig(v, "sha1-ber.b64", pieces, 9, NULL, "dev1",
                "BER SHA-1 signature, body in 9 pieces");
     expect_sig(v, "sha256-der.b64", pieces, 8,
