@@ -146,7 +146,9 @@ ok($n_signers >= 2, 'two-signers has two signatures');
 # openssl itself accepts the detached BER form with the body.
 for my $n (qw(sha256-ber sha1-ber)) {
     $t->spew("$n.der", $der{$n});
-    my $out = qx{openssl cms -verify -binary -inform DER -in $d/$n.der -content $d/body.bin -noverify -out /dev/null 2>&1};
+    my $cmd = "openssl cms -verify -binary -inform DER -in $d/$n.der"
+        . " -content $d/body.bin -noverify -out /dev/null";
+    my $out = qx{$cmd 2>&1};
     ok(!$?, "openssl cms -verify accepts $n") or diag($out);
 }
 
@@ -156,7 +158,8 @@ unlike($mdm_sig, qr/[\r\n]/, 'Mdm-Signature value is one line');
 $t->spew('dev1.escaped', escaped_pem($c{dev1}));
 $t->spew('dev1.rfc9440', rfc9440($c{dev1}));
 like($t->slurp('dev1.escaped'),
-     qr/^-----BEGIN%20CERTIFICATE-----%0A[A-Za-z0-9%]+-----END%20CERTIFICATE-----%0A$/,
+     qr/^-----BEGIN%20CERTIFICATE-----%0A[A-Za-z0-9%]+
+        -----END%20CERTIFICATE-----%0A$/x,
      'escaped PEM looks like $ssl_client_escaped_cert');
 like($t->slurp('dev1.rfc9440'), qr/^:[A-Za-z0-9+\/]+=*:$/,
      'RFC 9440 value');
