@@ -97,7 +97,9 @@ int mdm_parse_forwarded_cert(const unsigned char *value, size_t len,
  * with the TLS client purpose, validity checked at `now` for every
  * certificate in the chain.  Successful results are cached under the
  * SHA-256 of the certificate DER until the earliest notAfter of the chain
- * or the TTL, whichever comes first.
+ * or the TTL, whichever comes first.  Failures are not cached.  An entry
+ * says "this certificate chains to a configured CA", however the chain was
+ * found (configured or embedded intermediates).
  */
 int mdm_verify_chain(mdm_verifier_t *v, X509 *cert, time_t now,
     const char **reason);
