@@ -1,0 +1,21 @@
+#!/usr/bin/perl
+# The module's request paths again, built with AddressSanitizer and UBSan
+# (make asan) and preloaded into the stock nginx. A report in error.log, an
+# alert or a crashed worker fails the inner test files.
+
+use strict;
+use warnings;
+use lib 't/lib';
+use Test::More;
+use MdmTest;
+
+my $so = MdmTest::root() . '/build/nginx-asan/objs/ngx_http_mdm_module.so';
+plan skip_all => 'no ASan build (make asan)' unless -e $so;
+
+for my $f (qw(t/10-checkin.t t/11-bad-input.t t/12-faults.t t/20-commands.t)) {
+    next unless -e MdmTest::root() . "/$f";
+    my $out = qx{cd @{[MdmTest::root()]} && MDM_ASAN=1 prove $f 2>&1};
+    ok $? == 0, "$f under ASan+UBSan" or diag $out;
+}
+
+done_testing;
