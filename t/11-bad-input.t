@@ -103,7 +103,7 @@ for my $row (@rows) {
         or diag $t->log_since_mark;
     my @lines = grep { /mdm: \d{3} / } split /\n/, $t->log_since_mark;
     ok @lines <= 1, "$name: one line";
-    is $t->redis_state, $state, "$name: Redis unchanged";
+    $t->state_unchanged($state, "$name: Redis unchanged");
     is $t->events_len, $events, "$name: no event";
     is $r->{body} // '', '', "$name: no body" if $status == 403;
 }

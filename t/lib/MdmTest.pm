@@ -268,17 +268,40 @@ sub fcall {
     return $self->redis->fcall($fn, scalar(@$keys), @$keys, @args);
 }
 
-# Digest of the whole data set, to assert that bad input changed nothing.
+# Digest of the whole data set (contents, not encodings: a set's DUMP
+# changes with rehashing), to assert that bad input changed nothing.
 sub redis_state {
     my ($self) = @_;
     my $r = $self->redis;
+    require Digest::MD5;
     my @keys = sort grep { $_ ne 'mdm:events' } $r->keys('mdm:*');
     my $s = '';
     for my $k (@keys) {
-        my $dump = $r->dump($k) // '';
-        $s .= "$k=" . unpack('H*', $dump) . "\n";
+        my $type = $r->type($k);
+        my @v = $type eq 'string' ? ($r->get($k))
+              : $type eq 'hash' ? do { my %h = $r->hgetall($k);
+                                       map { "$_\0$h{$_}" } sort keys %h }
+              : $type eq 'set' ? sort($r->smembers($k))
+              : $type eq 'zset' ? $r->zrange($k, 0, -1, 'WITHSCORES')
+              : $type eq 'list' ? $r->lrange($k, 0, -1)
+              : ($type);
+        $s .= "$k=" . Digest::MD5::md5_hex(join "\0\0", map { $_ // '' } @v)
+            . "\n";
     }
     return $s;
+}
+
+# ok() when the data set is as in $before; names the keys that differ.
+sub state_unchanged {
+    my ($self, $before, $name) = @_;
+    my $now = $self->redis_state;
+    return Test::More::pass($name) if $now eq $before;
+    my %a = map { split /=/, $_, 2 } split /\n/, $before;
+    my %b = map { split /=/, $_, 2 } split /\n/, $now;
+    my @diff = grep { ($a{$_} // '') ne ($b{$_} // '') } sort keys %{{ %a, %b }};
+    Test::More::fail($name);
+    Test::More::diag("changed: @diff[0 .. ($#diff < 9 ? $#diff : 9)]");
+    return 0;
 }
 
 sub events_len { $_[0]->redis->xlen('mdm:events') }
