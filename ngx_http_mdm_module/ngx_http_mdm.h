@@ -15,6 +15,7 @@
 #include <hiredis/async.h>
 
 #include "ngx_http_mdm_message.h"
+#include "ngx_http_mdm_verify.h"
 
 
 /* The Redis Functions library version this module speaks. */
@@ -49,10 +50,12 @@ typedef struct {
     ngx_array_t                *topics;      /* of ngx_str_t */
     ngx_uint_t                  user_auth;
     ngx_uint_t                  identity;
+    ngx_int_t                   header;      /* variable index, header mode */
+    mdm_verifier_t             *verifier;    /* mdm_device_ca */
+    ngx_array_t                *proxies;     /* of ngx_cidr_t */
     ngx_flag_t                  allow_rebind;
     ngx_flag_t                  migration;
     ngx_flag_t                  require_id_in_cert;
-    ngx_msec_t                  timeout;
 } ngx_http_mdm_loc_conf_t;
 
 
@@ -68,6 +71,7 @@ typedef struct {
     ngx_str_t                   body;
     u_char                      cert_sha256[65];
     time_t                      cert_not_after;
+    X509                       *cert;        /* freed with the request */
     ngx_uint_t                  kind;        /* mdm_msg_kind_e */
 } ngx_http_mdm_ctx_t;
 
@@ -89,6 +93,14 @@ void ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
 /* identity */
 ngx_int_t ngx_http_mdm_identify(ngx_http_request_t *r,
     ngx_http_mdm_ctx_t *ctx, const char **reason);
+ngx_int_t ngx_http_mdm_check_cert_names(ngx_http_request_t *r,
+    ngx_http_mdm_ctx_t *ctx);
+char *ngx_http_mdm_identity_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_mdm_device_ca_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_mdm_trusted_proxy_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* store: one FCALL per device request */
 ngx_int_t ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx);

@@ -169,6 +169,13 @@ ngx_http_mdm_body_handler(ngx_http_request_t *r)
         return;
     }
 
+    if (ngx_http_mdm_check_cert_names(r, ctx) != NGX_OK) {
+        ngx_http_mdm_refuse(r, NGX_HTTP_FORBIDDEN,
+                            "device id is not the certificate's subject CN "
+                            "or a SAN (mdm_require_id_in_cert)");
+        return;
+    }
+
     if (ngx_http_mdm_check_topic(r, ctx) != NGX_OK) {
         ngx_http_mdm_refuse(r, NGX_HTTP_FORBIDDEN,
                             "Topic is not one of mdm_topic");

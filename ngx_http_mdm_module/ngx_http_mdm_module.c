@@ -84,6 +84,34 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
       offsetof(ngx_http_mdm_loc_conf_t, allow_rebind),
       NULL },
 
+    { ngx_string("mdm_identity"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_mdm_identity_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("mdm_device_ca"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_mdm_device_ca_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("mdm_trusted_proxy"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_mdm_trusted_proxy_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("mdm_require_id_in_cert"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_mdm_loc_conf_t, require_id_in_cert),
+      NULL },
+
     { ngx_string("mdm_migration"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -257,6 +285,9 @@ ngx_http_mdm_create_loc_conf(ngx_conf_t *cf)
     mlcf->topics = NGX_CONF_UNSET_PTR;
     mlcf->user_auth = NGX_CONF_UNSET_UINT;
     mlcf->identity = NGX_CONF_UNSET_UINT;
+    mlcf->header = NGX_CONF_UNSET;
+    mlcf->verifier = NGX_CONF_UNSET_PTR;
+    mlcf->proxies = NGX_CONF_UNSET_PTR;
     mlcf->allow_rebind = NGX_CONF_UNSET;
     mlcf->migration = NGX_CONF_UNSET;
     mlcf->require_id_in_cert = NGX_CONF_UNSET;
@@ -278,6 +309,9 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_MDM_UA_DECLINE);
     ngx_conf_merge_uint_value(conf->identity, prev->identity,
                               NGX_HTTP_MDM_ID_TLS);
+    ngx_conf_merge_value(conf->header, prev->header, NGX_ERROR);
+    ngx_conf_merge_ptr_value(conf->verifier, prev->verifier, NULL);
+    ngx_conf_merge_ptr_value(conf->proxies, prev->proxies, NULL);
     ngx_conf_merge_value(conf->allow_rebind, prev->allow_rebind, 0);
     ngx_conf_merge_value(conf->migration, prev->migration, 0);
     ngx_conf_merge_value(conf->require_id_in_cert, prev->require_id_in_cert,
@@ -295,6 +329,15 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->topics == NULL) {
         return "needs \"mdm_topic\": the push topics this server owns";
+    }
+
+    if (conf->identity != NGX_HTTP_MDM_ID_TLS && conf->verifier == NULL) {
+        return "needs \"mdm_device_ca\" to verify signatures and "
+               "forwarded certificates";
+    }
+
+    if (conf->identity == NGX_HTTP_MDM_ID_HEADER && conf->proxies == NULL) {
+        return "needs \"mdm_trusted_proxy\" with \"mdm_identity header\"";
     }
 
     if (conf->migration) {
