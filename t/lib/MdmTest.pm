@@ -143,7 +143,7 @@ sub device_cert {
         . " -nodes -keyout $d/$name.key -subj '/CN=$cn' -out $d/$name.csr");
     my $validity = $o{not_before}
         ? "-not_before $o{not_before} -not_after $o{not_after}"
-        : "-days " . ($o{days} // 30);
+        : "-days " . ($o{days} // 365);
     if ($o{not_before}) {
         # 'openssl x509 -req' has no -not_before in 3.0; use 'openssl ca'.
         $self->_ca_sign($name, $ca, $ext, $o{not_before}, $o{not_after});
@@ -473,6 +473,12 @@ sub put {
 
 sub connect {
     my ($self, %o) = @_;
+    if ($o{plain}) {
+        return IO::Socket::INET->new(
+            PeerAddr => '127.0.0.1:' . $self->port($o{port} // 'http'),
+            ($o{local} ? (LocalAddr => $o{local}) : ()),
+            Timeout => $o{timeout} // 10);
+    }
     my $c = exists $o{cert} ? $o{cert} : 'dev1';
     my %ssl = (SSL_verify_mode => SSL_VERIFY_NONE, SSL_hostname => 'localhost');
     if (defined $c) {
