@@ -55,6 +55,10 @@ static const char  *sim_usage =
 "                          first (FCALL mdm_enqueue), then check each is\n"
 "                          acknowledged exactly once\n"
 "      --targets N         enqueue: time one mdm_enqueue to N ids\n"
+"      --warmup            start measuring once every connection is up and\n"
+"                          has answered once (no handshakes in the figures)\n"
+"      --cpu-pid LABEL:PID CPU time of PID (utime + stime) over the measured\n"
+"                          window, summed per LABEL; repeatable\n"
 "      --json              machine-readable report on stdout\n"
 "  -v, --verbose\n";
 
@@ -64,7 +68,7 @@ enum {
     OPT_CONNECT, OPT_SNI, OPT_CHECKIN, OPT_CMDPATH, OPT_STATIC,
     OPT_STATIC_METHOD, OPT_TOPIC, OPT_PREFIX, OPT_CA_CERT, OPT_CA_KEY,
     OPT_CERTS, OPT_CERT, OPT_KEY, OPT_SIGNATURE, OPT_NO_UNLOCK, OPT_MIXED,
-    OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON
+    OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU
 };
 
 static const struct option  sim_options[] = {
@@ -97,6 +101,8 @@ static const struct option  sim_options[] = {
     { "commands", required_argument, NULL, OPT_COMMANDS },
     { "targets", required_argument, NULL, OPT_TARGETS },
     { "json", no_argument, NULL, OPT_JSON },
+    { "warmup", no_argument, NULL, OPT_WARMUP },
+    { "cpu-pid", required_argument, NULL, OPT_CPU },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
@@ -181,6 +187,15 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
         case OPT_COMMANDS: cf->commands = atoi(optarg); break;
         case OPT_TARGETS: cf->targets = atoi(optarg); break;
         case OPT_JSON: cf->json = 1; break;
+        case OPT_WARMUP: cf->warmup = 1; break;
+        case OPT_CPU:
+            colon = strchr(optarg, ':');
+            if (colon == NULL || cf->ncpu == 16) {
+                sim_die("--cpu-pid wants LABEL:PID (at most 16)");
+            }
+            cf->cpu_label[cf->ncpu] = strndup(optarg, colon - optarg);
+            cf->cpu_pid[cf->ncpu++] = atoi(colon + 1);
+            break;
         case 'h':
             fputs(sim_usage, stdout);
             exit(0);
@@ -286,20 +301,103 @@ sim_init(sim_t *sim)
 }
 
 
+/* Adds sign * CPU microseconds of every --cpu-pid and of this process. */
+static void
+sim_cpu_sample(sim_t *sim, double sign)
+{
+    int            i, n;
+    char           path[64], buf[1024], *p;
+    long           hz;
+    FILE          *f;
+    unsigned long  ut, st;
+    struct rusage  ru;
+
+    hz = sysconf(_SC_CLK_TCK);
+
+    for (i = 0; i < sim->conf.ncpu; i++) {
+        snprintf(path, sizeof(path), "/proc/%d/stat", sim->conf.cpu_pid[i]);
+        f = fopen(path, "r");
+        if (f == NULL) {
+            continue;
+        }
+        n = (int) fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n > 0 ? n : 0] = '\0';
+
+        /* fields after the command name: state is field 3, utime 14 */
+        p = strrchr(buf, ')');
+        if (p == NULL
+            || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u"
+                      " %lu %lu", &ut, &st) != 2)
+        {
+            continue;
+        }
+        sim->stats.cpu_us[i] += sign * (ut + st) * 1e6 / hz;
+    }
+
+    getrusage(RUSAGE_SELF, &ru);
+    sim->stats.cpu_us[16] += sign * (ru.ru_utime.tv_sec * 1e6
+                                     + ru.ru_utime.tv_usec
+                                     + ru.ru_stime.tv_sec * 1e6
+                                     + ru.ru_stime.tv_usec);
+}
+
+
+/* Called after each connection's first answer; the last one starts the clock. */
+void
+sim_warm(sim_t *sim, sim_conn_t *c)
+{
+    int     i;
+    double  now;
+
+    if (!sim->warming || c->warm) {
+        return;
+    }
+
+    c->warm = 1;
+    if (++sim->nwarm < sim->conf.conns) {
+        return;
+    }
+
+    now = sim_now();
+    sim->warming = 0;
+    sim->stats.warmup_requests = sim->stats.requests;
+    sim->stats.requests = 0;
+    sim->stats.sessions = 0;
+    memset(sim->stats.by_kind, 0, sizeof(sim->stats.by_kind));
+    memset(&sim->stats.latency, 0, sizeof(sim->stats.latency));
+    sim->stats.t_start = now;
+    sim->stats.t_end = now;
+    sim->started = 0;
+    sim->end = sim->conf.duration > 0 ? now + sim->conf.duration : 0;
+    sim_cpu_sample(sim, -1);
+
+    for (i = 0; i < sim->conf.conns; i++) {
+        sim_device_resume(sim, &sim->conns[i], now);
+    }
+}
+
+
 static void
 sim_run(sim_t *sim)
 {
     int                 i, n, ms;
-    double              now, next, last_check, end;
+    double              now, next, last_check;
     sim_conn_t         *c;
     struct epoll_event  evs[512];
 
     now = sim_now();
     sim->stats.t_start = now;
     sim->stats.t_end = now;
-    end = sim->conf.duration > 0 ? now + sim->conf.duration : 0;
+    sim->end = sim->conf.duration > 0 ? now + sim->conf.duration : 0;
     last_check = now;
     sim->active = sim->conf.conns;
+    sim->warming = sim->conf.warmup;
+    if (sim->warming) {
+        sim->end = 0;
+    } else {
+        sim_cpu_sample(sim, -1);
+    }
 
     for (i = 0; i < sim->conf.conns; i++) {
         c = &sim->conns[i];
@@ -314,7 +412,7 @@ sim_run(sim_t *sim)
     while (sim->active > 0) {
         now = sim_now();
 
-        if (end && now >= end && !sim->stopping) {
+        if (sim->end && now >= sim->end && !sim->stopping) {
             sim->stopping = 1;
         }
 
@@ -338,8 +436,8 @@ sim_run(sim_t *sim)
         if ((c = sim_heap_top(sim)) != NULL && c->next_at < next) {
             next = c->next_at;
         }
-        if (end && !sim->stopping && end < next) {
-            next = end;
+        if (sim->end && !sim->stopping && sim->end < next) {
+            next = sim->end;
         }
         ms = (int) ((next - now) * 1e3 + 0.999);
 
@@ -353,6 +451,11 @@ sim_run(sim_t *sim)
             sim_conn_io(sim, c, evs[i].events);
         }
     }
+
+    if (sim->warming) {
+        sim_cpu_sample(sim, -1);      /* never warmed up: nothing measured */
+    }
+    sim_cpu_sample(sim, 1);
 
     for (i = 0; i < sim->conf.conns; i++) {
         sim_conn_close(sim, &sim->conns[i]);

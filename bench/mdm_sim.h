@@ -64,6 +64,10 @@ typedef struct {
     int               unlock_token;
     int               json;
     int               verbose;
+    int               warmup;        /* measure once every connection is up */
+    int               ncpu;
+    const char       *cpu_label[16]; /* --cpu-pid LABEL:PID */
+    int               cpu_pid[16];
 
     const char       *ca_cert;
     const char       *ca_key;
@@ -111,8 +115,13 @@ typedef struct {
     uint64_t          cmd_missing;
 
     double            enqueue_ms;
+    double            enroll_ms;        /* enqueue: direct enrollment */
+    int64_t           enroll_memory;    /* used_memory delta, bytes */
+    int64_t           enqueue_memory;
     double            t_start;
     double            t_end;
+    uint64_t          warmup_requests;
+    double            cpu_us[17];     /* per --cpu-pid, then the simulator */
 
     sim_hist_t        latency;
     sim_hist_t        handshake;
@@ -174,6 +183,8 @@ typedef struct {
     double            next_at;
     size_t            heap_idx;
     int               retried;
+    int               warm;           /* finished its first request */
+    int               parked;         /* waiting for the warm-up to end */
 
     char              cmd_uuid[64];
     char              cmd_type[64];
@@ -192,6 +203,9 @@ typedef struct {
     int               stopping;
     int               active;       /* connections not idle or done */
     uint64_t          started;      /* requests started */
+    int               warming;
+    int               nwarm;
+    double            end;          /* when to stop starting sessions */
 
     sim_conn_t      **heap;
     size_t            nheap;
@@ -211,6 +225,9 @@ void sim_buf_base64(sim_buf_t *b, const uint8_t *p, size_t n, int wrap);
 void sim_die(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
 
+/* mdm_sim.c */
+void sim_warm(sim_t *sim, sim_conn_t *c);
+
 /* sim_stats.c */
 void sim_hist_add(sim_hist_t *h, uint64_t us);
 uint64_t sim_hist_pct(const sim_hist_t *h, double pct);
@@ -224,6 +241,10 @@ void sim_pki_sign(sim_device_t *dev, const char *body, size_t len,
 /* sim_body.c */
 void sim_body_build(sim_t *sim, sim_conn_t *c, sim_kind_e kind,
     sim_buf_t *out);
+void sim_body_device(sim_t *sim, sim_device_t *dev, sim_kind_e kind,
+    sim_buf_t *b);
+void sim_body_checkin_fields(sim_t *sim, sim_device_t *dev, sim_kind_e kind,
+    const char **kv, size_t *lens, int *n, char *hex);
 void sim_body_command(sim_t *sim, int k, sim_buf_t *out);
 void sim_body_uuid(sim_t *sim, int k, char *out, size_t n);
 int sim_body_uuid_index(sim_t *sim, const char *uuid);
@@ -239,6 +260,7 @@ void sim_device_start(sim_t *sim, sim_conn_t *c);
 void sim_device_response(sim_t *sim, sim_conn_t *c, int status);
 void sim_device_failed(sim_t *sim, sim_conn_t *c);
 void sim_device_timer(sim_t *sim, sim_conn_t *c);
+void sim_device_resume(sim_t *sim, sim_conn_t *c, double now);
 void sim_heap_push(sim_t *sim, sim_conn_t *c);
 sim_conn_t *sim_heap_top(sim_t *sim);
 void sim_heap_pop(sim_t *sim);

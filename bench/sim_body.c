@@ -180,12 +180,11 @@ sim_result_keys(sim_device_t *dev, const char *type, sim_buf_t *b)
 }
 
 
+/* Check-ins and Idle, which need only the device. */
 void
-sim_body_build(sim_t *sim, sim_conn_t *c, sim_kind_e kind, sim_buf_t *b)
+sim_body_device(sim_t *sim, sim_device_t *dev, sim_kind_e kind,
+    sim_buf_t *b)
 {
-    sim_device_t  *dev;
-
-    dev = c->dev;
     sim_buf_reset(b);
 
     switch (kind) {
@@ -198,25 +197,82 @@ sim_body_build(sim_t *sim, sim_conn_t *c, sim_kind_e kind, sim_buf_t *b)
         sim_token_update(sim, dev, b);
         break;
 
-    case SIM_RQ_IDLE:
-    case SIM_RQ_STATIC:
+    default:
         sim_buf_printf(b, SIM_PLIST_HEAD
             "\t<key>Status</key>\n\t<string>Idle</string>\n"
             "\t<key>UDID</key>\n\t<string>%s</string>\n" SIM_PLIST_TAIL,
             dev ? dev->udid : "static");
         break;
+    }
+}
 
-    case SIM_RQ_ACK:
-    default:
-        sim_buf_printf(b, SIM_PLIST_HEAD
-            "\t<key>CommandUUID</key>\n\t<string>%s</string>\n",
-            c->cmd_uuid);
-        sim_result_keys(dev, c->cmd_type, b);
-        sim_buf_printf(b,
-            "\t<key>Status</key>\n\t<string>Acknowledged</string>\n"
-            "\t<key>UDID</key>\n\t<string>%s</string>\n" SIM_PLIST_TAIL,
-            dev->udid);
-        break;
+
+void
+sim_body_build(sim_t *sim, sim_conn_t *c, sim_kind_e kind, sim_buf_t *b)
+{
+    sim_device_t  *dev;
+
+    dev = c->dev;
+
+    if (kind != SIM_RQ_ACK) {
+        sim_body_device(sim, dev, kind, b);
+        return;
+    }
+
+    sim_buf_reset(b);
+    sim_buf_printf(b, SIM_PLIST_HEAD
+        "\t<key>CommandUUID</key>\n\t<string>%s</string>\n",
+        c->cmd_uuid);
+    sim_result_keys(dev, c->cmd_type, b);
+    sim_buf_printf(b,
+        "\t<key>Status</key>\n\t<string>Acknowledged</string>\n"
+        "\t<key>UDID</key>\n\t<string>%s</string>\n" SIM_PLIST_TAIL,
+        dev->udid);
+}
+
+
+/* What the module passes to mdm_checkin for a check-in of this device. */
+void
+sim_body_checkin_fields(sim_t *sim, sim_device_t *dev, sim_kind_e kind,
+    const char **kv, size_t *lens, int *n, char *hex)
+{
+    int      i;
+    char     serial[16];
+    uint8_t  token[32];
+    static const char  digits[] = "0123456789abcdef";
+
+    *n = 0;
+    kv[(*n)++] = "Topic";
+    kv[(*n)++] = sim->conf.topic;
+
+    if (kind == SIM_RQ_AUTHENTICATE) {
+        sim_serial(dev->udid, serial);
+        memcpy(hex, serial, 13);
+        kv[(*n)++] = "SerialNumber";
+        kv[(*n)++] = hex;
+        kv[(*n)++] = "ProductName";
+        kv[(*n)++] = "iPad13,18";
+        kv[(*n)++] = "OSVersion";
+        kv[(*n)++] = "17.1";
+        kv[(*n)++] = "BuildVersion";
+        kv[(*n)++] = "21B74";
+    } else {
+        sim_hash(dev->udid, "token", token);
+        for (i = 0; i < 32; i++) {
+            hex[2 * i] = digits[token[i] >> 4];
+            hex[2 * i + 1] = digits[token[i] & 0xf];
+        }
+        hex[64] = '\0';
+        kv[(*n)++] = "Token";
+        kv[(*n)++] = hex;
+        kv[(*n)++] = "PushMagic";
+        kv[(*n)++] = "3A1F2C4D-5E6F-4A7B-8C9D-0E1F2A3B4C5D";
+        kv[(*n)++] = "AwaitingConfiguration";
+        kv[(*n)++] = "0";
+    }
+
+    for (i = 0; i < *n; i++) {
+        lens[i] = strlen(kv[i]);
     }
 }
 

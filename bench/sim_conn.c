@@ -165,6 +165,7 @@ sim_conn_fail(sim_t *sim, sim_conn_t *c, uint64_t *counter)
 
     (*counter)++;
     c->state = SIM_C_IDLE;
+    sim_warm(sim, c);
     sim_device_failed(sim, c);
 }
 
@@ -305,6 +306,7 @@ sim_conn_done(sim_t *sim, sim_conn_t *c)
     }
 
     c->state = SIM_C_IDLE;
+    sim_warm(sim, c);
     sim_device_response(sim, c, status);
 }
 

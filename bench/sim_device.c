@@ -186,6 +186,13 @@ sim_device_start(sim_t *sim, sim_conn_t *c)
         return;
     }
 
+    /* parked until every connection is up; sim_warm() restarts it */
+    if (sim->warming && c->warm) {
+        c->state = SIM_C_WAIT;
+        c->parked = 1;
+        return;
+    }
+
     if (sim->conf.rate > 0) {
         c->next_at += sim->conf.conns / sim->conf.rate;
         sim_heap_push(sim, c);
@@ -194,6 +201,34 @@ sim_device_start(sim_t *sim, sim_conn_t *c)
 
     if (sim->conf.think_ms > 0 && c->dev->sessions > 0) {
         c->next_at = sim_now() + sim->conf.think_ms / 1e3;
+        sim_heap_push(sim, c);
+        return;
+    }
+
+    sim_session_begin(sim, c);
+}
+
+
+/* The warm-up is over: every slot starts its measured sessions together. */
+void
+sim_device_resume(sim_t *sim, sim_conn_t *c, double now)
+{
+    double  interval;
+
+    interval = sim->conf.rate > 0 ? sim->conf.conns / sim->conf.rate : 0;
+
+    /* an evenly spread schedule from now on */
+    c->next_at = now + interval * (c->id / (double) sim->conf.conns - 1);
+
+    if (!c->parked) {
+        return;
+    }
+
+    c->parked = 0;
+    c->state = SIM_C_IDLE;
+
+    if (sim->conf.rate > 0) {
+        c->next_at += interval;
         sim_heap_push(sim, c);
         return;
     }
@@ -261,6 +296,12 @@ sim_device_failed(sim_t *sim, sim_conn_t *c)
 
     if (sim->stopping) {
         sim_slot_done(sim, c);
+        return;
+    }
+
+    if (sim->warming && c->warm) {
+        c->state = SIM_C_WAIT;
+        c->parked = 1;
         return;
     }
 

@@ -133,11 +133,34 @@ sim_errors(const sim_stats_t *s)
 }
 
 
+/* The CPU of every pid under the label of entry i, once per label. */
+static int
+sim_cpu_label(sim_t *sim, int i, double *cpu)
+{
+    int  j;
+
+    for (j = 0; j < i; j++) {
+        if (strcmp(sim->conf.cpu_label[j], sim->conf.cpu_label[i]) == 0) {
+            return 0;
+        }
+    }
+
+    *cpu = 0;
+    for (j = i; j < sim->conf.ncpu; j++) {
+        if (strcmp(sim->conf.cpu_label[j], sim->conf.cpu_label[i]) == 0) {
+            *cpu += sim->stats.cpu_us[j];
+        }
+    }
+
+    return 1;
+}
+
+
 void
 sim_stats_print(sim_t *sim, int json)
 {
     int           i, first;
-    double        el, rps;
+    double        el, rps, cpu;
     sim_stats_t  *s;
 
     s = &sim->stats;
@@ -164,6 +187,19 @@ sim_stats_print(sim_t *sim, int json)
         printf("handshakes   %llu (retries %llu)\n",
                (unsigned long long) s->handshakes,
                (unsigned long long) s->retries);
+        if (sim->conf.warmup) {
+            printf("warm-up      %llu requests before measuring\n",
+                   (unsigned long long) s->warmup_requests);
+        }
+        for (i = 0; i < sim->conf.ncpu; i++) {
+            if (sim_cpu_label(sim, i, &cpu)) {
+                printf("cpu %-8s %.0f us (%.1f us/request)\n",
+                       sim->conf.cpu_label[i], cpu,
+                       s->requests ? cpu / s->requests : 0.0);
+            }
+        }
+        printf("cpu sim      %.0f us (%.1f us/request)\n", s->cpu_us[16],
+               s->requests ? s->cpu_us[16] / s->requests : 0.0);
         sim_hist_print("latency", &s->latency, 0);
         sim_hist_print("handshake", &s->handshake, 0);
         printf("errors       %llu", (unsigned long long) sim_errors(s));
@@ -180,6 +216,13 @@ sim_stats_print(sim_t *sim, int json)
                (unsigned long long) s->err_timeout,
                (unsigned long long) s->err_closed,
                (unsigned long long) s->err_protocol);
+        if (s->enroll_ms > 0) {
+            printf("direct enrollment of %llu ids: %.1f ms, %lld bytes;"
+                   " enqueue to them: %lld bytes\n",
+                   (unsigned long long) s->cmd_enqueued, s->enroll_ms,
+                   (long long) s->enroll_memory,
+                   (long long) s->enqueue_memory);
+        }
         if (s->cmd_enqueued || s->cmd_received) {
             printf("commands     enqueued %llu (%.1f ms)  received %llu"
                    "  acknowledged %llu  duplicate %llu  foreign %llu"
@@ -229,7 +272,18 @@ sim_stats_print(sim_t *sim, int json)
             first = 0;
         }
     }
-    printf("}},\"commands\":{\"enqueued\":%llu,\"enqueue_ms\":%.3f,"
+    printf("}},\"warmup_requests\":%llu,\"cpu_us\":{",
+           (unsigned long long) s->warmup_requests);
+    for (i = 0; i < sim->conf.ncpu; i++) {
+        if (sim_cpu_label(sim, i, &cpu)) {
+            printf("\"%s\":%.0f,", sim->conf.cpu_label[i], cpu);
+        }
+    }
+    printf("\"sim\":%.0f", s->cpu_us[16]);
+    printf("},\"redis\":{\"enroll_ms\":%.3f,\"enroll_memory\":%lld,"
+           "\"enqueue_memory\":%lld", s->enroll_ms,
+           (long long) s->enroll_memory, (long long) s->enqueue_memory);
+    printf("},\"commands\":{\"enqueued\":%llu,\"enqueue_ms\":%.3f,"
            "\"received\":%llu,\"acknowledged\":%llu,\"duplicate\":%llu,"
            "\"foreign\":%llu,\"not_delivered\":%llu}}\n",
            (unsigned long long) s->cmd_enqueued, s->enqueue_ms,
