@@ -19,6 +19,19 @@ static const mdm_cmd_t  mdm_commands[] = {
     { "pushcert", mdm_pushcert_main,
       "APNs push certificate: csr, vendor-sign, info, p12, pem" },
     /* admin commands (queue, enqueue, results, ...) are added here */
+    { "command", mdm_command_main,
+      "build and check a command plist (print only)" },
+    { "enqueue", mdm_enqueue_main,
+      "queue a command for enrollments and push them" },
+    { "push", mdm_push_main, "request APNs pushes for enrollments" },
+    { "queue", mdm_queue_main, "show an enrollment's command queue" },
+    { "cancel", mdm_cancel_main, "take a queued command off a queue" },
+    { "clear", mdm_clear_main, "empty enrollments' command queues" },
+    { "results", mdm_results_main, "show a command's result on a device" },
+    { "status", mdm_status_main, "show a command's status on every target" },
+    { "devices", mdm_devices_main, "list enrollments, recently seen first" },
+    { "show", mdm_show_main, "show one enrollment" },
+    { "events", mdm_events_main, "follow the event stream" },
     { NULL, NULL, NULL }
 };
 
