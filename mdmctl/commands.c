@@ -949,7 +949,7 @@ static const char  mdm_command_usage[] =
     "\n"
     "  --uuid UUID     CommandUUID to use (default: a fresh UUID)\n"
     "  --plist FILE    check a complete command plist instead\n"
-    "  -o, --out FILE  write the plist there instead of stdout\n"
+    "  --out FILE      write the plist there instead of stdout\n"
     "  --list          list the known RequestTypes\n"
     "  --keys RT       list the keys of a RequestType\n";
 
