@@ -133,6 +133,32 @@ sim_errors(const sim_stats_t *s)
 }
 
 
+/* The command counters, the same arguments in both formats. */
+static void
+sim_commands_print(const sim_stats_t *s, int json)
+{
+    static const char  *fmt[2] = {
+        "commands     enqueued %llu (%.1f ms)  received %llu"
+        "  acknowledged %llu  duplicate %llu  foreign %llu"
+        "  not delivered %llu\n",
+        ",\"commands\":{\"enqueued\":%llu,\"enqueue_ms\":%.3f,"
+        "\"received\":%llu,\"acknowledged\":%llu,\"duplicate\":%llu,"
+        "\"foreign\":%llu,\"not_delivered\":%llu}}\n"
+    };
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    printf(fmt[json ? 1 : 0],
+           (unsigned long long) s->cmd_enqueued, s->enqueue_ms,
+           (unsigned long long) s->cmd_received,
+           (unsigned long long) s->cmd_acked,
+           (unsigned long long) s->cmd_duplicate,
+           (unsigned long long) s->cmd_foreign,
+           (unsigned long long) s->cmd_missing);
+#pragma GCC diagnostic pop
+}
+
+
 /* The CPU of every pid under the label of entry i, once per label. */
 static int
 sim_cpu_label(sim_t *sim, int i, double *cpu)
@@ -224,15 +250,7 @@ sim_stats_print(sim_t *sim, int json)
                    (long long) s->enqueue_memory);
         }
         if (s->cmd_enqueued || s->cmd_received) {
-            printf("commands     enqueued %llu (%.1f ms)  received %llu"
-                   "  acknowledged %llu  duplicate %llu  foreign %llu"
-                   "  not delivered %llu\n",
-                   (unsigned long long) s->cmd_enqueued, s->enqueue_ms,
-                   (unsigned long long) s->cmd_received,
-                   (unsigned long long) s->cmd_acked,
-                   (unsigned long long) s->cmd_duplicate,
-                   (unsigned long long) s->cmd_foreign,
-                   (unsigned long long) s->cmd_missing);
+            sim_commands_print(s, 0);
         }
         return;
     }
@@ -283,13 +301,6 @@ sim_stats_print(sim_t *sim, int json)
     printf("},\"redis\":{\"enroll_ms\":%.3f,\"enroll_memory\":%lld,"
            "\"enqueue_memory\":%lld", s->enroll_ms,
            (long long) s->enroll_memory, (long long) s->enqueue_memory);
-    printf("},\"commands\":{\"enqueued\":%llu,\"enqueue_ms\":%.3f,"
-           "\"received\":%llu,\"acknowledged\":%llu,\"duplicate\":%llu,"
-           "\"foreign\":%llu,\"not_delivered\":%llu}}\n",
-           (unsigned long long) s->cmd_enqueued, s->enqueue_ms,
-           (unsigned long long) s->cmd_received,
-           (unsigned long long) s->cmd_acked,
-           (unsigned long long) s->cmd_duplicate,
-           (unsigned long long) s->cmd_foreign,
-           (unsigned long long) s->cmd_missing);
+    printf("}");
+    sim_commands_print(s, 1);
 }
