@@ -115,7 +115,7 @@ mdm_in_range(const char *range, const char *v)
 }
 
 
-/* ---- checking ---------------------------------------------------------- */
+/* ---- checking ------------------------------------------------------------ */
 
 typedef struct {
     const char  *rt;
@@ -356,7 +356,7 @@ mdm_command_check(mdm_command_t *cmd)
 }
 
 
-/* ---- values from arguments ---------------------------------------------- */
+/* ---- values from arguments ----------------------------------------------- */
 
 static plist_t
 mdm_data_value(const char *key, const char *s)

@@ -27,7 +27,8 @@ $ENV{MDM_REDIS} = 'unix:' . $t->redis_sock;
 
 my $UUID_RE = qr/^[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}$/;
 
-# ctl(@args) or ctl({ stdin => $text }, @args) -> { rc, out, err }
+# ctl(@args) or ctl({ stdin => $text }, @args) -> { rc, out, err };
+# MDMCTL_WRAP="valgrind -q --error-exitcode=99 --leak-check=full" checks it.
 my $nrun = 0;
 sub ctl {
     my $o = ref $_[0] eq 'HASH' ? shift : {};
@@ -39,7 +40,8 @@ sub ctl {
         open STDIN, '<', $in or die;
         open STDOUT, '>', "$dir/ctl$n.out" or die;
         open STDERR, '>', "$dir/ctl$n.err" or die;
-        exec $BIN, @args or POSIX::_exit(127);
+        exec split(' ', $ENV{MDMCTL_WRAP} // ''), $BIN, @args
+            or POSIX::_exit(127);
     }
     waitpid $pid, 0;
     return { rc => $? >> 8, sig => $? & 127, out => $t->slurp("ctl$n.out"),
