@@ -179,14 +179,15 @@ sim_redis_drain(redisContext *rc, int n)
 
 
 /*
- * Enrolls ids the way the module would (Authenticate, TokenUpdate through
+ * Enrolls ids the way the module would (an Authenticate through
  * mdm_checkin), pipelined, without TLS: mdm_enqueue accepts only enrolled
- * ids.  The certificate hash is made up; nobody connects with it.
+ * ids, and a TokenUpdate would add nothing the enqueue looks at.  The
+ * certificate hash is made up; nobody connects with it.
  */
 static void
 sim_redis_enroll_direct(sim_t *sim, redisContext *rc, int n, char **ids)
 {
-    int            i, j, k, argc, nkv, pending;
+    int            i, j, argc, nkv, pending;
     char           enr[128], certkey[128], sha[65], hex[72];
     uint8_t        h[32];
     size_t         lens[40];
@@ -194,9 +195,6 @@ sim_redis_enroll_direct(sim_t *sim, redisContext *rc, int n, char **ids)
     const char    *argv[40];
     sim_device_t   dev;
     static const char  digits[] = "0123456789abcdef";
-    static const sim_kind_e  kinds[2] = {
-        SIM_RQ_AUTHENTICATE, SIM_RQ_TOKEN_UPDATE
-    };
 
     pending = 0;
     memset(&dev, 0, sizeof(dev));
@@ -214,35 +212,33 @@ sim_redis_enroll_direct(sim_t *sim, redisContext *rc, int n, char **ids)
         sha[64] = '\0';
         snprintf(certkey, sizeof(certkey), "mdm:cert:%s", sha);
 
-        for (k = 0; k < 2; k++) {
-            sim_body_device(sim, &dev, kinds[k], &body);
-            argv[0] = "FCALL";
-            argv[1] = "mdm_checkin";
-            argv[2] = "3";
-            argv[3] = enr;
-            argv[4] = certkey;
-            argv[5] = "mdm:events";
-            argv[6] = k ? "TokenUpdate" : "Authenticate";
-            argv[7] = ids[i];
-            argv[8] = ids[i];
-            argv[9] = "Device";
-            argv[10] = "";
-            argv[11] = "0";
-            argv[12] = sha;
-            for (j = 0; j < 13; j++) {
-                lens[j] = strlen(argv[j]);
-            }
-            sim_body_checkin_fields(sim, &dev, kinds[k], argv + 13,
-                                    lens + 13, &nkv, hex);
-            argc = 13 + nkv;
-            argv[argc] = "Raw";
-            lens[argc++] = 3;
-            argv[argc] = body.data;
-            lens[argc++] = body.len;
-
-            redisAppendCommandArgv(rc, argc, argv, lens);
-            pending++;
+        sim_body_device(sim, &dev, SIM_RQ_AUTHENTICATE, &body);
+        argv[0] = "FCALL";
+        argv[1] = "mdm_checkin";
+        argv[2] = "3";
+        argv[3] = enr;
+        argv[4] = certkey;
+        argv[5] = "mdm:events";
+        argv[6] = "Authenticate";
+        argv[7] = ids[i];
+        argv[8] = ids[i];
+        argv[9] = "Device";
+        argv[10] = "";
+        argv[11] = "0";
+        argv[12] = sha;
+        for (j = 0; j < 13; j++) {
+            lens[j] = strlen(argv[j]);
         }
+        sim_body_checkin_fields(sim, &dev, SIM_RQ_AUTHENTICATE, argv + 13,
+                                lens + 13, &nkv, hex);
+        argc = 13 + nkv;
+        argv[argc] = "Raw";
+        lens[argc++] = 3;
+        argv[argc] = body.data;
+        lens[argc++] = body.len;
+
+        redisAppendCommandArgv(rc, argc, argv, lens);
+        pending++;
 
         if (pending >= 1000) {
             sim_redis_drain(rc, pending);
