@@ -226,6 +226,24 @@ mdm_fcall1(redisContext *c, int ro, const char *fn, const char *a,
 }
 
 
+/* Connects, calls one function and disconnects: the read-only verbs. */
+static redisReply *
+mdm_fcall_once(int ro, const char *fn, const char *a, const char *b)
+{
+    redisReply    *r;
+    redisContext  *c;
+
+    c = mdm_connect(120);
+    if (c == NULL) {
+        return NULL;
+    }
+
+    r = mdm_fcall1(c, ro, fn, a, b);
+    redisFree(c);
+    return r;
+}
+
+
 static const char *
 mdm_rstr(redisReply *r)
 {
@@ -1111,7 +1129,6 @@ mdm_queue_main(int argc, char **argv)
     size_t         i;
     json_t        *out;
     redisReply    *r, *e;
-    redisContext  *c;
 
     MDM_OPTS(mdm_queue_usage, NULL, NULL);
 
@@ -1120,13 +1137,7 @@ mdm_queue_main(int argc, char **argv)
         return MDM_USAGE;
     }
 
-    c = mdm_connect(30);
-    if (c == NULL) {
-        return MDM_ERROR;
-    }
-
-    r = mdm_fcall1(c, 1, "mdm_queue", argv[0], NULL);
-    redisFree(c);
+    r = mdm_fcall_once(1, "mdm_queue", argv[0], NULL);
     if (r == NULL) {
         return MDM_ERROR;
     }
@@ -1187,7 +1198,6 @@ mdm_cancel_main(int argc, char **argv)
 {
     long long      n;
     redisReply    *r;
-    redisContext  *c;
 
     MDM_OPTS(mdm_cancel_usage, NULL, NULL);
 
@@ -1196,13 +1206,7 @@ mdm_cancel_main(int argc, char **argv)
         return MDM_USAGE;
     }
 
-    c = mdm_connect(30);
-    if (c == NULL) {
-        return MDM_ERROR;
-    }
-
-    r = mdm_fcall1(c, 0, "mdm_cancel", argv[0], argv[1]);
-    redisFree(c);
+    r = mdm_fcall_once(0, "mdm_cancel", argv[0], argv[1]);
     if (r == NULL) {
         return MDM_ERROR;
     }
@@ -1319,7 +1323,6 @@ mdm_results_main(int argc, char **argv)
 {
     size_t         i;
     redisReply    *r;
-    redisContext  *c;
 
     static const struct option  extra[] = {
         { "raw", no_argument, NULL, 'r' },
@@ -1333,13 +1336,7 @@ mdm_results_main(int argc, char **argv)
         return MDM_USAGE;
     }
 
-    c = mdm_connect(30);
-    if (c == NULL) {
-        return MDM_ERROR;
-    }
-
-    r = mdm_fcall1(c, 1, "mdm_result", argv[0], argv[1]);
-    redisFree(c);
+    r = mdm_fcall_once(1, "mdm_result", argv[0], argv[1]);
     if (r == NULL) {
         return MDM_ERROR;
     }
@@ -1384,7 +1381,6 @@ int
 mdm_show_main(int argc, char **argv)
 {
     redisReply    *r;
-    redisContext  *c;
 
     MDM_OPTS(mdm_show_usage, NULL, NULL);
 
@@ -1393,13 +1389,7 @@ mdm_show_main(int argc, char **argv)
         return MDM_USAGE;
     }
 
-    c = mdm_connect(30);
-    if (c == NULL) {
-        return MDM_ERROR;
-    }
-
-    r = mdm_fcall1(c, 1, "mdm_enrollment", argv[0], NULL);
-    redisFree(c);
+    r = mdm_fcall_once(1, "mdm_enrollment", argv[0], NULL);
     if (r == NULL) {
         return MDM_ERROR;
     }
@@ -1465,7 +1455,6 @@ mdm_status_main(int argc, char **argv)
     json_t        *counts, *list, *cnt, *o;
     const char    *st, *k;
     redisReply    *r, **rows;
-    redisContext  *c;
 
     static const struct option  extra[] = {
         { "summary", no_argument, NULL, 's' },
@@ -1479,13 +1468,7 @@ mdm_status_main(int argc, char **argv)
         return MDM_USAGE;
     }
 
-    c = mdm_connect(120);
-    if (c == NULL) {
-        return MDM_ERROR;
-    }
-
-    r = mdm_fcall1(c, 1, "mdm_command_status", argv[0], NULL);
-    redisFree(c);
+    r = mdm_fcall_once(1, "mdm_command_status", argv[0], NULL);
     if (r == NULL) {
         return MDM_ERROR;
     }
