@@ -25,6 +25,8 @@ static u_char *ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e,
     size_t *len);
 static ngx_int_t ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r,
     u_char *token, size_t len, ngx_str_t *out);
+static ngx_int_t ngx_http_mdm_binary(ngx_http_request_t *r,
+    ngx_http_mdm_ctx_t *ctx, ngx_str_t *out);
 
 
 static ngx_str_t  ngx_http_mdm_xml = ngx_string("application/xml");
@@ -43,6 +45,7 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
 {
     int                       argc, i;
     u_char                   *p, *flags, *enr, *cert, *na;
+    ngx_str_t                 raw;
     size_t                    len[NGX_HTTP_MDM_ARGS_MAX];
     const char               *argv[NGX_HTTP_MDM_ARGS_MAX];
     mdm_message_t            *m;
@@ -136,10 +139,14 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
         if (m->type == MDM_MSG_AUTHENTICATE
             || m->type == MDM_MSG_TOKEN_UPDATE)
         {
+            if (ngx_http_mdm_binary(r, ctx, &raw) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
             argv[argc] = "Raw";
             len[argc++] = 3;
-            argv[argc] = (char *) ctx->body.data;
-            len[argc++] = ctx->body.len;
+            argv[argc] = (char *) raw.data;
+            len[argc++] = raw.len;
         }
     }
 
@@ -241,6 +248,44 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
         ngx_http_mdm_refuse(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
                             "unknown reply kind from mdm.lua");
     }
+}
+
+
+/*
+ * The raw message as a binary plist: the same content in about half the
+ * bytes, which keeps an enrollment within 2 KB of Redis.
+ */
+
+static ngx_int_t
+ngx_http_mdm_binary(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
+    ngx_str_t *out)
+{
+    char      *bin;
+    uint32_t   n;
+
+    if (plist_is_binary((char *) ctx->body.data, ctx->body.len)) {
+        *out = ctx->body;
+        return NGX_OK;
+    }
+
+    bin = NULL;
+    plist_to_bin(ctx->msg.root, &bin, &n);
+
+    if (bin == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->data = ngx_pnalloc(r->pool, n);
+    if (out->data == NULL) {
+        free(bin);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(out->data, bin, n);
+    out->len = n;
+    free(bin);
+
+    return NGX_OK;
 }
 
 

@@ -41,6 +41,7 @@ local function k_q(d, e) return 'mdm:{' .. d .. '}:q:' .. e end
 local function k_qi(d, e) return 'mdm:{' .. d .. '}:qi:' .. e end
 local function k_nn(d, e) return 'mdm:{' .. d .. '}:nn:' .. e end
 local function k_res(d, e, u) return 'mdm:{' .. d .. '}:res:' .. e .. ':' .. u end
+local function k_raw(d, kind, e) return 'mdm:{' .. d .. '}:' .. kind .. ':' .. e end
 local function k_cmd(u) return 'mdm:cmd:' .. u end
 local function k_cmdt(u) return 'mdm:cmdt:' .. u end
 
@@ -159,9 +160,13 @@ end
 
 local function has(flags, f) return string.find(flags, f, 1, true) ~= nil end
 
-local function seen(d, e, ms)
+-- last_seen_ms on every request; the index is ordered by last check-in,
+-- which keeps a ZADD off the command path.
+local function seen(d, e, ms, checkin)
     redis.call('HSET', k_enr(d, e), 'last_seen_ms', int(ms))
-    redis.call('ZADD', 'mdm:enrollments', ms, e)
+    if checkin then
+        redis.call('ZADD', 'mdm:enrollments', ms, e)
+    end
 end
 
 --[[
@@ -270,9 +275,8 @@ local function checkin(keys, args)
         redis.call('HDEL', enr, 'bootstrap_token', 'cert_expiring',
                    unpack(AUTH_FIELDS))
 
-        local h = { 'type', channel, 'device', d, 'cert', sha, 'enabled', '0',
-                    'topic', f.Topic or '', 'authenticate_ms', int(ms),
-                    'raw_authenticate', f.Raw or '' }
+        local h = { 'type', channel, 'cert', sha, 'enabled', '0',
+                    'topic', f.Topic or '', 'authenticate_ms', int(ms) }
         for k, v in pairs(f) do
             local field = FIELDS[k]
             if field then
@@ -281,8 +285,10 @@ local function checkin(keys, args)
             end
         end
         redis.call('HSET', enr, unpack(h))
+        -- raw messages in their own keys keep the hash small (listpack)
+        redis.call('SET', k_raw(d, 'ra', e), f.Raw or '')
         cert_expiry(d, not_after, ms)
-        seen(d, e, ms)
+        seen(d, e, ms, true)
         event({ 'type', mt, 'id', e, 'ms', int(ms) })
         return OK
     end
@@ -294,8 +300,8 @@ local function checkin(keys, args)
     cert_expiry(d, not_after, ms)
 
     if mt == 'TokenUpdate' then
-        local h = { 'type', channel, 'device', d, 'enabled', '1',
-                    'token_update_ms', int(ms), 'raw_token_update', f.Raw }
+        local h = { 'type', channel, 'enabled', '1',
+                    'token_update_ms', int(ms) }
         for k, v in pairs(f) do
             local field = FIELDS[k]
             if field then
@@ -311,6 +317,7 @@ local function checkin(keys, args)
         h[#h + 1] = 'topic'
         h[#h + 1] = f.Topic
         redis.call('HSET', enr, unpack(h))
+        redis.call('SET', k_raw(d, 'rt', e), f.Raw)
         redis.call('HINCRBY', enr, 'token_updates', 1)
         -- a fresh token supersedes what APNs said about the old one
         redis.call('HDEL', enr, 'token_dead_ms', 'token_bad')
@@ -338,7 +345,7 @@ local function checkin(keys, args)
         end
 
     elseif mt == 'GetBootstrapToken' then
-        seen(d, e, ms)
+        seen(d, e, ms, true)
         event({ 'type', mt, 'id', e, 'ms', int(ms) })
         local t = redis.call('HGET', k_enr(d, d), 'bootstrap_token') or ''
         return { 200, 'bootstrap', t, '', '', '' }
@@ -361,7 +368,7 @@ local function checkin(keys, args)
         return refuse(400, 'unsupported MessageType')
     end
 
-    seen(d, e, ms)
+    seen(d, e, ms, true)
     event({ 'type', mt, 'id', e, 'ms', int(ms) })
     return OK
 end
@@ -669,9 +676,9 @@ local function enrollments(keys, args)
 end
 
 -- FCALL_RO mdm_enrollment 0 <id> : the enrollment hash; secrets and raw
--- messages are shown by their length only.
-local SECRET = { unlock_token = true, bootstrap_token = true,
-                 raw_authenticate = true, raw_token_update = true }
+-- messages are shown by their length only (GET mdm:{D}:ra:E / rt:E for
+-- the raw Authenticate / TokenUpdate as binary plists).
+local SECRET = { unlock_token = true, bootstrap_token = true }
 
 local function enrollment(keys, args)
     local e = args[1]
@@ -686,6 +693,10 @@ local function enrollment(keys, args)
         end
     end
     if #h > 0 then
+        h[#h + 1] = 'raw_authenticate'
+        h[#h + 1] = '(' .. redis.call('STRLEN', k_raw(d, 'ra', e)) .. ' bytes)'
+        h[#h + 1] = 'raw_token_update'
+        h[#h + 1] = '(' .. redis.call('STRLEN', k_raw(d, 'rt', e)) .. ' bytes)'
         h[#h + 1] = 'queue_length'
         h[#h + 1] = tostring(redis.call('ZCARD', k_q(d, e)))
         h[#h + 1] = 'users'

@@ -29,7 +29,12 @@ is $h{os_version}, '9.3.5', 'OS stored';
 is $h{enabled}, '0', 'disabled until TokenUpdate';
 is $h{cert}, $t->device_cert('ipad')->{sha256}, 'certificate bound (sha256)';
 is $redis->get("mdm:cert:$h{cert}"), $ios, 'reverse binding';
-like $h{raw_authenticate}, qr/<string>Authenticate<\/string>/, 'raw stored';
+my $raw = $redis->get("mdm:{$ios}:ra:$ios");
+like $raw, qr/^bplist00/, 'raw Authenticate stored as a binary plist';
+$t->spew('raw.bin', $raw);
+my $xml = `plistutil -i $t->{dir}/raw.bin -o /dev/stdout 2>&1`;
+like $xml, qr{<key>SerialNumber</key>\s*<string>F5JM992LF193</string>},
+    'raw message content intact';
 
 $r = $t->put('/mdm/checkin', data('TokenUpdate.1.plist'), cert => 'ipad');
 is $r->{status}, 200, 'TokenUpdate (capture) accepted';
