@@ -32,6 +32,7 @@
     "  --redis ADDR      unix:/path or host:port (default: $MDM_REDIS or\n" \
     "                    unix:/run/redis/redis-server.sock)\n"              \
     "  --password SPEC   Redis password: pass:X, env:VAR, file:PATH\n"      \
+    "                    (default: $MDM_REDIS_PASSWORD)\n"                 \
     "  --db N            Redis database number\n"                           \
     "  --json            JSON output\n"
 
@@ -143,6 +144,10 @@ mdm_connect(int timeout)
 
     tv.tv_sec = timeout;
     redisSetTimeout(c, tv);
+
+    if (mdm_admin.password == NULL) {
+        mdm_admin.password = getenv("MDM_REDIS_PASSWORD");
+    }
 
     if (mdm_admin.password) {
         if (mdm_password(mdm_admin.password, &pass) != 0) {

@@ -9,6 +9,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::More;
+use IO::Socket::INET;
 use JSON::PP;
 use MIME::Base64;
 use POSIX ();
@@ -477,6 +478,43 @@ is_deeply [map { "$_->{type} $_->{uuid}" } @fj], [map { "Enqueue $_" } @fu],
 
 $r = ctl('events', '--timeout', 0);
 is_deeply [$r->{rc}, $r->{out}], [0, ''], 'events --timeout 0: nothing new';
+
+# --- TCP, password, database ------------------------------------------------
+
+my $port = $t->port('redis_tcp');
+my $rpid = fork // die;
+if (!$rpid) {
+    open STDOUT, '>', '/dev/null';
+    exec 'redis-server', '--port', $port, '--bind', '127.0.0.1', '--save', '',
+         '--requirepass', 'sEcret', '--dir', $dir, '--logfile',
+         "$dir/redis-tcp.log" or POSIX::_exit(127);
+}
+my $up = 0;
+for (1 .. 200) {
+    $up = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") and last;
+    sleep 0.05;
+}
+ok $up, 'password-protected redis on TCP';
+my $tcli = "redis-cli -p $port -a sEcret --no-auth-warning -n 3";
+my $lib = MdmTest::root() . '/redis-scripts/mdm.lua';
+qx{$tcli -x FUNCTION LOAD REPLACE < $lib};
+qx{$tcli HSET 'mdm:{TCP1}:enr:TCP1' type Device enabled 1};
+qx{$tcli ZADD mdm:enrollments 1 TCP1};
+$ENV{MDM_PW} = 'sEcret';
+$r = ctl('devices', '--json', '--redis', "127.0.0.1:$port", '--password',
+         'env:MDM_PW', '--db', 3);
+is_deeply [map { $_->{id} } @{ json_of($r) // [] }], ['TCP1'],
+    'host:port, --password env:VAR, --db';
+{
+    local $ENV{MDM_REDIS} = "127.0.0.1:$port";
+    local $ENV{MDM_REDIS_PASSWORD} = 'pass:wrong';
+    $r = ctl('devices');
+}
+is $r->{rc}, 1, 'wrong password refused';
+like $r->{err}, qr/^mdmctl devices: .*(WRONGPASS|invalid)/i, 'Redis error text';
+is scalar(() = $r->{err} =~ /\n/g), 1, 'one line';
+kill 'TERM', $rpid;
+waitpid $rpid, 0;
 
 $t->finish;
 done_testing;
