@@ -826,12 +826,12 @@ static const char  mdm_enqueue_usage[] =
     "line) and requests pushes. Arguments with '=' are command keys (see\n"
     "'mdmctl command --help'); the others are enrollment ids.\n"
     "\n"
-    "  --priority N    0-9, higher first (default 5)\n"
-    "  --expires S     drop the command when not sent within S seconds\n"
-    "  --no-push       queue only, no push request\n"
-    "  --uuid UUID     CommandUUID (default: fresh, or the --plist file's)\n"
-    "  --plist FILE    a complete command plist (XML or binary)\n"
-    "  --chunk N       ids per FCALL (default 10000)\n"
+    "  --priority N      0-9, higher first (default 5)\n"
+    "  --expires S       drop the command when not sent within S seconds\n"
+    "  --no-push         queue only, no push request\n"
+    "  --uuid UUID       CommandUUID (default: fresh, or the --plist file's)\n"
+    "  --plist FILE      a complete command plist (XML or binary)\n"
+    "  --chunk N         ids per FCALL (default 10000)\n"
     MDM_REDIS_HELP;
 
 

@@ -947,11 +947,11 @@ static const char  mdm_command_usage[] =
     "dictionaries and other arrays as JSON (Key:='{...}'). Dotted keys\n"
     "reach into dictionaries (ReturnToService.Enabled=true).\n"
     "\n"
-    "  --uuid UUID     CommandUUID to use (default: a fresh UUID)\n"
-    "  --plist FILE    check a complete command plist instead\n"
-    "  --out FILE      write the plist there instead of stdout\n"
-    "  --list          list the known RequestTypes\n"
-    "  --keys RT       list the keys of a RequestType\n";
+    "  --uuid UUID       CommandUUID to use (default: a fresh UUID)\n"
+    "  --plist FILE      check a complete command plist instead\n"
+    "  --out FILE        write the plist there instead of stdout\n"
+    "  --list            list the known RequestTypes\n"
+    "  --keys RT         list the keys of a RequestType\n";
 
 
 int
