@@ -34,6 +34,8 @@ static const char  *sim_usage =
 "                          (latency counts from the scheduled start)\n"
 "      --think MS          pause of a device between its sessions\n"
 "      --timeout SEC       per request (default 10)\n"
+"      --max-connecting N  connects + TLS handshakes in flight (default 200);\n"
+"                          more connections wait their turn\n"
 "      --connect HOST:PORT server (default 127.0.0.1:8443)\n"
 "      --server-name NAME  SNI and Host (default localhost)\n"
 "      --checkin-path P    default /mdm/checkin\n"
@@ -68,7 +70,7 @@ enum {
     OPT_CONNECT, OPT_SNI, OPT_CHECKIN, OPT_CMDPATH, OPT_STATIC,
     OPT_STATIC_METHOD, OPT_TOPIC, OPT_PREFIX, OPT_CA_CERT, OPT_CA_KEY,
     OPT_CERTS, OPT_CERT, OPT_KEY, OPT_SIGNATURE, OPT_NO_UNLOCK, OPT_MIXED,
-    OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU
+    OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU, OPT_MAX_OPENING
 };
 
 static const struct option  sim_options[] = {
@@ -102,6 +104,7 @@ static const struct option  sim_options[] = {
     { "targets", required_argument, NULL, OPT_TARGETS },
     { "json", no_argument, NULL, OPT_JSON },
     { "warmup", no_argument, NULL, OPT_WARMUP },
+    { "max-connecting", required_argument, NULL, OPT_MAX_OPENING },
     { "cpu-pid", required_argument, NULL, OPT_CPU },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -140,6 +143,7 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
     cf->devices = 100;
     cf->conns = 0;
     cf->timeout = 10;
+    cf->max_opening = 200;
     cf->mixed_checkin = 0.2;
     cf->unlock_token = 1;
     cf->server_name = "localhost";
@@ -188,6 +192,7 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
         case OPT_TARGETS: cf->targets = atoi(optarg); break;
         case OPT_JSON: cf->json = 1; break;
         case OPT_WARMUP: cf->warmup = 1; break;
+        case OPT_MAX_OPENING: cf->max_opening = atoi(optarg); break;
         case OPT_CPU:
             colon = strchr(optarg, ':');
             if (colon == NULL || cf->ncpu == 16) {
@@ -278,7 +283,13 @@ sim_init(sim_t *sim)
     sim->devices = calloc(sim->conf.devices, sizeof(sim_device_t));
     sim->conns = calloc(sim->conf.conns, sizeof(sim_conn_t));
     sim->heap = calloc(sim->conf.conns, sizeof(sim_conn_t *));
-    if (sim->devices == NULL || sim->conns == NULL || sim->heap == NULL) {
+    sim->queue = calloc(sim->conf.conns, sizeof(sim_conn_t *));
+    if (sim->conf.max_opening < 1) {
+        sim->conf.max_opening = 1;
+    }
+    if (sim->devices == NULL || sim->conns == NULL || sim->heap == NULL
+        || sim->queue == NULL)
+    {
         sim_die("out of memory");
     }
 

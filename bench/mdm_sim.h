@@ -52,6 +52,7 @@ typedef struct {
     sim_scenario_e    scenario;
     int               devices;
     int               conns;
+    int               max_opening;   /* concurrent connects + handshakes */
     double            duration;      /* seconds; 0 = until sessions done */
     uint64_t          max_requests;  /* 0 = no limit */
     uint32_t          sessions;      /* per device; 0 = until duration */
@@ -143,6 +144,7 @@ typedef struct {
 typedef enum {
     SIM_C_IDLE = 0,
     SIM_C_WAIT,                     /* scheduled, in the timer heap */
+    SIM_C_QUEUED,                   /* waiting for a handshake slot */
     SIM_C_CONNECTING,
     SIM_C_HANDSHAKE,
     SIM_C_WRITING,
@@ -185,6 +187,7 @@ typedef struct {
     int               retried;
     int               warm;           /* finished its first request */
     int               parked;         /* waiting for the warm-up to end */
+    int               opening;        /* counted in sim->opening */
 
     char              cmd_uuid[64];
     char              cmd_type[64];
@@ -204,6 +207,10 @@ typedef struct {
     int               active;       /* connections not idle or done */
     uint64_t          started;      /* requests started */
     int               warming;
+    int               opening;      /* connections in connect + handshake */
+    sim_conn_t      **queue;        /* waiting to connect, a ring */
+    size_t            qhead;
+    size_t            qlen;
     int               nwarm;
     double            end;          /* when to stop starting sessions */
 

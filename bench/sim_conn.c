@@ -45,6 +45,11 @@ static http_parser_settings  sim_parser_settings = {
 };
 
 
+static int sim_conn_open(sim_t *sim, sim_conn_t *c);
+static void sim_conn_opened(sim_t *sim, sim_conn_t *c);
+static void sim_conn_fail(sim_t *sim, sim_conn_t *c, uint64_t *counter);
+
+
 static void
 sim_conn_events(sim_t *sim, sim_conn_t *c, uint32_t ev)
 {
@@ -65,11 +70,53 @@ sim_conn_events(sim_t *sim, sim_conn_t *c, uint32_t ev)
 }
 
 
+/*
+ * Handshakes cost far more than requests: a few hundred at a time keep a
+ * thousand-device start-up from timing itself out.  Connections beyond
+ * --max-connecting wait in a FIFO.
+ */
+static void
+sim_conn_connect(sim_t *sim, sim_conn_t *c)
+{
+    if (sim->opening >= sim->conf.max_opening) {
+        c->state = SIM_C_QUEUED;
+        sim->queue[(sim->qhead + sim->qlen++) % sim->conf.conns] = c;
+        return;
+    }
+
+    if (sim_conn_open(sim, c) != 0) {
+        sim_conn_close(sim, c);
+        c->got_bytes = 1;
+        sim_conn_fail(sim, c, &sim->stats.err_connect);
+    }
+}
+
+
+/* A connection left connect + handshake: let the next one in. */
+static void
+sim_conn_opened(sim_t *sim, sim_conn_t *c)
+{
+    sim_conn_t  *next;
+
+    if (!c->opening) {
+        return;
+    }
+
+    c->opening = 0;
+    sim->opening--;
+
+    while (sim->qlen && sim->opening < sim->conf.max_opening) {
+        next = sim->queue[sim->qhead];
+        sim->qhead = (sim->qhead + 1) % sim->conf.conns;
+        sim->qlen--;
+        sim_conn_connect(sim, next);
+    }
+}
+
+
 void
 sim_conn_close(sim_t *sim, sim_conn_t *c)
 {
-    (void) sim;
-
     if (c->ssl != NULL) {
         /* one non-blocking attempt at close_notify keeps server logs quiet */
         if (SSL_is_init_finished(c->ssl)) {
@@ -88,6 +135,7 @@ sim_conn_close(sim_t *sim, sim_conn_t *c)
     c->events = 0;
     c->conn_dev = NULL;
     c->reqs_on_conn = 0;
+    sim_conn_opened(sim, c);
 }
 
 
@@ -105,8 +153,11 @@ sim_conn_open(sim_t *sim, sim_conn_t *c)
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
     c->t_hs = sim_now();
+    c->deadline = c->t_hs + sim->conf.timeout;
     c->conn_dev = c->dev;
     c->reqs_on_conn = 0;
+    c->opening = 1;
+    sim->opening++;
 
     if (connect(c->fd, (struct sockaddr *) &sim->addr, sim->addrlen) != 0
         && errno != EINPROGRESS)
@@ -152,10 +203,8 @@ sim_conn_fail(sim_t *sim, sim_conn_t *c, uint64_t *counter)
         sim->stats.retries++;
         c->retried = 1;
         c->out_off = 0;
-        if (sim_conn_open(sim, c) == 0) {
-            return;
-        }
-        sim_conn_close(sim, c);
+        sim_conn_connect(sim, c);
+        return;
     }
 
     if (sim->conf.verbose) {
@@ -245,9 +294,7 @@ sim_conn_send(sim_t *sim, sim_conn_t *c, sim_kind_e kind)
 
     if (c->fd < 0 || c->conn_dev != c->dev) {
         sim_conn_close(sim, c);
-        if (sim_conn_open(sim, c) != 0) {
-            sim_conn_fail(sim, c, &sim->stats.err_connect);
-        }
+        sim_conn_connect(sim, c);
         return;
     }
 
@@ -338,6 +385,7 @@ sim_conn_io(sim_t *sim, sim_conn_t *c, uint32_t events)
             sim_conn_want(sim, c, rc);
             return;
         }
+        sim_conn_opened(sim, c);
         sim->stats.handshakes++;
         sim_hist_add(&sim->stats.handshake,
                      (uint64_t) ((sim_now() - c->t_hs) * 1e6));

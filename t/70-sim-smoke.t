@@ -140,6 +140,36 @@ is($rc, 0, 'signature poll: exit 0');
 is($j->{by_kind}{idle}, 10, 'signature poll: every request answered');
 no_errors($j, 'signature poll');
 
+# ---- enrollment with Mdm-Signature only, then polls, on new devices --------
+($j, $rc) = sim('-s', 'enroll', '-n', 4, '--sessions', 1, '--signature',
+                '--udid-prefix', 'SIGNED-', '--connect',
+                '127.0.0.1:' . $t->port('sig'));
+is($rc, 0, 'signature enroll: exit 0');
+is($j->{by_kind}{token_update}, 4, 'signature enroll: four TokenUpdates');
+no_errors($j, 'signature enroll');
+is($r->hget('mdm:{SIGNED-00000003}:enr:SIGNED-00000003', 'enabled'), '1',
+   'signature enroll: enrolled by signature alone');
+
+# ---- load shapes: warm-up, open loop, few handshakes at a time --------------
+($j, $rc) = sim('-s', 'poll', '-n', 10, '--sessions', 3, '--warmup',
+                '--cpu-pid', "redis:$t->{redis_pid}");
+is($rc, 0, 'warm-up: exit 0');
+is($j->{warmup_requests}, 10, 'warm-up: first request of each device');
+is($j->{requests}, 20, 'warm-up: the rest measured');
+ok(exists $j->{cpu_us}{redis} && exists $j->{cpu_us}{sim},
+   'warm-up: CPU of Redis and of the simulator reported');
+
+($j, $rc) = sim('-s', 'poll', '-n', 10, '--sessions', 2, '--rate', 200);
+is($rc, 0, 'open loop: exit 0');
+is($j->{by_kind}{idle}, 20, 'open loop: every scheduled session ran');
+no_errors($j, 'open loop');
+
+($j, $rc) = sim('-s', 'poll', '-n', $N, '-c', 6, '--sessions', 1,
+                '--max-connecting', 2);
+is($rc, 0, 'rotation: exit 0');
+is($j->{handshakes}, $N, 'rotation: a handshake per device switch');
+is($j->{by_kind}{idle}, $N, 'rotation: every device polled once');
+
 # ---- the counts can fail: unknown devices are refused --------------------------
 ($j, $rc) = sim('-s', 'poll', '-n', 3, '--sessions', 1, '--udid-prefix',
                 'UNENROLLED-');
