@@ -270,6 +270,21 @@ my $sh = json_of(ctl('show', '--json', 'DEV1'));
 is $sh->{type}, 'Device', 'show --json type';
 is $sh->{enabled}, '1', 'show --json enabled';
 
+# a user channel id (UDID:UserID) is an id like any other
+$t->put('/mdm/checkin', $t->token_update('DEV3', UserID => 'U3'),
+        cert => 'dev3');
+$r = ctl('enqueue', '--json', '--no-push', 'ProfileList', 'DEV3:U3');
+my $uu = (json_of($r) // {})->{uuid} // '';
+is_deeply [map { $_->{uuid} } @{ json_of(ctl('queue', '--json', 'DEV3:U3'))
+                                 // [] }], [$uu], 'user channel queue';
+$r = report('DEV3', UserID => 'U3', Status => 'Idle');
+is pval(body_cmd($r) // ['dict', {}], 'CommandUUID')->[1], $uu,
+    'user channel fetched its command';
+report('DEV3', UserID => 'U3', Status => 'Acknowledged', CommandUUID => $uu);
+is json_of(ctl('results', '--json', 'DEV3:U3', $uu))->{status},
+    'Acknowledged', 'user channel result';
+like ctl('show', 'DEV3')->{out}, qr/^users\s+DEV3:U3$/m, 'show: user channels';
+
 # --- cancel, clear, push ---------------------------------------------------
 
 $r = ctl('cancel', 'DEV3', $pl);
