@@ -54,8 +54,21 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- mdm:conf, read once per call (entry points reset it)
+local CONF_FIELDS = { 'result_ttl', 'events_maxlen', 'cert_warn_days' }
+local conf_cache
+
+local function conf_reset() conf_cache = nil end
+
 local function conf(field, default)
-    return tonumber(redis.call('HGET', 'mdm:conf', field)) or default
+    if not conf_cache then
+        local v = redis.call('HMGET', 'mdm:conf', unpack(CONF_FIELDS))
+        conf_cache = {}
+        for i, f in ipairs(CONF_FIELDS) do
+            conf_cache[f] = tonumber(v[i])
+        end
+    end
+    return conf_cache[field] or default
 end
 
 local function int(n) return string.format('%d', n) end
@@ -125,9 +138,9 @@ end
 
 -- The next command due: priority, then age; skips items answered NotNow in
 -- this session and drops expired ones with an Expired result.
-local function next_command(d, e, ms, ttl)
+local function next_command(d, e, ms, ttl, fresh)
     local q, qi, nn = k_q(d, e), k_qi(d, e), k_nn(d, e)
-    local skip = redis.call('EXISTS', nn) == 1
+    local skip = not fresh and redis.call('EXISTS', nn) == 1
     local start = 0
     while true do
         local uuids = redis.call('ZRANGE', q, start, start + 15)
@@ -176,9 +189,10 @@ device's binding. Returns nil when fine, else the reason.
 ]]
 local function check_binding(d, sha, certkey, flags, ms)
     local dk = k_enr(d, d)
-    local bound = redis.call('HGET', dk, 'cert')
+    local h = redis.call('HMGET', dk, 'cert', 'cert_expiring')
+    local bound = h[1]
     if bound == sha then
-        return nil
+        return nil, h[2]
     end
     local owner = redis.call('GET', certkey)
     if owner and owner ~= d then
@@ -191,7 +205,7 @@ local function check_binding(d, sha, certkey, flags, ms)
             redis.call('SET', certkey, d)
             event({ 'type', 'MigrationBind', 'id', d, 'ms', int(ms),
                     'cert', sha })
-            return nil
+            return nil, h[2]
         end
         return 'device has not authenticated with this certificate'
     end
@@ -199,14 +213,13 @@ local function check_binding(d, sha, certkey, flags, ms)
 end
 
 -- Records the certificate's expiry; an event when it enters the window.
-local function cert_expiry(d, not_after, ms)
+local function cert_expiry(d, not_after, ms, was)
     if not_after <= 0 then
         return
     end
     local dk = k_enr(d, d)
     local warn = conf('cert_warn_days', CERT_WARN_DAYS) * 86400000
     local expiring = (not_after * 1000 - ms) < warn
-    local was = redis.call('HGET', dk, 'cert_expiring')
     if expiring and was ~= '1' then
         redis.call('HSET', dk, 'cert_expiring', '1',
                    'cert_not_after_ms', int(not_after * 1000))
@@ -234,6 +247,7 @@ flags: r = allow re-Authenticate with another certificate, m = migration
 (bind unbound enrollments), a = accept UserAuthenticate.
 ]]
 local function checkin(keys, args)
+    conf_reset()
     local mt, e, d, channel, flags = args[1], args[2], args[3], args[4], args[5]
     local not_after, sha = tonumber(args[6]) or 0, args[7]
     local enr, certkey = keys[1], keys[2]
@@ -293,11 +307,11 @@ local function checkin(keys, args)
         return OK
     end
 
-    local why = check_binding(d, sha, certkey, flags, ms)
+    local why, was = check_binding(d, sha, certkey, flags, ms)
     if why then
         return refuse(403, why)
     end
-    cert_expiry(d, not_after, ms)
+    cert_expiry(d, not_after, ms, was)
 
     if mt == 'TokenUpdate' then
         local h = { 'type', channel, 'enabled', '1',
@@ -380,6 +394,7 @@ FCALL mdm_report 3 <enr key> <cert key> mdm:events
 Stores the report and returns the next command, atomically.
 ]]
 local function report(keys, args)
+    conf_reset()
     local e, d, flags = args[2], args[3], args[5]
     local not_after, sha = tonumber(args[6]) or 0, args[7]
     local status, u, raw = args[8], args[9], args[10]
@@ -387,14 +402,16 @@ local function report(keys, args)
     local ms = now_ms()
     local ttl = conf('result_ttl', RESULT_TTL)
 
-    local why = check_binding(d, sha, certkey, flags, ms)
+    local why, was = check_binding(d, sha, certkey, flags, ms)
     if why then
         return refuse(403, why)
     end
-    if redis.call('EXISTS', enr) == 0 then
+    -- the device channel exists once bound; a user channel after its
+    -- TokenUpdate
+    if e ~= d and redis.call('EXISTS', enr) == 0 then
         return refuse(403, 'no enrollment with this id; TokenUpdate first')
     end
-    cert_expiry(d, not_after, ms)
+    cert_expiry(d, not_after, ms, was)
 
     local qi = k_qi(d, e)
     local ev = { 'type', 'Report', 'id', e, 'ms', int(ms), 'status', status }
@@ -428,7 +445,7 @@ local function report(keys, args)
 
     seen(d, e, ms)
 
-    local nu, body, rt = next_command(d, e, ms, ttl)
+    local nu, body, rt = next_command(d, e, ms, ttl, status == 'Idle')
     if nu then
         ev[#ev + 1] = 'next'
         ev[#ev + 1] = nu
@@ -484,6 +501,7 @@ Queues one command (stored once) for every id; all or nothing.
 Returns { CommandUUID, targets queued, push requests written }.
 ]]
 local function enqueue(keys, args)
+    conf_reset()
     local body, prio, exp, nopush = args[1], tonumber(args[2]),
                                     tonumber(args[3]), args[4]
     if not body or #args < 5 then
@@ -594,6 +612,7 @@ end
 
 -- FCALL mdm_cancel 0 <id> <uuid> : 1 when the item was queued.
 local function cancel(keys, args)
+    conf_reset()
     local e, u = args[1], args[2]
     local d = device_of(e or '')
     if not d or not u then
@@ -610,6 +629,7 @@ end
 
 -- FCALL mdm_clear 0 <id> : number of items removed.
 local function clear(keys, args)
+    conf_reset()
     local e = args[1]
     local d = device_of(e or '')
     if not d then
