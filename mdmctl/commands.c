@@ -5,6 +5,7 @@
  */
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -409,7 +410,7 @@ mdm_scalar_value(const char *key, int type, const char *s)
     switch (type) {
 
     case MDM_PT_INTEGER:
-        if (mdm_parse_int(s, -2147483647L - 1, 2147483647L, &l) != 0) {
+        if (mdm_parse_int(s, LONG_MIN, LONG_MAX, &l) != 0) {
             mdm_err("%s must be an integer, not \"%s\"", key, s);
             return NULL;
         }
