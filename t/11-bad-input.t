@@ -9,7 +9,14 @@ use Test::More;
 use MdmTest;
 
 my $t = MdmTest->new;
-$t->start_nginx($t->conf);
+$t->start_nginx($t->conf(locations => <<'EOF'));
+        location = /mdm/checkin { mdm_checkin; }
+        location = /mdm/connect { mdm_command; }
+        location = /spill/checkin {
+            client_body_buffer_size 1k;
+            mdm_checkin;
+        }
+EOF
 
 # A enrolled with dev1, B with dev3; dev2 has never authenticated.
 $t->enroll('UDID-A', 'dev1');
@@ -51,6 +58,8 @@ my @rows = (
      qr/nested too deeply/],
     ['huge plist (nginx limit)', '/mdm/checkin', $tu . (' ' x 70000), {}, 413,
      qr/client intended to send too large body/],
+    ['body spilled to a temp file', '/spill/checkin', $tu . (' ' x 2000), {},
+     413, qr/body larger than client_body_buffer_size; raise it/],
     ['MessageType missing', '/mdm/checkin',
      MdmTest::plist(UDID => 'UDID-A', Topic => $MdmTest::TOPIC), {}, 400,
      qr/MessageType missing/],
