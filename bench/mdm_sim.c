@@ -70,7 +70,8 @@ enum {
     OPT_CONNECT, OPT_SNI, OPT_CHECKIN, OPT_CMDPATH, OPT_STATIC,
     OPT_STATIC_METHOD, OPT_TOPIC, OPT_PREFIX, OPT_CA_CERT, OPT_CA_KEY,
     OPT_CERTS, OPT_CERT, OPT_KEY, OPT_SIGNATURE, OPT_NO_UNLOCK, OPT_MIXED,
-    OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU, OPT_MAX_OPENING
+    OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU,
+    OPT_MAX_OPENING
 };
 
 static const struct option  sim_options[] = {
@@ -354,7 +355,7 @@ sim_cpu_sample(sim_t *sim, double sign)
 }
 
 
-/* Called after each connection's first answer; the last one starts the clock. */
+/* After each connection's first answer; the last one starts the clock. */
 void
 sim_warm(sim_t *sim, sim_conn_t *c)
 {

@@ -172,7 +172,9 @@ typedef struct {
 
     sim_buf_t         out;
     size_t            out_off;
-    sim_buf_t         body;
+    sim_buf_t         scratch;        /* request body being built */
+    sim_buf_t         sig;            /* its Mdm-Signature */
+    sim_buf_t         body;           /* response body */
     http_parser       parser;
     int               resp_done;
     int               got_bytes;

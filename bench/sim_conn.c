@@ -223,8 +223,8 @@ void
 sim_conn_send(sim_t *sim, sim_conn_t *c, sim_kind_e kind)
 {
     const char  *path, *ct, *method;
-    sim_buf_t    body = { NULL, 0, 0 };
-    sim_buf_t    sig = { NULL, 0, 0 };
+    size_t       len;
+    sim_buf_t   *body, *sig;
 
     switch (kind) {
     case SIM_RQ_AUTHENTICATE:
@@ -246,40 +246,30 @@ sim_conn_send(sim_t *sim, sim_conn_t *c, sim_kind_e kind)
     }
 
     c->kind = kind;
-    sim_body_build(sim, c, kind, &c->body);
+    body = &c->scratch;
+    sig = &c->sig;
+    sim_body_build(sim, c, kind, body);
+    len = strcmp(method, "GET") == 0 ? 0 : body->len;
 
-    /* c->body doubles as scratch for the request body until it is sent */
-    body = c->body;
-    c->body.data = NULL;
-    c->body.len = 0;
-    c->body.cap = 0;
-
-    if (strcmp(method, "GET") == 0) {
-        body.len = 0;
-    }
-
-    if (sim->conf.signature && body.len) {
-        sim_pki_sign(c->dev, body.data, body.len, &sig);
+    sim_buf_reset(sig);
+    if (sim->conf.signature && len) {
+        sim_pki_sign(c->dev, body->data, len, sig);
     }
 
     sim_buf_reset(&c->out);
     sim_buf_printf(&c->out, "%s %s HTTP/1.1\r\nHost: %s\r\n"
                    "User-Agent: mdm-sim\r\n", method, path,
                    sim->conf.server_name);
-    if (body.len) {
+    if (len) {
         sim_buf_printf(&c->out, "Content-Type: %s\r\n"
-                       "Content-Length: %zu\r\n", ct, body.len);
+                       "Content-Length: %zu\r\n", ct, len);
     }
-    if (sig.len) {
-        sim_buf_printf(&c->out, "Mdm-Signature: %s\r\n", sig.data);
+    if (sig->len) {
+        sim_buf_printf(&c->out, "Mdm-Signature: %s\r\n", sig->data);
     }
     sim_buf_add(&c->out, "\r\n", 2);
-    sim_buf_add(&c->out, body.data, body.len);
-
-    /* give the buffer back for the response */
-    c->body = body;
+    sim_buf_add(&c->out, body->data, len);
     sim_buf_reset(&c->body);
-    free(sig.data);
 
     c->out_off = 0;
     c->retried = 0;

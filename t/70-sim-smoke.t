@@ -11,7 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use MdmTest;
 
-my $SIM = "$MdmTest::ROOT/bench/mdm-sim";
+my $SIM = $ENV{MDM_SIM} // "$MdmTest::ROOT/bench/mdm-sim";
 plan skip_all => "$SIM not built (make -C bench)" unless -x $SIM;
 
 my $t = MdmTest->new;
@@ -61,7 +61,7 @@ sub no_errors {
 
 my $N = 20;
 
-# ---- static: the ceiling location, devices' certificates on TLS ----------
+# ---- static: the ceiling location, devices' certificates on TLS ------------
 my ($j, $rc) = sim('-s', 'static', '-n', $N, '--sessions', 5);
 is($rc, 0, 'static: exit 0');
 is($j->{requests}, $N * 5, 'static: every request answered');
@@ -90,7 +90,7 @@ is(length($r->hget("mdm:{$udid0}:enr:$udid0", 'unlock_token') // ''), 1288,
 is(length($r->hget("mdm:{$udid0}:enr:$udid0", 'token') // ''), 64,
    'enroll: push token stored as hex');
 
-# ---- poll: Idle -> zero-byte ------------------------------------------------
+# ---- poll: Idle -> zero-byte -----------------------------------------------
 ($j, $rc) = sim('-s', 'poll', '-n', $N, '--sessions', 3);
 is($rc, 0, 'poll: exit 0');
 is($j->{by_kind}{idle}, $N * 3, 'poll: three Idle sessions per device');
@@ -123,7 +123,7 @@ is(scalar(@res), $K, 'cycle: one result per command for a device');
 is(scalar(grep { ($r->hget($_, 'status') // '') eq 'Acknowledged' } @res),
    $K, 'cycle: results say Acknowledged');
 
-# ---- mixed: check-ins, polls and commands interleaved ------------------------
+# ---- mixed: check-ins, polls and commands interleaved ----------------------
 ($j, $rc) = sim('-s', 'mixed', '-n', $N, '--sessions', 4, '--commands', 2,
                 '--redis', $t->redis_sock, '--mixed-checkin', 0.5);
 is($rc, 0, 'mixed: exit 0');
@@ -133,7 +133,7 @@ is($j->{commands}{acknowledged}, $N * 2,
    'mixed: queued commands acknowledged within the sessions');
 is($j->{by_kind}{idle}, $N * 4, 'mixed: one Idle per session');
 
-# ---- Mdm-Signature instead of the TLS certificate ----------------------------
+# ---- Mdm-Signature instead of the TLS certificate --------------------------
 ($j, $rc) = sim('-s', 'poll', '-n', 5, '--sessions', 2, '--signature',
                 '--connect', '127.0.0.1:' . $t->port('sig'));
 is($rc, 0, 'signature poll: exit 0');
@@ -150,7 +150,7 @@ no_errors($j, 'signature enroll');
 is($r->hget('mdm:{SIGNED-00000003}:enr:SIGNED-00000003', 'enabled'), '1',
    'signature enroll: enrolled by signature alone');
 
-# ---- load shapes: warm-up, open loop, few handshakes at a time --------------
+# ---- load shapes: warm-up, open loop, few handshakes at a time -------------
 ($j, $rc) = sim('-s', 'poll', '-n', 10, '--sessions', 3, '--warmup',
                 '--cpu-pid', "redis:$t->{redis_pid}");
 is($rc, 0, 'warm-up: exit 0');
@@ -170,7 +170,7 @@ is($rc, 0, 'rotation: exit 0');
 is($j->{handshakes}, $N, 'rotation: a handshake per device switch');
 is($j->{by_kind}{idle}, $N, 'rotation: every device polled once');
 
-# ---- the counts can fail: unknown devices are refused --------------------------
+# ---- the counts can fail: unknown devices are refused ----------------------
 ($j, $rc) = sim('-s', 'poll', '-n', 3, '--sessions', 1, '--udid-prefix',
                 'UNENROLLED-');
 is($rc, 1, 'unenrolled poll: exit 1');
