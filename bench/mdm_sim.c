@@ -428,6 +428,19 @@ sim_run(sim_t *sim)
             sim->stopping = 1;
         }
 
+        /* --requests ran out during the warm-up: release the parked */
+        if (sim->stopping && sim->warming) {
+            sim->warming = 0;
+            sim_cpu_sample(sim, -1);
+            for (i = 0; i < sim->conf.conns; i++) {
+                c = &sim->conns[i];
+                if (c->parked) {
+                    c->parked = 0;
+                    sim_device_timer(sim, c);
+                }
+            }
+        }
+
         while ((c = sim_heap_top(sim)) != NULL
                && (c->next_at <= now || sim->stopping))
         {
@@ -464,9 +477,6 @@ sim_run(sim_t *sim)
         }
     }
 
-    if (sim->warming) {
-        sim_cpu_sample(sim, -1);      /* never warmed up: nothing measured */
-    }
     sim_cpu_sample(sim, 1);
 
     for (i = 0; i < sim->conf.conns; i++) {
