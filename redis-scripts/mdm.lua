@@ -40,8 +40,12 @@ local function k_users(d) return 'mdm:{' .. d .. '}:users' end
 local function k_q(d, e) return 'mdm:{' .. d .. '}:q:' .. e end
 local function k_qi(d, e) return 'mdm:{' .. d .. '}:qi:' .. e end
 local function k_nn(d, e) return 'mdm:{' .. d .. '}:nn:' .. e end
-local function k_res(d, e, u) return 'mdm:{' .. d .. '}:res:' .. e .. ':' .. u end
-local function k_raw(d, kind, e) return 'mdm:{' .. d .. '}:' .. kind .. ':' .. e end
+local function k_res(d, e, u)
+    return 'mdm:{' .. d .. '}:res:' .. e .. ':' .. u
+end
+local function k_raw(d, kind, e)
+    return 'mdm:{' .. d .. '}:' .. kind .. ':' .. e
+end
 local function k_cmd(u) return 'mdm:cmd:' .. u end
 local function k_cmdt(u) return 'mdm:cmdt:' .. u end
 
@@ -150,7 +154,8 @@ local function next_command(d, e, ms, ttl, fresh)
         local removed = 0
         for _, u in ipairs(uuids) do
             if not skip or redis.call('SISMEMBER', nn, u) == 0 then
-                local st, c, nms, ems, xms = meta_parse(redis.call('HGET', qi, u))
+                local st, c, nms, ems, xms =
+                    meta_parse(redis.call('HGET', qi, u))
                 local cmd = redis.call('HMGET', k_cmd(u), 'body',
                                        'request_type')
                 if xms > 0 and xms <= ms then
@@ -161,7 +166,8 @@ local function next_command(d, e, ms, ttl, fresh)
                     removed = removed + 1
                 else
                     if st ~= 'Sent' then
-                        redis.call('HSET', qi, u, meta('Sent', c, nms, ems, xms))
+                        redis.call('HSET', qi, u,
+                                   meta('Sent', c, nms, ems, xms))
                     end
                     return u, cmd[1], cmd[2]
                 end
