@@ -903,29 +903,33 @@ mdm_profile_create(int argc, char **argv)
     cf.scep_key_usage = 5;
     cf.out = "-";
 
+    topic = NULL;
+    ident = NULL;
+    profile = NULL;
+    host = NULL;
+    cas = sk_X509_new_null();
+    rc = MDM_USAGE;
+
     while ((ch = mdm_getopt(argc, argv, mdm_create_opts)) != -1) {
         if (ch == 'h') {
-            return mdm_usage(mdm_create_usage);
+            rc = mdm_usage(mdm_create_usage);
+            goto done;
         }
         if (ch == '?' || mdm_create_opt(&cf, ch) != 0) {
-            return MDM_USAGE;
+            goto done;
         }
     }
 
     if (optind != argc) {
         mdm_err("unexpected argument \"%s\"", argv[optind]);
-        return MDM_USAGE;
+        goto done;
     }
 
     if (mdm_create_check_args(&cf) != 0) {
-        return MDM_USAGE;
+        goto done;
     }
 
     rc = MDM_ERROR;
-    topic = NULL;
-    ident = NULL;
-    profile = NULL;
-    cas = sk_X509_new_null();
     host = mdm_url_host(cf.server_url);
 
     if (cf.push_cert) {
@@ -1175,19 +1179,23 @@ mdm_profile_sign(int argc, char **argv)
     cf.out = "-";
     in = NULL;
 
+    rc = MDM_USAGE;
+    pl = NULL;
+
     while ((ch = mdm_getopt(argc, argv, mdm_sign_opts)) != -1) {
         if (ch == 'h') {
-            return mdm_usage("--in FILE --sign-cert FILE --sign-key FILE"
-                             " [--sign-key-password PW]\n"
-                             "    [--sign-chain FILE] [--out FILE|-]"
-                             " [--force]\n");
+            rc = mdm_usage("--in FILE --sign-cert FILE --sign-key FILE"
+                           " [--sign-key-password PW]\n"
+                           "    [--sign-chain FILE] [--out FILE|-]"
+                           " [--force]\n");
+            goto done;
         }
         if (ch == 'i') {
             in = optarg;
             continue;
         }
         if (ch == '?' || mdm_create_opt(&cf, ch) != 0) {
-            return MDM_USAGE;
+            goto done;
         }
     }
 
@@ -1196,21 +1204,24 @@ mdm_profile_sign(int argc, char **argv)
     {
         mdm_err("usage: --in FILE --sign-cert FILE --sign-key FILE"
                 " (see --help)");
-        return MDM_USAGE;
-    }
-
-    pl = mdm_read_profile(in, NULL, &sig);
-    if (pl == NULL) {
-        return MDM_ERROR;
+        goto done;
     }
 
     rc = MDM_ERROR;
-    if (mdm_profile_validate(pl, 1) == 0 && mdm_output_profile(&cf, pl) == 0)
+    pl = mdm_read_profile(in, NULL, &sig);
+
+    if (pl != NULL && mdm_profile_validate(pl, 1) == 0
+        && mdm_output_profile(&cf, pl) == 0)
     {
         rc = MDM_OK;
     }
 
-    plist_free(pl);
+done:
+
+    if (pl) {
+        plist_free(pl);
+    }
+    free(cf.p12_pass);
     free(cf.sign_key_pass);
     return rc;
 }

@@ -494,6 +494,22 @@ mdm_load_csr(const char *path)
 }
 
 
+static OSSL_PROVIDER  *mdm_providers[2];
+
+
+static void
+mdm_unload_providers(void)
+{
+    int  i;
+
+    for (i = 0; i < 2; i++) {
+        if (mdm_providers[i] != NULL) {
+            OSSL_PROVIDER_unload(mdm_providers[i]);
+        }
+    }
+}
+
+
 int
 mdm_load_p12(const char *path, const char *pass, EVP_PKEY **key,
     X509 **cert, STACK_OF(X509) **ca)
@@ -502,13 +518,12 @@ mdm_load_p12(const char *path, const char *pass, EVP_PKEY **key,
     PKCS12         *p12;
     size_t          len;
     unsigned char  *data;
-    static int      providers;
 
     /* PKCS#12 files exported by Keychain Access use RC2/3DES */
-    if (!providers) {
-        providers = 1;
-        OSSL_PROVIDER_load(NULL, "legacy");
-        OSSL_PROVIDER_load(NULL, "default");
+    if (mdm_providers[1] == NULL) {
+        mdm_providers[0] = OSSL_PROVIDER_load(NULL, "legacy");
+        mdm_providers[1] = OSSL_PROVIDER_load(NULL, "default");
+        atexit(mdm_unload_providers);
         ERR_clear_error();
     }
 

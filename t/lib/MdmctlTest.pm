@@ -49,7 +49,9 @@ sub run {
     return { rc => $rc, out => slurp("$d/.out"), err => slurp("$d/.err") };
 }
 
-sub mdmctl { run($BIN, @_) }
+# MDMCTL_WRAP="valgrind -q --error-exitcode=99 --leak-check=full" runs the
+# tool under a checker; any report fails the exit status and stderr checks.
+sub mdmctl { run(split(' ', $ENV{MDMCTL_WRAP} // ''), $BIN, @_) }
 
 sub slurp {
     my ($path) = @_;
