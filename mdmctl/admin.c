@@ -717,19 +717,12 @@ mdm_enqueue_chunk(redisContext *c, mdm_enqueue_t *eq, const char *xml,
 
 
 static int
-mdm_enqueue_all(redisContext *c, mdm_enqueue_t *eq, mdm_command_t *cmd,
-    mdm_ids_t *ids)
+mdm_enqueue_all(redisContext *c, mdm_enqueue_t *eq, const char *xml,
+    uint32_t len, mdm_ids_t *ids)
 {
-    char      *xml;
-    size_t     i, n;
-    uint32_t   len;
-
-    if (mdm_command_xml(cmd, &xml, &len) != 0) {
-        return -1;
-    }
+    size_t  i, n;
 
     if (ids->n > (size_t) eq->chunk && mdm_ids_exist(c, ids) != 0) {
-        plist_to_xml_free(xml);
         return -1;
     }
 
@@ -740,12 +733,10 @@ mdm_enqueue_all(redisContext *c, mdm_enqueue_t *eq, mdm_command_t *cmd,
                 mdm_err("stopped after %zu of %zu targets were queued "
                         "(CommandUUID %s)", i, ids->n, eq->uuid);
             }
-            plist_to_xml_free(xml);
             return -1;
         }
     }
 
-    plist_to_xml_free(xml);
     return 0;
 }
 
@@ -760,8 +751,9 @@ mdm_enqueue_unlock(redisContext *c, mdm_enqueue_t *eq, mdm_command_t *cmd,
     mdm_ids_t *ids, json_t *out)
 {
     int           rc;
-    char         *k;
+    char         *k, *xml;
     size_t        i;
+    uint32_t      len;
     mdm_ids_t     one;
     redisReply  **tok;
     long long     t0, p0;
@@ -793,11 +785,16 @@ mdm_enqueue_unlock(redisContext *c, mdm_enqueue_t *eq, mdm_command_t *cmd,
             rc = -1;
             break;
         }
+        if (mdm_command_xml(cmd, &xml, &len) != 0) {
+            rc = -1;
+            break;
+        }
         one.v = ids->v + i;
         one.n = 1;
         t0 = eq->targets;
         p0 = eq->pushes;
-        rc = mdm_enqueue_all(c, eq, cmd, &one);
+        rc = mdm_enqueue_all(c, eq, xml, len, &one);
+        plist_to_xml_free(xml);
         if (rc == 0 && out) {
             json_array_append_new(out, json_pack("{s:s,s:s,s:I,s:I}",
                 "id", ids->v[i], "uuid", eq->uuid,
@@ -840,7 +837,8 @@ mdm_enqueue_main(int argc, char **argv)
 {
     int             ch, rc, nkv, o;
     long            v;
-    char          **kv;
+    char          **kv, *xml;
+    uint32_t        len;
     json_t         *out;
     mdm_ids_t       ids;
     const char     *uuid, *plist_file, *rt;
@@ -931,6 +929,8 @@ mdm_enqueue_main(int argc, char **argv)
     rc = MDM_ERROR;
     c = NULL;
     out = NULL;
+    xml = NULL;
+    len = 0;
     memset(&cmd, 0, sizeof(cmd));
 
     if (kv == NULL
@@ -943,13 +943,9 @@ mdm_enqueue_main(int argc, char **argv)
     /* refuse a bad command before connecting; ClearPasscode waits for
      * its token */
     if (!cmd.unlock_token) {
-        char      *xml;
-        uint32_t   len;
-
         if (mdm_command_xml(&cmd, &xml, &len) != 0) {
             goto done;
         }
-        plist_to_xml_free(xml);
 
     } else if (uuid && ids.n > 1) {
         mdm_err("ClearPasscode without UnlockToken queues one command per "
@@ -971,7 +967,7 @@ mdm_enqueue_main(int argc, char **argv)
         goto done;
     }
 
-    if (mdm_enqueue_all(c, &eq, &cmd, &ids) != 0) {
+    if (mdm_enqueue_all(c, &eq, xml, len, &ids) != 0) {
         goto done;
     }
 
@@ -990,6 +986,9 @@ mdm_enqueue_main(int argc, char **argv)
 
 done:
 
+    if (xml) {
+        plist_to_xml_free(xml);
+    }
     json_decref(out);
     free(eq.uuid);
     free(kv);

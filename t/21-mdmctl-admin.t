@@ -167,6 +167,21 @@ like $cp->{uuid} // '', $UUID_RE, 'ClearPasscode: fresh UUID';
 is $cp->{pushes}, 1, 'ClearPasscode: push requested';
 push @expect, [$cp->{uuid}, 'ClearPasscode'];
 
+# raw plists: unknown keys and RequestTypes warn, the command goes as is
+$t->spew('raw1.plist', MdmTest::plist(CommandUUID => 'RAW-1',
+    Command => { dict => [RequestType => 'ProfileList', FutureKey => 'x'] }));
+$r = ctl('enqueue', '--no-push', '--plist', "$dir/raw1.plist", 'DEV1');
+is $r->{rc}, 0, 'raw plist with a key not in the schema queued';
+like $r->{err}, qr/^mdmctl enqueue: warning: ProfileList: key FutureKey is not in the schema\n\z/,
+    'one warning';
+$t->spew('raw2.plist', MdmTest::plist(CommandUUID => 'RAW-2',
+    Command => { dict => [RequestType => 'FutureCommand'] }));
+$r = ctl('enqueue', '--no-push', '--plist', "$dir/raw2.plist", 'DEV1');
+is $r->{rc}, 0, 'raw plist with an unknown RequestType queued';
+like $r->{err}, qr/RequestType FutureCommand is not in the schema; sent unchecked/,
+    'unchecked warning';
+push @expect, ['RAW-1', 'ProfileList'], ['RAW-2', 'FutureCommand'];
+
 # the device fetches everything in order and acknowledges each
 my @got;
 $r = report('DEV1', Status => 'Idle');
