@@ -433,6 +433,26 @@ done:
 }
 
 
+/* A PEM file holding the certificate and its key together (apnsd style). */
+static int
+mdm_has_key(const char *path)
+{
+    int             has;
+    size_t          len;
+    unsigned char  *data;
+
+    if (mdm_read_file(path, &data, &len) != 0) {
+        ERR_clear_error();
+        return 0;
+    }
+
+    has = strstr((char *) data, "PRIVATE KEY-----") != NULL;
+    OPENSSL_cleanse(data, len);
+    free(data);
+    return has;
+}
+
+
 static const struct option  mdm_info_opts[] = {
     { "cert", required_argument, NULL, 'c' },
     { "key", required_argument, NULL, 'k' },
@@ -493,7 +513,9 @@ mdm_pushcert_info(int argc, char **argv)
         case 'h':
             return mdm_usage("--cert FILE [--key FILE [--key-password PW]]\n"
                              "       mdmctl pushcert info --p12 FILE"
-                             " --password PW\n");
+                             " --password PW\n"
+                             "A --cert file that also holds the key is"
+                             " checked against it.\n");
         default:
             return MDM_USAGE;
         }
@@ -512,6 +534,10 @@ mdm_pushcert_info(int argc, char **argv)
     key = NULL;
     ca = NULL;
     topic = NULL;
+
+    if (certf && keyf == NULL && mdm_has_key(certf)) {
+        keyf = certf;
+    }
 
     if (p12f) {
         if (mdm_load_p12(p12f, ppass, &key, &x, &ca) != 0) {
@@ -648,20 +674,20 @@ mdm_pushcert_p12(int argc, char **argv)
             }
             break;
         case 'h':
-            return mdm_usage("--cert FILE --key FILE [--key-password PW]"
+            return mdm_usage("--cert FILE [--key FILE] [--key-password PW]"
                              " --out FILE.p12\n"
                              "    --password PW [--modern] [--force]\n"
-                             "Extra certificates after the first in --cert"
-                             " go into the PKCS#12 as its chain.\n");
+                             "Without --key the key is read from --cert."
+                             " Extra certificates after the\n"
+                             "first in --cert go into the PKCS#12 as its"
+                             " chain.\n");
         default:
             return MDM_USAGE;
         }
     }
 
-    if (certf == NULL || keyf == NULL || outf == NULL || ppass == NULL
-        || optind != argc)
-    {
-        mdm_err("usage: --cert FILE --key FILE --out FILE --password PW");
+    if (certf == NULL || outf == NULL || ppass == NULL || optind != argc) {
+        mdm_err("usage: --cert FILE [--key FILE] --out FILE --password PW");
         free(kpass);
         free(ppass);
         return MDM_USAGE;
@@ -672,6 +698,10 @@ mdm_pushcert_p12(int argc, char **argv)
     key = NULL;
     x = NULL;
     chain = sk_X509_new_null();
+
+    if (keyf == NULL) {
+        keyf = certf;
+    }
 
     if (mdm_load_certs(certf, chain) < 0) {
         goto done;
@@ -714,6 +744,7 @@ static const struct option  mdm_pem_opts[] = {
     { "password", required_argument, NULL, 'w' },
     { "cert-out", required_argument, NULL, 'c' },
     { "key-out", required_argument, NULL, 'k' },
+    { "out", required_argument, NULL, 'O' },
     { "key-password", required_argument, NULL, 'p' },
     { "force", no_argument, NULL, 'f' },
     { "help", no_argument, NULL, 'h' },
@@ -729,12 +760,13 @@ mdm_pushcert_pem(int argc, char **argv)
     char            *kpass, *ppass;
     X509            *x;
     EVP_PKEY        *key;
-    const char      *p12f, *certf, *keyf;
+    const char      *p12f, *certf, *keyf, *outf;
     STACK_OF(X509)  *ca;
 
     p12f = NULL;
     certf = NULL;
     keyf = NULL;
+    outf = NULL;
     kpass = NULL;
     ppass = NULL;
     force = 0;
@@ -744,6 +776,7 @@ mdm_pushcert_pem(int argc, char **argv)
         case 'P': p12f = optarg; break;
         case 'c': certf = optarg; break;
         case 'k': keyf = optarg; break;
+        case 'O': outf = optarg; break;
         case 'f': force = 1; break;
         case 'p':
             if (mdm_password(optarg, &kpass) != 0) {
@@ -756,18 +789,24 @@ mdm_pushcert_pem(int argc, char **argv)
             }
             break;
         case 'h':
-            return mdm_usage("--p12 FILE --password PW --cert-out FILE"
-                             " --key-out FILE\n"
+            return mdm_usage("--p12 FILE --password PW"
+                             " (--cert-out FILE --key-out FILE | --out FILE)"
+                             "\n"
                              "    [--key-password PW (encrypts the key)]"
-                             " [--force]\n");
+                             " [--force]\n"
+                             "--out writes certificate and key into one"
+                             " file (0600), as apnsd's --cert-dir"
+                             " takes them.\n");
         default:
             return MDM_USAGE;
         }
     }
 
-    if (p12f == NULL || certf == NULL || keyf == NULL || optind != argc) {
-        mdm_err("usage: --p12 FILE --password PW --cert-out FILE"
-                " --key-out FILE");
+    if (p12f == NULL || optind != argc
+        || (outf ? certf || keyf : certf == NULL || keyf == NULL))
+    {
+        mdm_err("usage: --p12 FILE --password PW (--cert-out FILE"
+                " --key-out FILE | --out FILE)");
         free(kpass);
         free(ppass);
         return MDM_USAGE;
@@ -794,13 +833,29 @@ mdm_pushcert_pem(int argc, char **argv)
         PEM_write_bio_X509(bio, sk_X509_value(ca, i));
     }
 
-    if (mdm_write_key(keyf, key, kpass, force) != 0
-        || mdm_write_bio(certf, bio, 0644, force) != 0)
-    {
-        goto done;
-    }
+    if (outf) {
+        /* one file with the key in it: private */
+        if (!PEM_write_bio_PrivateKey(bio, key, kpass ? EVP_aes_256_cbc()
+                                                      : NULL,
+                                      NULL, 0, NULL, kpass))
+        {
+            mdm_err_ssl("%s", outf);
+            goto done;
+        }
 
-    printf("wrote %s %s\n", certf, keyf);
+        if (mdm_write_bio(outf, bio, 0600, force) != 0) {
+            goto done;
+        }
+        printf("wrote %s\n", outf);
+
+    } else {
+        if (mdm_write_key(keyf, key, kpass, force) != 0
+            || mdm_write_bio(certf, bio, 0644, force) != 0)
+        {
+            goto done;
+        }
+        printf("wrote %s %s\n", certf, keyf);
+    }
     rc = MDM_OK;
 
 done:

@@ -282,6 +282,26 @@ like slurp("$w/back2.key"), qr/ENCRYPTED PRIVATE KEY/, 'key is encrypted';
 is pubkey_of_key("$w/back2.key", '-passin', 'pass:keypw'),
    pubkey_of_key("$w/push.key"), 'encrypted key opens with its password';
 
+# one file with certificate and key, as apnsd's --cert-dir takes it
+$r = mdmctl('pushcert', 'pem', '--p12', "$w/push.p12", '--password',
+            'p12pw', '--out', "$w/combined.pem");
+is $r->{rc}, 0, 'pushcert pem --out' or diag $r->{err};
+is sprintf('%04o', (stat "$w/combined.pem")[2] & 07777), '0600',
+    'combined file is 0600';
+is fingerprint("$w/combined.pem"),
+   fingerprint("$w/MDM_Example_Certificate.pem"), 'combined: certificate';
+is pubkey_of_key("$w/combined.pem"), pubkey_of_key("$w/push.key"),
+   'combined: key';
+$r = mdmctl('pushcert', 'info', '--cert', "$w/combined.pem");
+like $r->{out}, qr/^key: +matches$/m, 'info checks the key in the same file';
+$r = mdmctl('pushcert', 'p12', '--cert', "$w/combined.pem", '--out',
+            "$w/combined.p12", '--password', 'c');
+is $r->{rc}, 0, 'p12 from the combined file' or diag $r->{err};
+fails(1, qr/^mdmctl pushcert p12: \S+MDM_Example_Certificate\.pem: not a PEM or DER private key$/m,
+      'p12 without a key', 'pushcert', 'p12', '--cert',
+      "$w/MDM_Example_Certificate.pem", '--out', "$w/nokey.p12",
+      '--password', 'c');
+
 fails(1, qr/^mdmctl pushcert pem: \S+push\.p12: wrong password for the PKCS#12 file$/m,
       'wrong PKCS#12 password', 'pushcert', 'pem', '--p12', "$w/push.p12",
       '--password', 'nope', '--cert-out', "$w/x.crt", '--key-out',
