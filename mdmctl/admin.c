@@ -1483,6 +1483,13 @@ mdm_status_main(int argc, char **argv)
         return MDM_ERROR;
     }
 
+    for (i = 0; i < r->elements; i++) {
+        if (!mdm_is_array(r->element[i], 2)) {
+            freeReplyObject(r);
+            return MDM_ERROR;
+        }
+    }
+
     rows = malloc(r->elements * sizeof(redisReply *));
     if (rows == NULL) {
         freeReplyObject(r);
@@ -1837,8 +1844,17 @@ mdm_events_main(int argc, char **argv)
         }
 
         waited = 0;
-        evs = r->element[0]->element[1];
+        evs = r->element[0];
+        if (!mdm_is_array(evs, 2) || !mdm_is_array(evs->element[1], 0)) {
+            freeReplyObject(r);
+            rc = MDM_ERROR;
+            break;
+        }
+        evs = evs->element[1];
         for (i = 0; i < evs->elements; i++) {
+            if (!mdm_is_array(evs->element[i], 2)) {
+                continue;
+            }
             mdm_print_event(evs->element[i]);
             free(last);
             last = strdup(mdm_rstr(evs->element[i]->element[0]));
