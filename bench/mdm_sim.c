@@ -323,6 +323,7 @@ sim_cpu_sample(sim_t *sim, double sign)
     FILE          *f;
     unsigned long  ut, st;
     struct rusage  ru;
+    unsigned long long  j[8];
 
     hz = sysconf(_SC_CLK_TCK);
 
@@ -345,6 +346,22 @@ sim_cpu_sample(sim_t *sim, double sign)
             continue;
         }
         sim->stats.cpu_us[i] += sign * (ut + st) * 1e6 / hz;
+    }
+
+    /* the whole machine: busy and total jiffies of all CPUs */
+    f = fopen("/proc/stat", "r");
+    if (f != NULL) {
+        if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu",
+                   &j[0], &j[1], &j[2], &j[3], &j[4], &j[5], &j[6], &j[7])
+            == 8)
+        {
+            sim->stats.machine_us[0] += sign * (j[0] + j[1] + j[2] + j[5]
+                                                + j[6] + j[7]) * 1e6 / hz;
+            sim->stats.machine_us[1] += sign * (j[0] + j[1] + j[2] + j[3]
+                                                + j[4] + j[5] + j[6] + j[7])
+                                        * 1e6 / hz;
+        }
+        fclose(f);
     }
 
     getrusage(RUSAGE_SELF, &ru);

@@ -123,6 +123,7 @@ typedef struct {
     double            t_end;
     uint64_t          warmup_requests;
     double            cpu_us[17];     /* per --cpu-pid, then the simulator */
+    double            machine_us[2];  /* all CPUs: busy, busy + idle */
 
     sim_hist_t        latency;
     sim_hist_t        handshake;

@@ -226,6 +226,8 @@ sim_stats_print(sim_t *sim, int json)
         }
         printf("cpu sim      %.0f us (%.1f us/request)\n", s->cpu_us[16],
                s->requests ? s->cpu_us[16] / s->requests : 0.0);
+        printf("cpu machine  %.0f%% busy\n", s->machine_us[1] > 0
+               ? 100 * s->machine_us[0] / s->machine_us[1] : 0.0);
         sim_hist_print("latency", &s->latency, 0);
         sim_hist_print("handshake", &s->handshake, 0);
         printf("errors       %llu", (unsigned long long) sim_errors(s));
@@ -297,7 +299,8 @@ sim_stats_print(sim_t *sim, int json)
             printf("\"%s\":%.0f,", sim->conf.cpu_label[i], cpu);
         }
     }
-    printf("\"sim\":%.0f", s->cpu_us[16]);
+    printf("\"sim\":%.0f,\"machine_busy\":%.0f,\"machine_total\":%.0f",
+           s->cpu_us[16], s->machine_us[0], s->machine_us[1]);
     printf("},\"redis\":{\"enroll_ms\":%.3f,\"enroll_memory\":%lld,"
            "\"enqueue_memory\":%lld", s->enroll_ms,
            (long long) s->enroll_memory, (long long) s->enqueue_memory);
