@@ -255,6 +255,42 @@ is $r->{rc}, 0, 'signed later: verifies';
 is slurp("$w/p2.content"), slurp("$w/p2.mobileconfig"),
     'signed later: content unchanged';
 
+# ---- serving it: the nginx block of mdmctl/README.md -------------------------
+
+my $readme = slurp("$MdmctlTest::ROOT/mdmctl/README.md");
+my ($snip) = $readme =~ /# BEGIN enroll-location\n(.*?)# END enroll-location/s;
+ok $snip, 'README has the enroll location';
+$snip =~ s{/etc/mdm/}{$w/}g;
+$r = run('openssl', 'passwd', '-6', 'secret');
+spew("$w/enroll.htpasswd", "alice:$r->{out}");
+spew("$w/enroll.mobileconfig", slurp("$w/signed.mobileconfig"));
+my $ngx = start_nginx(<<EOF);
+    server {
+        listen 127.0.0.1:%%PORT%% ssl;
+        server_name mdm.test;
+        ssl_certificate $d/server.crt;
+        ssl_certificate_key $d/server.key;
+$snip
+    }
+EOF
+my $port = $ngx->{port};
+my @curl = ('curl', '-sS', '--max-time', '10', '--cacert', "$d/ca.crt",
+            '--resolve', "mdm.test:$port:127.0.0.1", '-o', "$w/dl",
+            '-D', "$w/dl.h", '-w', '%{http_code}',
+            "https://mdm.test:$port/enroll");
+$r = run(@curl);
+is $r->{out}, '401', 'profile download needs a password';
+$r = run(@curl, '-u', 'alice:wrong');
+is $r->{out}, '401', 'wrong password refused';
+$r = run(@curl, '-u', 'alice:secret');
+is $r->{out}, '200', 'profile served' or diag $r->{err};
+my $h = slurp("$w/dl.h");
+like $h, qr{^Content-Type: application/x-apple-aspen-config\r$}mi,
+    'Content-Type application/x-apple-aspen-config';
+like $h, qr{^Cache-Control: no-store\r$}mi, 'not cached';
+is slurp("$w/dl"), slurp("$w/signed.mobileconfig"), 'the profile itself';
+stop_nginx($ngx);
+
 # ---- schema checks on edited profiles ---------------------------------------
 
 sub edited {

@@ -28,8 +28,11 @@ our $BIN = "$ROOT/mdmctl/mdmctl";
 our $DIR;
 
 sub workdir {
-    $DIR //= tempdir('mdmctl-test-XXXXXX', TMPDIR => 1,
-                     CLEANUP => !$ENV{KEEP});
+    return $DIR if $DIR;
+    $DIR = tempdir('mdmctl-test-XXXXXX', TMPDIR => 1,
+                   CLEANUP => !$ENV{KEEP});
+    # nginx workers (nobody when started as root) read files in here
+    chmod 0755, $DIR;
     return $DIR;
 }
 
