@@ -13,6 +13,7 @@
 static int epfd = -1;
 static mctx_t *all;                 /* every live multi context */
 static mctx_t **fdmap;              /* socket fd -> multi context */
+static uint32_t *fdev;              /* socket fd -> epoll events registered */
 static int nfdmap;
 static CURL **pool;                 /* idle easy handles */
 static int npool, cappool;
@@ -31,6 +32,8 @@ static void fd_set_ctx(int fd, mctx_t *m)
         while (n <= fd) n *= 2;
         fdmap = xrealloc(fdmap, sizeof *fdmap * (size_t) n);
         memset(fdmap + nfdmap, 0, sizeof *fdmap * (size_t) (n - nfdmap));
+        fdev = xrealloc(fdev, sizeof *fdev * (size_t) n);
+        memset(fdev + nfdmap, 0, sizeof *fdev * (size_t) (n - nfdmap));
         nfdmap = n;
     }
     fdmap[fd] = m;
@@ -53,10 +56,11 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sockp)
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, s, &ev) && errno == EEXIST)
             epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev);
         curl_multi_assign(m->multi, s, m);
-    } else {
-        epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev);
+    } else if (s >= nfdmap || fdev[s] != ev.events) {
+        epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev);      /* only real changes */
     }
     fd_set_ctx(s, m);
+    fdev[s] = ev.events;
     return 0;
 }
 
@@ -193,6 +197,7 @@ int apns_send(item_t *it, mctx_t *m)
     curl_easy_setopt(e, CURLOPT_URL, url);
     free(url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(e, CURLOPT_PROXY, conf.proxy ? conf.proxy : "");  /* no env lookups */
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, it->body);
@@ -208,6 +213,7 @@ int apns_send(item_t *it, mctx_t *m)
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) conf.connect_timeout);
     curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, (long) (conf.idle_keep / 1000));
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);     /* answers are tiny */
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, it);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, hdr_cb);
@@ -215,6 +221,7 @@ int apns_send(item_t *it, mctx_t *m)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, body_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, it);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, it->errbuf);
+    if (getenv("APNSD_CURL_VERBOSE")) curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
     if (curl_multi_add_handle(m->multi, e) != CURLM_OK) {
         curl_easy_reset(e);
         curl_easy_cleanup(e);
@@ -226,9 +233,11 @@ int apns_send(item_t *it, mctx_t *m)
     return 0;
 }
 
+/* Idle handles keep their options (apns_send sets every one of them again)
+ * and their buffers: curl_easy_reset would free and re-allocate those for
+ * every push. */
 static void release_easy(CURL *e)
 {
-    curl_easy_reset(e);
     if (npool == cappool) {
         cappool = cappool ? cappool * 2 : 64;
         pool = xrealloc(pool, sizeof *pool * (size_t) cappool);
@@ -312,8 +321,10 @@ void apns_shutdown(void)
     while (npool) curl_easy_cleanup(pool[--npool]);
     free(pool);
     free(fdmap);
+    free(fdev);
     pool = NULL;
     fdmap = NULL;
+    fdev = NULL;
     nfdmap = cappool = 0;
 }
 

@@ -34,6 +34,7 @@ void logm(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 
 int64_t now_ms(void);          /* wall clock, ms since the epoch */
 int64_t mono_ms(void);         /* monotonic clock, ms */
+int64_t mono_us(void);
 double rand01(void);
 int64_t jitter(int64_t ms, double frac);  /* ms * (1 +- frac) */
 void *xmalloc(size_t n);
@@ -68,6 +69,7 @@ typedef struct conf {
     char *apns;                 /* production | development | https://... */
     char *apns_url;             /* derived base URL, no trailing slash */
     char *ca_file;
+    char *proxy;
     strlist_t certs;            /* CERT[:KEY] (PEM) or FILE.p12 */
     char *cert_dir;
     char *p12_password_file;
@@ -209,17 +211,20 @@ int store_connect(void);                 /* 0 ok */
 void store_disconnect(const char *why);
 int64_t store_next_connect(void);        /* monotonic ms, 0 if connected */
 
-/* Pipeline: commands are queued, flush sends them and runs the callbacks
- * in order; on a connection error the callbacks of unanswered commands get
- * reply == NULL. */
+/* Pipeline: commands are queued (pipe_cmd), written by pipe_send, and the
+ * callbacks run in order as replies arrive (store_event on the epoll loop).
+ * When the connection is lost, every pending callback gets reply == NULL. */
 typedef void (*reply_cb)(struct redisReply *r, void *ctx);
+void store_set_epoll(int epfd);
 void pipe_cmd(reply_cb cb, void *ctx, int argc, const char **argv,
               const size_t *lens);
 void pipe_cmdf(reply_cb cb, void *ctx, ...)      /* strings, then NULL */
     __attribute__((sentinel));
-int pipe_pending(void);
-int pipe_flush(void);                     /* 0 ok, -1 connection lost */
-struct redisReply *store_command(int argc, const char **argv);  /* blocking */
+int pipe_pending(void);                   /* queued, not sent */
+int pipe_inflight(void);                  /* sent, not answered */
+int pipe_send(void);
+void store_event(uint32_t events);
+int pipe_flush_sync(int64_t timeout_ms);  /* shutdown: send, wait for all */
 
 /* waiter: BLMOVE q q LEFT LEFT on its own non-blocking connection */
 int waiter_arm(int epfd);                 /* 0 armed or already armed */
@@ -241,6 +246,7 @@ item_t *heap_pop(heap_t *h);
 static inline item_t *heap_top(heap_t *h) { return h->n ? h->v[0] : NULL; }
 
 #define EV_WAITER 3              /* epoll tag of the waiter connection */
+#define EV_REDIS  4              /* epoll tag of the main Redis connection */
 
 /* ---- keys -------------------------------------------------------------- */
 

@@ -34,6 +34,7 @@ static opt_t opts[] = {
     { "redis-timeout",     O_MS,   &conf.redis_timeout,     "5s", 10, D, 0 },
     { "apns",              O_STR,  &conf.apns,              "production", 0, 0, 0 },
     { "ca-file",           O_STR,  &conf.ca_file,           NULL, 0, 0, 0 },
+    { "proxy",             O_STR,  &conf.proxy,             NULL, 0, 0, 0 },
     { "cert",              O_LIST, &conf.certs,             NULL, 0, 0, 0 },
     { "cert-dir",          O_STR,  &conf.cert_dir,          NULL, 0, 0, 0 },
     { "p12-password-file", O_STR,  &conf.p12_password_file, NULL, 0, 0, 0 },
@@ -141,6 +142,9 @@ static const char help_text[] =
 "              MDM push certificates are production only. Default: production.\n"
 "       --ca-file FILE\n"
 "              CA bundle to verify the APNs server. Default: system store.\n"
+"       --proxy URL\n"
+"              HTTPS proxy (CONNECT) to reach APNs, e.g. http://proxy:3128.\n"
+"              The *_proxy environment variables are not used. Default: none.\n"
 "       --cert CERT[:KEY]\n"
 "              Push certificate: a PEM file with certificate and key, a PEM\n"
 "              certificate plus a PEM key file, or a PKCS#12 file (.p12/.pfx).\n"

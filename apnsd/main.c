@@ -37,6 +37,10 @@ static int more_in_q = 1;           /* mdm:push:q may have ids */
 static int waiter_armed;
 static int need_adopt = 1;          /* read our processing list on connect */
 static int64_t next_adopt;          /* ... and now and then */
+static int adopt_inflight;          /* LRANGE sent, reply pending */
+static htab_t adopt_fin;            /* id -> fin_t: occurrences finished meanwhile */
+typedef struct fin { int n; char id[]; } fin_t;
+static int claim_inflight;
 static int beat_ok;                 /* a heartbeat of ours went through */
 static int first_adopt = 1;
 static int shutting;
@@ -48,6 +52,7 @@ static int warned_http1;
 static struct {
     unsigned long long sent, ok, failed, retried, skipped, coalesced, gave_up,
         stopped, connects, adopted, recovered;
+    unsigned long long loops, flushes, wait_us, cmds;
 } st;
 
 /* ---- outcome records (mdm_push_done), kept until Redis took them -------- */
@@ -90,6 +95,29 @@ static void queue_done(item_t *it, int count, const char *result,
     d->a[D_DETAIL] = xstrdup(detail ? detail : "");
     ql_push(&dones, &d->link);
     n_dones++;
+    /* the LRANGE answer on its way still lists these occurrences */
+    if (adopt_inflight && count > 0) {
+        fin_t *f = ht_get(&adopt_fin, it->id);
+        if (!f) {
+            size_t l = strlen(it->id);
+            f = xcalloc(1, sizeof *f + l + 1);
+            memcpy(f->id, it->id, l + 1);
+            ht_put(&adopt_fin, f->id, f);
+        }
+        f->n += count;
+    }
+}
+
+static void adopt_fin_clear(void)
+{
+    for (size_t i = 0; i < adopt_fin.nb; i++)
+        for (hent_t *e = adopt_fin.b[i], *nx; e; e = nx) {
+            nx = e->next;
+            free(e->val);
+            free(e);
+        }
+    free(adopt_fin.b);
+    memset(&adopt_fin, 0, sizeof adopt_fin);
 }
 
 static void done_cb(redisReply *r, void *ctx)
@@ -610,7 +638,12 @@ static void on_complete(item_t *it, mctx_t *m, CURLcode res, long status,
             park(it, t);
             return;
         }
-        breaker_fail(t, probe, detail);
+        /* A GOAWAY or reset stream is the server rotating the connection
+         * (APNs does, and nghttp2 servers do after ~1000 RST_STREAMs, which
+         * libcurl 7.88 sends for finished streams): retry, but it says
+         * nothing about the server being down. */
+        if (res != CURLE_HTTP2 && res != CURLE_HTTP2_STREAM)
+            breaker_fail(t, probe, detail);
         retry_item(it, reason, 0, detail);
         return;
     }
@@ -711,10 +744,15 @@ enum { F_TOKEN, F_MAGIC, F_TOPIC, F_ENABLED, F_DEAD, F_BAD, F_UPDATE, F_N };
 static void lookup_cb(redisReply *r, void *ctx)
 {
     item_t *it = ctx;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != F_N) {
-        if (r && r->type == REDIS_REPLY_ERROR)
-            log_err("redis: HMGET for id=%s: %s", it->id, r->str);
-        to_lookup(it);              /* read again later */
+    if (!r) {                       /* connection lost: read it again later */
+        to_lookup(it);
+        return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != F_N) {
+        /* e.g. WRONGTYPE: the key is not an enrollment hash */
+        log_err("push id=%s: cannot read the enrollment: %s", it->id,
+                r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        skip(it, "bad_enrollment");
         return;
     }
     redisReply **f = r->element;
@@ -775,6 +813,7 @@ static int claim_want;
 static void claim_cb(redisReply *r, void *ctx)
 {
     (void) ctx;
+    claim_inflight = 0;
     if (!r) { more_in_q = 1; return; }
     if (r->type == REDIS_REPLY_ERROR) {
         if (!strncmp(r->str, "NAMECONFLICT", 12)) fatal_conflict(r->str);
@@ -812,7 +851,9 @@ static void beat_cb(redisReply *r, void *ctx)
 static void adopt_cb(redisReply *r, void *ctx)
 {
     (void) ctx;
+    adopt_inflight = 0;
     if (!r || r->type != REDIS_REPLY_ARRAY) {
+        adopt_fin_clear();
         need_adopt = 1;
         return;
     }
@@ -828,6 +869,9 @@ static void adopt_cb(redisReply *r, void *ctx)
     for (size_t i = 0; i < r->elements; i++) {
         if (!counts[i]) continue;
         const char *id = r->element[i]->str;
+        fin_t *fin = ht_get(&adopt_fin, id);
+        if (fin) counts[i] = fin->n >= counts[i] ? 0 : counts[i] - fin->n;
+        if (!counts[i]) continue;
         item_t *it = ht_get(&items, id);
         if (!it) {
             item_new(id, counts[i]);
@@ -842,6 +886,7 @@ static void adopt_cb(redisReply *r, void *ctx)
         for (hent_t *e = cnt.b[i], *n; e; e = n) { n = e->next; free(e); }
     free(cnt.b);
     free(counts);
+    adopt_fin_clear();
     if (adopted) {
         st.adopted += (unsigned long long) adopted;
         log_notice("took over %d pushes %s %s", adopted,
@@ -924,15 +969,18 @@ static void redis_cycle(int64_t now)
     /* Our list in Redis is the truth: read it on (re)connect and now and
      * then, after all outcomes are out, and hold whatever we do not know
      * (a claim whose answer was lost, an older process with our name). */
-    if ((need_adopt || (!shutting && now >= next_adopt)) && !n_dones) {
+    if ((need_adopt || (!shutting && now >= next_adopt)) && !n_dones && !adopt_inflight) {
         need_adopt = 0;
+        adopt_inflight = 1;
         next_adopt = now + conf.recover_interval;
         pipe_cmdf(adopt_cb, NULL, "LRANGE", k_proc, "0", "-1", (char *) NULL);
     }
     char ttl[32], n[32];
     snprintf(ttl, sizeof ttl, "%lld", (long long) conf.alive_ttl);
     int64_t r = room();
-    if (!shutting && more_in_q && (r >= (conf.batch + 1) / 2 || (r > 0 && !n_local))) {
+    if (!shutting && more_in_q && !claim_inflight
+        && (r >= (conf.batch + 1) / 2 || (r > 0 && !n_local))) {
+        claim_inflight = 1;
         claim_want = (int) (r < conf.batch ? r : conf.batch);
         snprintf(n, sizeof n, "%d", claim_want);
         pipe_cmdf(claim_cb, NULL, "FCALL", "mdm_push_claim", "5", K_Q, K_PENDING,
@@ -963,7 +1011,9 @@ static void redis_cycle(int64_t now)
         pipe_cmdf(stats_cb, NULL, "LLEN", K_Q, (char *) NULL);
         next_stats = now + conf.stats_interval;
     }
-    pipe_flush();
+    st.cmds += (unsigned long long) pipe_pending();
+    if (pipe_pending()) st.flushes++;
+    pipe_send();
 }
 
 /* ---- sending -------------------------------------------------------------------------- */
@@ -1042,24 +1092,24 @@ static void finalize(void)
     int ok = 0;
     int64_t until = mono_ms() + conf.redis_timeout * 2;
     /* Outcomes first, then the rest of our list goes back to the queue */
-    while (mono_ms() < until) {
+    while (!ok && mono_ms() < until) {
         if (store_connect() == 0) {
-            pipe_dones();
-            if (!n_dones) {
-                pipe_cmdf(leave_cb, &ok, "FCALL", "mdm_push_recover", "6", K_Q,
-                          K_PENDING, k_proc, k_alive, K_STATS, K_SENDERS, "leave",
-                          conf.name, (char *) NULL);
-            }
-            pipe_flush();
-            if (ok && !n_dones) break;
+            while (n_dones) pipe_dones();
+            pipe_cmdf(leave_cb, &ok, "FCALL", "mdm_push_recover", "6", K_Q, K_PENDING,
+                      k_proc, k_alive, K_STATS, K_SENDERS, "leave", conf.name,
+                      (char *) NULL);
+            pipe_flush_sync(until - mono_ms());
+            if (ok && n_dones) ok = 0;      /* should not happen: keep trying */
         }
-        usleep(50000);
+        if (!ok) usleep(50000);
     }
     if (!ok)
         log_err("could not return held pushes to %s; they stay in %s and are taken over "
                 "when this name restarts or its heartbeat expires", K_Q, k_proc);
     log_notice("stopped (sent=%llu ok=%llu failed=%llu retried=%llu)", st.sent, st.ok,
                st.failed, st.retried);
+    log_info("loop: %llu iterations, %llu ms waiting; %llu Redis pipelines, %llu commands",
+             st.loops, st.wait_us / 1000, st.flushes, st.cmds);
     waiter_close(epfd);
     apns_shutdown();
     curl_global_cleanup();
@@ -1190,6 +1240,7 @@ int main(int argc, char **argv)
                                .data.u64 = ((uint64_t) EV_SIGNAL << 32) | (uint32_t) sigfd };
     epoll_ctl(epfd, EPOLL_CTL_ADD, sigfd, &sev);
     apns_init(epfd, on_complete);
+    store_set_epoll(epfd);
 
     max_local = conf.max_local ? conf.max_local
               : conf.connections * conf.streams * (ntopics ? ntopics : 1) + 2 * conf.batch;
@@ -1221,8 +1272,10 @@ int main(int argc, char **argv)
 
         int64_t dl = -1;
         int busy = store_connected()
-            && (n_dones || (!shutting && !ql_empty(&lookup_q)) || pipe_pending() || need_adopt
-                || (!shutting && more_in_q && room() > 0 && room() >= (conf.batch + 1) / 2));
+            && (n_dones || (!shutting && !ql_empty(&lookup_q)) || pipe_pending()
+                || (need_adopt && !adopt_inflight)
+                || (!shutting && more_in_q && !claim_inflight
+                    && room() >= (conf.batch + 1) / 2));
         if (!busy) {
             dl = min_t(dl, apns_next_timer());
             if (heap_top(&retry_h)) dl = min_t(dl, heap_top(&retry_h)->due_ms);
@@ -1241,7 +1294,10 @@ int main(int argc, char **argv)
         }
         int timeout = busy ? 0 : dl < 0 ? 1000 : dl <= now ? 0
                     : (int) (dl - now > 60000 ? 60000 : dl - now);
+        st.loops++;
+        int64_t w0 = mono_us();
         int n = epoll_wait(epfd, evs, 256, timeout);
+        st.wait_us += (unsigned long long) (mono_us() - w0);
         if (n < 0 && errno != EINTR) {
             log_crit("epoll_wait: %s", strerror(errno));
             return 1;
@@ -1251,6 +1307,7 @@ int main(int argc, char **argv)
             int fd = (int) (uint32_t) evs[i].data.u64;
             if (kind == EV_CURL) apns_socket_event(fd, evs[i].events);
             else if (kind == EV_SIGNAL) handle_signals();
+            else if (kind == EV_REDIS) store_event(evs[i].events);
             else if (kind == EV_WAITER && fd == waiter_fd()) {
                 int got = waiter_event(epfd, evs[i].events);
                 if (got >= 0) waiter_armed = 0;     /* re-armed when needed */

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/time.h>
 
@@ -15,6 +17,9 @@
 
 
 static redisContext *rc;
+static unsigned rc_gen;            /* bumped on every disconnect */
+static int epfd_ = -1;
+static int rc_out;                 /* EPOLLOUT registered */
 static int64_t next_try;           /* monotonic */
 static int64_t backoff = 0;
 static char last_err[256];
@@ -26,12 +31,17 @@ typedef struct pcmd {
     int len;
 } pcmd_t;
 
+/* queued (not yet written) commands, and the ones awaiting replies */
 static pcmd_t *pq;
 static int npq, capq;
+static pcmd_t *fifo;
+static size_t fhead, ftail, fcap;   /* ring buffer [fhead, ftail) */
 
 int store_connected(void) { return rc != NULL; }
 int64_t store_next_connect(void) { return rc ? 0 : next_try; }
-
+void store_set_epoll(int epfd) { epfd_ = epfd; }
+static size_t fifo_len(void) { return ftail - fhead; }
+int pipe_inflight(void) { return (int) fifo_len(); }
 static int parse_addr(char **host, int *port, char **path)
 {
     const char *a = conf.redis;
@@ -130,6 +140,17 @@ int store_connect(void)
         goto fail;
     }
     freeReplyObject(r);
+    /* from here on non-blocking, driven by the epoll loop (hiredis 0.14:
+     * without REDIS_BLOCK, EAGAIN means "later" in redisBuffer{Read,Write}) */
+    if (epfd_ >= 0) {
+        int fl = fcntl(rc->fd, F_GETFL);
+        fcntl(rc->fd, F_SETFL, fl | O_NONBLOCK);
+        rc->flags &= ~REDIS_BLOCK;
+        struct epoll_event ev = { .events = EPOLLIN,
+                                  .data.u64 = ((uint64_t) EV_REDIS << 32) | (uint32_t) rc->fd };
+        epoll_ctl(epfd_, EPOLL_CTL_ADD, rc->fd, &ev);
+        rc_out = 0;
+    }
     if (backoff) log_notice("redis: connected to %s again", conf.redis);
     else log_info("redis: connected to %s", conf.redis);
     backoff = 0;
@@ -145,14 +166,37 @@ fail:
     return -1;
 }
 
+static void fail_all(void)
+{
+    /* callbacks may queue new commands: take the lists first */
+    while (fifo_len()) {
+        pcmd_t c = fifo[fhead++ % fcap];
+        if (c.cb) c.cb(NULL, c.ctx);
+        free(c.buf);
+    }
+    fhead = ftail = 0;
+    pcmd_t *q = pq;
+    int n = npq;
+    pq = NULL;
+    npq = capq = 0;
+    for (int i = 0; i < n; i++) {
+        if (q[i].cb) q[i].cb(NULL, q[i].ctx);
+        free(q[i].buf);
+    }
+    free(q);
+}
+
 void store_disconnect(const char *why)
 {
     if (!rc) return;
     log_err("redis: connection lost: %s", why ? why : (rc->err ? rc->errstr : "?"));
+    if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, rc->fd, NULL);
     redisFree(rc);
     rc = NULL;
+    rc_gen++;
     backoff = 100;
     next_try = mono_ms() + jitter(backoff, 0.2);
+    fail_all();
 }
 
 void pipe_cmd(reply_cb cb, void *ctx, int argc, const char **argv, const size_t *lens)
@@ -188,49 +232,96 @@ void pipe_cmdf(reply_cb cb, void *ctx, ...)
 
 int pipe_pending(void) { return npq; }
 
-int pipe_flush(void)
+static void want_out(int on)
 {
-    int n = npq, i = 0, rc_ok = 0;
-    if (!n) return 0;
-    /* the callbacks may queue new commands: work on a private copy */
-    pcmd_t *cmds = pq;
-    pq = NULL;
-    npq = capq = 0;
-    if (rc) {
-        for (i = 0; i < n; i++)
-            if (redisAppendFormattedCommand(rc, cmds[i].buf, (size_t) cmds[i].len) != REDIS_OK)
-                break;
-        if (i < n) {
-            store_disconnect(NULL);
-            i = 0;
-        } else {
-            for (i = 0; i < n; i++) {
-                void *r = NULL;
-                if (redisGetReply(rc, &r) != REDIS_OK) {
-                    store_disconnect(NULL);
-                    break;
-                }
-                if (cmds[i].cb) cmds[i].cb(r, cmds[i].ctx);
-                freeReplyObject(r);
-                free(cmds[i].buf);
-            }
-        }
-    }
-    if (i < n) rc_ok = -1;
-    for (; i < n; i++) {
-        if (cmds[i].cb) cmds[i].cb(NULL, cmds[i].ctx);
-        free(cmds[i].buf);
-    }
-    free(cmds);
-    return rc_ok;
+    if (epfd_ < 0 || !rc || on == rc_out) return;
+    struct epoll_event ev = { .events = EPOLLIN | (on ? EPOLLOUT : 0),
+                              .data.u64 = ((uint64_t) EV_REDIS << 32) | (uint32_t) rc->fd };
+    epoll_ctl(epfd_, EPOLL_CTL_MOD, rc->fd, &ev);
+    rc_out = on;
 }
 
-redisReply *store_command(int argc, const char **argv)
+static int write_out(void)
 {
-    if (!rc) return NULL;
-    redisReply *r = redisCommandArgv(rc, argc, argv, NULL);
-    if (!r) store_disconnect(NULL);
-    return r;
+    int done = 0;
+    if (redisBufferWrite(rc, &done) != REDIS_OK) {
+        store_disconnect(NULL);
+        return -1;
+    }
+    want_out(!done);
+    return 0;
+}
+
+/* Hands the queued commands to Redis; replies arrive through store_event. */
+int pipe_send(void)
+{
+    if (!npq) return 0;
+    if (!rc) {
+        fail_all();
+        return -1;
+    }
+    if (fifo_len() + (size_t) npq > fcap) {
+        size_t ncap = fcap ? fcap : 512;
+        while (ncap < fifo_len() + (size_t) npq) ncap *= 2;
+        pcmd_t *nf = xmalloc(sizeof *nf * ncap);
+        size_t n = 0;
+        for (size_t i = fhead; i < ftail; i++) nf[n++] = fifo[i % fcap];
+        free(fifo);
+        fifo = nf;
+        fcap = ncap;
+        fhead = 0;
+        ftail = n;
+    }
+    for (int i = 0; i < npq; i++) {
+        redisAppendFormattedCommand(rc, pq[i].buf, (size_t) pq[i].len);
+        free(pq[i].buf);
+        pq[i].buf = NULL;
+        fifo[ftail++ % fcap] = pq[i];
+    }
+    npq = 0;
+    return write_out();
+}
+
+/* Readiness of the Redis socket: write what is left, run reply callbacks. */
+void store_event(uint32_t events)
+{
+    if (!rc) return;
+    if ((events & EPOLLOUT) && write_out()) return;
+    if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP))) return;
+    if (redisBufferRead(rc) != REDIS_OK) {
+        store_disconnect(NULL);
+        return;
+    }
+    unsigned gen = rc_gen;
+    while (rc && gen == rc_gen && fifo_len()) {
+        void *r = NULL;
+        if (redisGetReplyFromReader(rc, &r) != REDIS_OK) {
+            store_disconnect(NULL);
+            return;
+        }
+        if (!r) break;
+        pcmd_t cmd = fifo[fhead++ % fcap];
+        if (cmd.cb) cmd.cb(r, cmd.ctx);   /* may disconnect: checked above */
+        freeReplyObject(r);
+    }
+}
+
+/* Sends everything and waits for every reply (shutdown). 0 = all answered. */
+int pipe_flush_sync(int64_t timeout_ms)
+{
+    int64_t until = mono_ms() + timeout_ms;
+    pipe_send();
+    while (rc && fifo_len()) {
+        int64_t left = until - mono_ms();
+        if (left <= 0) return -1;
+        struct pollfd p = { .fd = rc->fd, .events = POLLIN | (rc_out ? POLLOUT : 0) };
+        int n = poll(&p, 1, (int) left);
+        if (n < 0 && errno != EINTR) return -1;
+        if (n > 0)
+            store_event((p.revents & POLLIN ? EPOLLIN : 0) | (p.revents & POLLOUT ? EPOLLOUT : 0)
+                        | (p.revents & (POLLERR | POLLHUP) ? EPOLLERR : 0));
+    }
+    return rc ? 0 : -1;
 }
 
 /* ---- waiter -------------------------------------------------------------- */

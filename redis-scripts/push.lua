@@ -96,8 +96,8 @@ end
 -- from the processing list (0 = the item stays, e.g. it will be retried).
 --   result  ok | unregistered | bad_token | failed | retry | stopped |
 --           gave_up | skipped
--- Enrollment hash (only if it exists; token fields only while the stored
--- token is still the one that was pushed):
+-- Enrollment hash (only if it exists and is a hash; token fields only while
+-- the stored token is still the one that was pushed):
 --   ok            push_ms, push_id, push_error = ''
 --   unregistered  token_dead_ms = timestamp unless older than token_update_ms
 --   bad_token     token_bad = 1
@@ -120,7 +120,7 @@ local function done(keys, args)
   end
   local now = now_ms()
   local flagged = 0
-  if result ~= 'skipped' and redis.call('EXISTS', enr) == 1 then
+  if result ~= 'skipped' and redis.call('TYPE', enr).ok == 'hash' then
     local same = token ~= '' and redis.call('HGET', enr, 'token') == token
     if result == 'ok' then
       redis.call('HSET', enr, 'push_ms', now, 'push_id', apns_id, 'push_error', '')

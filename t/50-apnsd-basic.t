@@ -19,9 +19,12 @@ is $?, 0, '--help exits 0';
 like $help, qr/^NAME\n.*^SYNOPSIS\n.*^DESCRIPTION\n.*^OPTIONS\n.*^ENVIRONMENT\n.*^SIGNALS\n.*^EXIT STATUS\n/ms,
     '--help is a manual page';
 like $help, qr/--cert CERT\[:KEY\]/, '--help documents --cert';
+my $out = qx{$bin --check -c $FindBin::Bin/../apnsd/mdm-apnsd.conf.example --redis unix:/nonexistent 2>&1};
+isnt $? >> 8, 2, 'the example configuration file parses';
+unlike $out, qr/unknown option|bad value/, '... every option in it is known';
 like qx{$bin --version}, qr/^mdm-apnsd \d+\.\d+/, '--version';
 
-my $out = qx{$bin --no-such-option 2>&1};
+$out = qx{$bin --no-such-option 2>&1};
 is $? >> 8, 2, 'unknown option: exit 2';
 like $out, qr/unknown option "--no-such-option"/, '... with a clear message';
 $out = qx{$bin --redis unix:/x 2>&1};
@@ -137,6 +140,23 @@ ok $max_active > 10, "requests multiplexed (up to $max_active streams at once on
 my $sessions = scalar $t->sessions;
 ok $sessions <= 2, "at most --connections (2) connections for the topic ($sessions)";
 ok $t->wait_for(sub { $t->stats->{ok} >= 403 }, 10), 'stats count them';
+
+# ---- the server's SETTINGS_MAX_CONCURRENT_STREAMS is honoured ----------------------------
+is $t->stop_apnsd($a1), 0, 'stopped';
+$t->stop_mock;
+truncate "$d/mock.jsonl", 0;
+$t->start_mock(max_streams => 5, delay => 30);
+$a1 = $t->start_apnsd(cert => [$c1->{pem}], opts => { connections => 1 });
+my @few = map { sprintf 'FEW%03d', $_ } 1 .. 100;
+$t->enroll_many($T1, @few);
+$t->produce_many(@few);
+ok $t->wait_for(sub { my $n = $t->token_counts; !grep { !$n->{ $t->token_of($_) } } @few }, 30),
+    'all 100 pushed through a server allowing 5 streams';
+$max_active = 0;
+for ($t->requests) { $max_active = $_->{active} if $_->{active} > $max_active }
+ok $max_active <= 5, "never more than 5 streams at once ($max_active)";
+is scalar($t->sessions), 1, 'on one connection (--connections 1)';
+ok !(grep { $_->{status} != 200 } $t->requests), 'no refused streams';
 
 # ---- stats line, SIGUSR1 ------------------------------------------------------------
 kill 'USR1', $a1;

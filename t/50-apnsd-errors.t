@@ -130,6 +130,14 @@ $t->redis->hset('mdm:{MOVED}:enr:MOVED', token => 'ab' x 32, token_update_ms => 
 ok $t->wait_for(sub { $t->events(id => 'MOVED') }, 10), 'answer arrived';
 ok !$t->enr('MOVED')->{token_bad}, 'the new token is not flagged by the old answer';
 
+# a key of the wrong type where the enrollment should be
+$t->redis->set('mdm:{ODD}:enr:ODD', 'not a hash');
+$t->produce('ODD');
+ok $t->wait_for(sub { $t->events(id => 'ODD') }, 10), 'damaged enrollment handled';
+is(($t->events(id => 'ODD'))[0]{reason}, 'bad_enrollment', '... skipped as bad_enrollment');
+is $t->redis->get('mdm:{ODD}:enr:ODD'), 'not a hash', '... and left alone';
+like $t->apnsd_log, qr/\[error\] push id=ODD: cannot read the enrollment: WRONGTYPE/, '... logged';
+
 # enrollment whose topic has no certificate
 $t->enroll('ALIEN', topic => 'com.apple.mgmt.External.00000000-0000-0000-0000-000000000000');
 $t->produce('ALIEN');

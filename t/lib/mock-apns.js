@@ -93,7 +93,11 @@ server.on('session', (session) => {
   record({ event: 'session', conn, uid: session.mock.uid,
            authorized: session.mock.authorized,
            fp: cert && cert.fingerprint256 ? cert.fingerprint256 : null, t: Date.now() });
-  session.on('error', () => {});
+  session.on('error', (e) => record({ event: 'session-error', conn, error: String(e), t: Date.now() }));
+  session.on('goaway', (code) => record({ event: 'goaway-received', conn, code, t: Date.now() }));
+  session.on('frameError', (type, code, id) =>
+    record({ event: 'frame-error', conn, type, code, stream: id, t: Date.now() }));
+  session.on('close', () => record({ event: 'session-close', conn, t: Date.now() }));
 });
 
 server.on('stream', (stream, headers) => {
