@@ -176,5 +176,21 @@ is($j->{by_kind}{idle}, $N, 'rotation: every device polled once');
 is($rc, 1, 'unenrolled poll: exit 1');
 is($j->{errors}{status}{403}, 3, 'unenrolled poll: three 403s counted');
 
+# ---- bulk enqueue: ids enrolled through mdm_checkin, one mdm_enqueue ------------
+($j, $rc) = sim('-s', 'enqueue', '--targets', 50, '--udid-prefix', 'BULK-',
+                '--redis', $t->redis_sock);
+is($rc, 0, 'enqueue: exit 0');
+is($j->{commands}{enqueued}, 50, 'enqueue: one command to 50 ids');
+ok($j->{redis}{enroll_memory} > 0 && $j->{redis}{enqueue_memory} > 0,
+   'enqueue: memory deltas measured');
+is($r->zcard('mdm:{BULK-00000031}:q:BULK-00000031'), 1,
+   'enqueue: the last id has the command queued');
+
+# ---- nobody listening: connect errors, bounded, exit 1 ----------------------
+($j, $rc) = sim('-s', 'poll', '-n', 3, '--sessions', 1, '--connect',
+                '127.0.0.1:' . $t->port('closed'));
+is($rc, 1, 'no server: exit 1');
+is($j->{errors}{connect}, 3, 'no server: one connect error per device');
+
 $t->finish;
 done_testing;
