@@ -176,7 +176,7 @@ is($j->{by_kind}{idle}, $N, 'rotation: every device polled once');
 is($rc, 1, 'unenrolled poll: exit 1');
 is($j->{errors}{status}{403}, 3, 'unenrolled poll: three 403s counted');
 
-# ---- bulk enqueue: ids enrolled through mdm_checkin, one mdm_enqueue ------------
+# ---- bulk enqueue: ids enrolled through mdm_checkin, one mdm_enqueue --------
 ($j, $rc) = sim('-s', 'enqueue', '--targets', 50, '--udid-prefix', 'BULK-',
                 '--redis', $t->redis_sock);
 is($rc, 0, 'enqueue: exit 0');
