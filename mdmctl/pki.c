@@ -247,15 +247,76 @@ mdm_write_pair(const char *dir, const char *name, X509 *x, EVP_PKEY *key,
 }
 
 
+/* Options every pki verb shares. */
+typedef struct {
+    const char  *dir;
+    const char  *ktype;
+    char        *pass;          /* CA key password */
+    long         days;
+    long         max_days;
+    int          force;
+} mdm_pki_opts_t;
+
+
+#define MDM_PKI_COMMON_OPTS                                                   \
+    { "dir", required_argument, NULL, 'd' },                                  \
+    { "days", required_argument, NULL, 't' },                                 \
+    { "key-type", required_argument, NULL, 'k' },                             \
+    { "force", no_argument, NULL, 'f' },                                      \
+    { "help", no_argument, NULL, 'h' }
+
+
+/* 1: handled, 0: not a common option, -1: usage error, -2: error */
+static int
+mdm_pki_common_opt(mdm_pki_opts_t *o, int ch)
+{
+    switch (ch) {
+
+    case 'd':
+        o->dir = optarg;
+        return 1;
+
+    case 'k':
+        o->ktype = optarg;
+        return 1;
+
+    case 'f':
+        o->force = 1;
+        return 1;
+
+    case 'P':
+        free(o->pass);
+        o->pass = NULL;
+        return mdm_password(optarg, &o->pass) == 0 ? 1 : -2;
+
+    case 't':
+        if (mdm_parse_int(optarg, 1, o->max_days, &o->days) != 0) {
+            mdm_err("--days must be 1..%ld%s, not \"%s\"", o->max_days,
+                    o->max_days == MDM_SERVER_MAX_DAYS
+                    ? " (Apple's limit for TLS server certificates)" : "",
+                    optarg);
+            return -1;
+        }
+        return 1;
+
+    default:
+        return 0;
+    }
+}
+
+
+static int
+mdm_pki_opt_rc(int rc)
+{
+    return rc == -2 ? MDM_ERROR : MDM_USAGE;
+}
+
+
 static const struct option  mdm_ca_opts[] = {
-    { "dir", required_argument, NULL, 'd' },
+    MDM_PKI_COMMON_OPTS,
     { "cn", required_argument, NULL, 'n' },
     { "org", required_argument, NULL, 'o' },
-    { "days", required_argument, NULL, 't' },
-    { "key-type", required_argument, NULL, 'k' },
-    { "key-password", required_argument, NULL, 'p' },
-    { "force", no_argument, NULL, 'f' },
-    { "help", no_argument, NULL, 'h' },
+    { "key-password", required_argument, NULL, 'P' },
     { NULL, 0, NULL, 0 }
 };
 
@@ -263,12 +324,11 @@ static const struct option  mdm_ca_opts[] = {
 static int
 mdm_pki_ca(int argc, char **argv)
 {
-    int          ch, force, rc;
-    long         days;
-    X509        *x;
-    EVP_PKEY    *key;
-    const char  *dir, *cn, *org, *ktype;
-    char        *pass;
+    int              ch, c, rc;
+    X509            *x;
+    EVP_PKEY        *key;
+    const char      *cn, *org;
+    mdm_pki_opts_t   o = { NULL, NULL, NULL, 3650, 36500, 0 };
 
     static const char *const  exts[] = {
         "basicConstraints", "critical,CA:TRUE",
@@ -278,73 +338,64 @@ mdm_pki_ca(int argc, char **argv)
         NULL
     };
 
-    dir = NULL;
     cn = "MDM Development CA";
     org = NULL;
-    ktype = NULL;
-    pass = NULL;
-    days = 3650;
-    force = 0;
+    key = NULL;
+    x = NULL;
+    rc = MDM_USAGE;
 
     while ((ch = mdm_getopt(argc, argv, mdm_ca_opts)) != -1) {
-        switch (ch) {
-        case 'd': dir = optarg; break;
-        case 'n': cn = optarg; break;
-        case 'o': org = optarg; break;
-        case 'k': ktype = optarg; break;
-        case 'f': force = 1; break;
-        case 'p':
-            if (mdm_password(optarg, &pass) != 0) {
-                return MDM_ERROR;
-            }
-            break;
-        case 't':
-            if (mdm_parse_int(optarg, 1, 36500, &days) != 0) {
-                mdm_err("--days must be 1..36500, not \"%s\"", optarg);
-                return MDM_USAGE;
-            }
-            break;
-        case 'h':
-            return mdm_usage("--dir D [--cn NAME] [--org ORG] [--days N]"
-                             " [--key-type T]\n"
-                             "    [--key-password PW] [--force]\n");
-        default:
-            return MDM_USAGE;
+        if (ch == 'n') {
+            cn = optarg;
+
+        } else if (ch == 'o') {
+            org = optarg;
+
+        } else if (ch == 'h') {
+            rc = mdm_usage("--dir D [--cn NAME] [--org ORG] [--days N]"
+                           " [--key-type T]\n"
+                           "    [--key-password PW] [--force]\n");
+            goto done;
+
+        } else if ((c = mdm_pki_common_opt(&o, ch)) != 1) {
+            rc = mdm_pki_opt_rc(c);
+            goto done;
         }
     }
 
-    if (dir == NULL || optind != argc) {
+    rc = MDM_USAGE;
+    if (o.dir == NULL || optind != argc) {
         mdm_err("usage: --dir D [--cn NAME] ... (see --help)");
-        return MDM_USAGE;
-    }
-
-    if (mdm_mkdir(dir) != 0 || (key = mdm_new_key(ktype)) == NULL) {
-        return MDM_ERROR;
+        goto done;
     }
 
     rc = MDM_ERROR;
-    x = mdm_issue(cn, org, key, NULL, key, days, exts);
-    if (x != NULL && mdm_write_pair(dir, "ca", x, key, pass, force) == 0) {
+    if (mdm_mkdir(o.dir) != 0 || (key = mdm_new_key(o.ktype)) == NULL) {
+        goto done;
+    }
+
+    x = mdm_issue(cn, org, key, NULL, key, o.days, exts);
+    if (x != NULL && mdm_write_pair(o.dir, "ca", x, key, o.pass, o.force)
+                     == 0)
+    {
         rc = MDM_OK;
     }
 
+done:
+
     X509_free(x);
     EVP_PKEY_free(key);
-    free(pass);
+    free(o.pass);
     return rc;
 }
 
 
 static const struct option  mdm_server_opts[] = {
-    { "dir", required_argument, NULL, 'd' },
+    MDM_PKI_COMMON_OPTS,
     { "name", required_argument, NULL, 'n' },
     { "ip", required_argument, NULL, 'i' },
     { "out", required_argument, NULL, 'O' },
-    { "days", required_argument, NULL, 't' },
-    { "key-type", required_argument, NULL, 'k' },
     { "ca-password", required_argument, NULL, 'P' },
-    { "force", no_argument, NULL, 'f' },
-    { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
 
@@ -368,93 +419,15 @@ mdm_valid_dns(const char *s)
 }
 
 
-static int
-mdm_pki_server(int argc, char **argv)
+
+/* "DNS:a,DNS:b,IP:1.2.3.4" */
+static char *
+mdm_san(const char **names, int nnames, const char **ips, int nips)
 {
-    int            ch, force, rc, nnames, nips, i;
-    long           days;
-    char          *pass, *san, *p;
-    X509          *x, *ca;
-    EVP_PKEY      *key, *cakey;
-    size_t         len;
-    const char    *dir, *ktype, *out;
-    const char    *names[MDM_MAX_NAMES], *ips[MDM_MAX_NAMES];
-    const char    *exts[13];
-    unsigned char  addr[16];
+    int      i;
+    char    *san, *p;
+    size_t   len;
 
-    dir = NULL;
-    ktype = NULL;
-    pass = NULL;
-    out = "server";
-    days = 365;
-    force = 0;
-    nnames = 0;
-    nips = 0;
-
-    while ((ch = mdm_getopt(argc, argv, mdm_server_opts)) != -1) {
-        switch (ch) {
-        case 'd': dir = optarg; break;
-        case 'k': ktype = optarg; break;
-        case 'O': out = optarg; break;
-        case 'f': force = 1; break;
-        case 'n':
-            if (!mdm_valid_dns(optarg)) {
-                mdm_err("not a DNS name: \"%s\"", optarg);
-                return MDM_USAGE;
-            }
-            if (nnames == MDM_MAX_NAMES) {
-                mdm_err("too many --name options");
-                return MDM_USAGE;
-            }
-            names[nnames++] = optarg;
-            break;
-        case 'i':
-            if (inet_pton(AF_INET, optarg, addr) != 1
-                && inet_pton(AF_INET6, optarg, addr) != 1)
-            {
-                mdm_err("not an IP address: \"%s\"", optarg);
-                return MDM_USAGE;
-            }
-            if (nips == MDM_MAX_NAMES) {
-                mdm_err("too many --ip options");
-                return MDM_USAGE;
-            }
-            ips[nips++] = optarg;
-            break;
-        case 'P':
-            if (mdm_password(optarg, &pass) != 0) {
-                return MDM_ERROR;
-            }
-            break;
-        case 't':
-            if (mdm_parse_int(optarg, 1, MDM_SERVER_MAX_DAYS, &days) != 0) {
-                mdm_err("--days must be 1..%d (Apple's limit for TLS server"
-                        " certificates), not \"%s\"", MDM_SERVER_MAX_DAYS,
-                        optarg);
-                return MDM_USAGE;
-            }
-            break;
-        case 'h':
-            return mdm_usage("--dir D --name FQDN [--name FQDN]..."
-                             " [--ip ADDR]...\n"
-                             "    [--out NAME] [--days N] [--key-type T]"
-                             " [--ca-password PW] [--force]\n");
-        default:
-            return MDM_USAGE;
-        }
-    }
-
-    if (dir == NULL || nnames == 0 || optind != argc) {
-        mdm_err("usage: --dir D --name FQDN [--ip ADDR]... (see --help)");
-        return MDM_USAGE;
-    }
-
-    if (strchr(out, '/') != NULL || out[0] == '.') {
-        mdm_err("--out is a base name inside --dir, not \"%s\"", out);
-        return MDM_USAGE;
-    }
-
-    /* the SAN lists every name and address; CN is the first name */
     len = 1;
     for (i = 0; i < nnames; i++) {
         len += strlen(names[i]) + 5;
@@ -465,7 +438,7 @@ mdm_pki_server(int argc, char **argv)
 
     san = malloc(len);
     if (san == NULL) {
-        return MDM_ERROR;
+        return NULL;
     }
 
     p = san;
@@ -475,7 +448,90 @@ mdm_pki_server(int argc, char **argv)
     for (i = 0; i < nips; i++) {
         p += sprintf(p, ",IP:%s", ips[i]);
     }
+    return san;
+}
 
+
+static int
+mdm_pki_server(int argc, char **argv)
+{
+    int              ch, c, rc, nnames, nips;
+    char            *san;
+    X509            *x, *ca;
+    EVP_PKEY        *key, *cakey;
+    const char      *out;
+    const char      *names[MDM_MAX_NAMES], *ips[MDM_MAX_NAMES];
+    const char      *exts[13];
+    unsigned char    addr[16];
+    mdm_pki_opts_t   o = { NULL, NULL, NULL, 365, MDM_SERVER_MAX_DAYS, 0 };
+
+    out = "server";
+    nnames = 0;
+    nips = 0;
+    san = NULL;
+    x = NULL;
+    key = NULL;
+    rc = MDM_USAGE;
+
+    while ((ch = mdm_getopt(argc, argv, mdm_server_opts)) != -1) {
+        if (ch == 'O') {
+            out = optarg;
+
+        } else if (ch == 'n') {
+            if (!mdm_valid_dns(optarg)) {
+                mdm_err("not a DNS name: \"%s\"", optarg);
+                goto done;
+            }
+            if (nnames == MDM_MAX_NAMES) {
+                mdm_err("too many --name options");
+                goto done;
+            }
+            names[nnames++] = optarg;
+
+        } else if (ch == 'i') {
+            if (inet_pton(AF_INET, optarg, addr) != 1
+                && inet_pton(AF_INET6, optarg, addr) != 1)
+            {
+                mdm_err("not an IP address: \"%s\"", optarg);
+                goto done;
+            }
+            if (nips == MDM_MAX_NAMES) {
+                mdm_err("too many --ip options");
+                goto done;
+            }
+            ips[nips++] = optarg;
+
+        } else if (ch == 'h') {
+            rc = mdm_usage("--dir D --name FQDN [--name FQDN]..."
+                           " [--ip ADDR]...\n"
+                           "    [--out NAME] [--days N] [--key-type T]"
+                           " [--ca-password PW] [--force]\n");
+            goto done;
+
+        } else if ((c = mdm_pki_common_opt(&o, ch)) != 1) {
+            rc = mdm_pki_opt_rc(c);
+            goto done;
+        }
+    }
+
+    rc = MDM_USAGE;
+    if (o.dir == NULL || nnames == 0 || optind != argc) {
+        mdm_err("usage: --dir D --name FQDN [--ip ADDR]... (see --help)");
+        goto done;
+    }
+
+    if (strchr(out, '/') != NULL || out[0] == '.') {
+        mdm_err("--out is a base name inside --dir, not \"%s\"", out);
+        goto done;
+    }
+
+    rc = MDM_ERROR;
+    san = mdm_san(names, nnames, ips, nips);
+    if (san == NULL) {
+        goto done;
+    }
+
+    /* the SAN lists every name and address; CN is the first name */
     exts[0] = "basicConstraints";
     exts[1] = "critical,CA:FALSE";
     exts[2] = "keyUsage";
@@ -490,21 +546,16 @@ mdm_pki_server(int argc, char **argv)
     exts[11] = san;
     exts[12] = NULL;
 
-    rc = MDM_ERROR;
-    x = NULL;
-    key = NULL;
-
-    if (mdm_load_ca(dir, pass, &ca, &cakey) != 0) {
+    if (mdm_load_ca(o.dir, o.pass, &ca, &cakey) != 0) {
         goto done;
     }
 
-    key = mdm_new_key(ktype);
-    if (key == NULL) {
-        goto done;
+    key = mdm_new_key(o.ktype);
+    if (key != NULL) {
+        x = mdm_issue(names[0], NULL, key, ca, cakey, o.days, exts);
     }
-
-    x = mdm_issue(names[0], NULL, key, ca, cakey, days, exts);
-    if (x != NULL && mdm_write_pair(dir, out, x, key, NULL, force) == 0) {
+    if (x != NULL && mdm_write_pair(o.dir, out, x, key, NULL, o.force) == 0)
+    {
         rc = MDM_OK;
     }
 
@@ -516,21 +567,17 @@ done:
     X509_free(x);
     EVP_PKEY_free(key);
     free(san);
-    free(pass);
+    free(o.pass);
     return rc;
 }
 
 
 static const struct option  mdm_device_opts[] = {
-    { "dir", required_argument, NULL, 'd' },
+    MDM_PKI_COMMON_OPTS,
     { "id", required_argument, NULL, 'i' },
     { "p12-password", required_argument, NULL, 'p' },
     { "p12-modern", no_argument, NULL, 'm' },
-    { "days", required_argument, NULL, 't' },
-    { "key-type", required_argument, NULL, 'k' },
     { "ca-password", required_argument, NULL, 'P' },
-    { "force", no_argument, NULL, 'f' },
-    { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
 };
 
@@ -538,13 +585,13 @@ static const struct option  mdm_device_opts[] = {
 static int
 mdm_pki_device(int argc, char **argv)
 {
-    int          ch, force, modern, rc;
-    long         days;
-    char        *pass, *p12pass, *p12path, *passpath;
-    X509        *x, *ca;
-    PKCS12      *p12;
-    EVP_PKEY    *key, *cakey;
-    const char  *dir, *id, *ktype;
+    int              ch, c, modern, rc;
+    char            *p12pass, *p12path, *passpath;
+    X509            *x, *ca;
+    PKCS12          *p12;
+    EVP_PKEY        *key, *cakey;
+    const char      *id;
+    mdm_pki_opts_t   o = { NULL, NULL, NULL, 365, 36500, 0 };
 
     static const char *const  exts[] = {
         "basicConstraints", "critical,CA:FALSE",
@@ -555,53 +602,50 @@ mdm_pki_device(int argc, char **argv)
         NULL
     };
 
-    dir = NULL;
     id = NULL;
-    ktype = NULL;
-    pass = NULL;
     p12pass = NULL;
-    days = 365;
-    force = 0;
+    p12path = NULL;
+    passpath = NULL;
     modern = 0;
+    x = NULL;
+    key = NULL;
+    p12 = NULL;
+    rc = MDM_USAGE;
 
     while ((ch = mdm_getopt(argc, argv, mdm_device_opts)) != -1) {
-        switch (ch) {
-        case 'd': dir = optarg; break;
-        case 'i': id = optarg; break;
-        case 'k': ktype = optarg; break;
-        case 'm': modern = 1; break;
-        case 'f': force = 1; break;
-        case 'p':
+        if (ch == 'i') {
+            id = optarg;
+
+        } else if (ch == 'm') {
+            modern = 1;
+
+        } else if (ch == 'p') {
+            free(p12pass);
+            p12pass = NULL;
             if (mdm_password(optarg, &p12pass) != 0) {
-                return MDM_ERROR;
+                rc = MDM_ERROR;
+                goto done;
             }
-            break;
-        case 'P':
-            if (mdm_password(optarg, &pass) != 0) {
-                return MDM_ERROR;
-            }
-            break;
-        case 't':
-            if (mdm_parse_int(optarg, 1, 36500, &days) != 0) {
-                mdm_err("--days must be 1..36500, not \"%s\"", optarg);
-                return MDM_USAGE;
-            }
-            break;
-        case 'h':
-            return mdm_usage("--dir D --id UDID [--p12-password PW]"
-                             " [--p12-modern] [--days N]\n"
-                             "    [--key-type T] [--ca-password PW]"
-                             " [--force]\n"
-                             "Without --p12-password a random one is"
-                             " written to D/UDID.p12.pass.\n");
-        default:
-            return MDM_USAGE;
+
+        } else if (ch == 'h') {
+            rc = mdm_usage("--dir D --id UDID [--p12-password PW]"
+                           " [--p12-modern] [--days N]\n"
+                           "    [--key-type T] [--ca-password PW]"
+                           " [--force]\n"
+                           "Without --p12-password a random one is"
+                           " written to D/UDID.p12.pass.\n");
+            goto done;
+
+        } else if ((c = mdm_pki_common_opt(&o, ch)) != 1) {
+            rc = mdm_pki_opt_rc(c);
+            goto done;
         }
     }
 
-    if (dir == NULL || id == NULL || optind != argc) {
+    rc = MDM_USAGE;
+    if (o.dir == NULL || id == NULL || optind != argc) {
         mdm_err("usage: --dir D --id UDID [--p12-password PW] (see --help)");
-        return MDM_USAGE;
+        goto done;
     }
 
     /* the id names files in D and is the certificate's CN */
@@ -611,41 +655,39 @@ mdm_pki_device(int argc, char **argv)
     {
         mdm_err("--id must be 1..64 of A-Z a-z 0-9 - _ . : (a UDID), not"
                 " \"%s\"", id);
-        return MDM_USAGE;
+        goto done;
     }
 
     rc = MDM_ERROR;
-    x = NULL;
-    key = NULL;
-    p12 = NULL;
-    p12path = mdm_path(dir, id, "p12");
-    passpath = mdm_path(dir, id, "p12.pass");
+    p12path = mdm_path(o.dir, id, "p12");
+    passpath = mdm_path(o.dir, id, "p12.pass");
 
-    if (mdm_load_ca(dir, pass, &ca, &cakey) != 0) {
+    if (mdm_load_ca(o.dir, o.pass, &ca, &cakey) != 0) {
         goto done;
     }
 
     if (p12pass == NULL) {
         p12pass = mdm_random_password();
-        if (mdm_write_file(passpath, p12pass, strlen(p12pass), 0600, force)
+        if (mdm_write_file(passpath, p12pass, strlen(p12pass), 0600,
+                           o.force)
             != 0)
         {
             goto done_ca;
         }
     }
 
-    key = mdm_new_key(ktype);
+    key = mdm_new_key(o.ktype);
     if (key == NULL) {
         goto done_ca;
     }
 
-    x = mdm_issue(id, NULL, key, ca, cakey, days, exts);
-    if (x == NULL || mdm_write_pair(dir, id, x, key, NULL, force) != 0) {
+    x = mdm_issue(id, NULL, key, ca, cakey, o.days, exts);
+    if (x == NULL || mdm_write_pair(o.dir, id, x, key, NULL, o.force) != 0) {
         goto done_ca;
     }
 
     p12 = mdm_make_p12(key, x, NULL, p12pass, id, modern);
-    if (p12 != NULL && mdm_write_p12(p12path, p12, force) == 0) {
+    if (p12 != NULL && mdm_write_p12(p12path, p12, o.force) == 0) {
         printf("wrote %s\n", p12path);
         rc = MDM_OK;
     }
@@ -662,7 +704,7 @@ done:
     EVP_PKEY_free(key);
     free(p12path);
     free(passpath);
-    free(pass);
+    free(o.pass);
     free(p12pass);
     return rc;
 }

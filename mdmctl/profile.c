@@ -747,29 +747,75 @@ static int
 mdm_create_opt(mdm_profile_conf_t *cf, int ch)
 {
     switch (ch) {
-    case 'U': cf->base_url = optarg; break;
-    case 'u': cf->server_url = optarg; break;
-    case 'c': cf->checkin_url = optarg; break;
-    case 'T': cf->topic = optarg; break;
-    case 'X': cf->push_cert = optarg; break;
-    case 'p': cf->p12 = optarg; break;
-    case 's': cf->scep_url = optarg; break;
-    case 'C': cf->scep_challenge = optarg; break;
-    case 'S': cf->scep_subject = optarg; break;
-    case 'N': cf->scep_name = optarg; break;
-    case 'e': cf->server_cert = optarg; break;
-    case 'm': cf->sign_message = 1; break;
-    case 'o': cf->checkout = 0; break;
-    case 'D': cf->dev_apns = 1; break;
-    case 'i': cf->identifier = optarg; break;
-    case 'g': cf->org = optarg; break;
-    case 'n': cf->name = optarg; break;
-    case 'd': cf->description = optarg; break;
-    case 'x': cf->sign_cert = optarg; break;
-    case 'k': cf->sign_key = optarg; break;
-    case 'H': cf->sign_chain = optarg; break;
-    case 'O': cf->out = optarg; break;
-    case 'f': cf->force = 1; break;
+    case 'U':
+        cf->base_url = optarg;
+        break;
+    case 'u':
+        cf->server_url = optarg;
+        break;
+    case 'c':
+        cf->checkin_url = optarg;
+        break;
+    case 'T':
+        cf->topic = optarg;
+        break;
+    case 'X':
+        cf->push_cert = optarg;
+        break;
+    case 'p':
+        cf->p12 = optarg;
+        break;
+    case 's':
+        cf->scep_url = optarg;
+        break;
+    case 'C':
+        cf->scep_challenge = optarg;
+        break;
+    case 'S':
+        cf->scep_subject = optarg;
+        break;
+    case 'N':
+        cf->scep_name = optarg;
+        break;
+    case 'e':
+        cf->server_cert = optarg;
+        break;
+    case 'm':
+        cf->sign_message = 1;
+        break;
+    case 'o':
+        cf->checkout = 0;
+        break;
+    case 'D':
+        cf->dev_apns = 1;
+        break;
+    case 'i':
+        cf->identifier = optarg;
+        break;
+    case 'g':
+        cf->org = optarg;
+        break;
+    case 'n':
+        cf->name = optarg;
+        break;
+    case 'd':
+        cf->description = optarg;
+        break;
+    case 'x':
+        cf->sign_cert = optarg;
+        break;
+    case 'k':
+        cf->sign_key = optarg;
+        break;
+    case 'H':
+        cf->sign_chain = optarg;
+        break;
+    case 'O':
+        cf->out = optarg;
+        break;
+    case 'f':
+        cf->force = 1;
+        break;
 
     case 'P':
         return mdm_password(optarg, &cf->p12_pass);

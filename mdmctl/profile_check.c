@@ -402,8 +402,13 @@ mdm_profile_validate(plist_t profile, int quiet)
         }
     }
 
-    if (plist_dict_get_item(profile, "IsEncrypted") != NULL
-        || plist_dict_get_item(profile, "EncryptedPayloadContent") != NULL)
+    v = plist_dict_get_item(profile, "IsEncrypted");
+    no = 0;
+    if (v != NULL) {
+        plist_get_bool_val(v, &no);
+    }
+
+    if (no || plist_dict_get_item(profile, "EncryptedPayloadContent") != NULL)
     {
         mdm_err("top level: encrypted profiles are not supported");
         return -1;

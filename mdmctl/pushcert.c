@@ -97,13 +97,27 @@ mdm_pushcert_csr(int argc, char **argv)
 
     while ((ch = mdm_getopt(argc, argv, mdm_csr_opts)) != -1) {
         switch (ch) {
-        case 'k': keyout = optarg; break;
-        case 'K': keyin = optarg; break;
-        case 'c': csrout = optarg; break;
-        case 'n': cn = optarg; break;
-        case 'e': email = optarg; break;
-        case 'C': country = optarg; break;
-        case 'f': force = 1; break;
+        case 'k':
+            keyout = optarg;
+            break;
+        case 'K':
+            keyin = optarg;
+            break;
+        case 'c':
+            csrout = optarg;
+            break;
+        case 'n':
+            cn = optarg;
+            break;
+        case 'e':
+            email = optarg;
+            break;
+        case 'C':
+            country = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
         case 'p':
             if (mdm_password(optarg, &pass) != 0) {
                 return MDM_ERROR;
@@ -268,11 +282,21 @@ mdm_pushcert_vendor_sign(int argc, char **argv)
 
     while ((ch = mdm_getopt(argc, argv, mdm_vendor_opts)) != -1) {
         switch (ch) {
-        case 'c': csrf = optarg; break;
-        case 'v': certf = optarg; break;
-        case 'k': keyf = optarg; break;
-        case 'O': outf = optarg; break;
-        case 'f': force = 1; break;
+        case 'c':
+            csrf = optarg;
+            break;
+        case 'v':
+            certf = optarg;
+            break;
+        case 'k':
+            keyf = optarg;
+            break;
+        case 'O':
+            outf = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
         case 'd':
             digest = optarg;
             if (strcmp(digest, "sha256") != 0 && strcmp(digest, "sha1") != 0)
@@ -453,6 +477,19 @@ mdm_has_key(const char *path)
 }
 
 
+/* --key-password (p) and --password (w, of a PKCS#12) */
+static int
+mdm_pass_opt(int ch, char **kpass, char **ppass)
+{
+    char  **dst;
+
+    dst = (ch == 'p') ? kpass : ppass;
+    free(*dst);
+    *dst = NULL;
+    return mdm_password(optarg, dst);
+}
+
+
 static const struct option  mdm_info_opts[] = {
     { "cert", required_argument, NULL, 'c' },
     { "key", required_argument, NULL, 'k' },
@@ -497,16 +534,18 @@ mdm_pushcert_info(int argc, char **argv)
 
     while ((ch = mdm_getopt(argc, argv, mdm_info_opts)) != -1) {
         switch (ch) {
-        case 'c': certf = optarg; break;
-        case 'k': keyf = optarg; break;
-        case 'P': p12f = optarg; break;
-        case 'p':
-            if (mdm_password(optarg, &kpass) != 0) {
-                return MDM_ERROR;
-            }
+        case 'c':
+            certf = optarg;
             break;
+        case 'k':
+            keyf = optarg;
+            break;
+        case 'P':
+            p12f = optarg;
+            break;
+        case 'p':
         case 'w':
-            if (mdm_password(optarg, &ppass) != 0) {
+            if (mdm_pass_opt(ch, &kpass, &ppass) != 0) {
                 return MDM_ERROR;
             }
             break;
@@ -658,18 +697,24 @@ mdm_pushcert_p12(int argc, char **argv)
 
     while ((ch = mdm_getopt(argc, argv, mdm_p12_opts)) != -1) {
         switch (ch) {
-        case 'c': certf = optarg; break;
-        case 'k': keyf = optarg; break;
-        case 'O': outf = optarg; break;
-        case 'f': force = 1; break;
-        case 'm': modern = 1; break;
-        case 'p':
-            if (mdm_password(optarg, &kpass) != 0) {
-                return MDM_ERROR;
-            }
+        case 'c':
+            certf = optarg;
             break;
+        case 'k':
+            keyf = optarg;
+            break;
+        case 'O':
+            outf = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
+        case 'm':
+            modern = 1;
+            break;
+        case 'p':
         case 'w':
-            if (mdm_password(optarg, &ppass) != 0) {
+            if (mdm_pass_opt(ch, &kpass, &ppass) != 0) {
                 return MDM_ERROR;
             }
             break;
@@ -773,18 +818,24 @@ mdm_pushcert_pem(int argc, char **argv)
 
     while ((ch = mdm_getopt(argc, argv, mdm_pem_opts)) != -1) {
         switch (ch) {
-        case 'P': p12f = optarg; break;
-        case 'c': certf = optarg; break;
-        case 'k': keyf = optarg; break;
-        case 'O': outf = optarg; break;
-        case 'f': force = 1; break;
-        case 'p':
-            if (mdm_password(optarg, &kpass) != 0) {
-                return MDM_ERROR;
-            }
+        case 'P':
+            p12f = optarg;
             break;
+        case 'c':
+            certf = optarg;
+            break;
+        case 'k':
+            keyf = optarg;
+            break;
+        case 'O':
+            outf = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
+        case 'p':
         case 'w':
-            if (mdm_password(optarg, &ppass) != 0) {
+            if (mdm_pass_opt(ch, &kpass, &ppass) != 0) {
                 return MDM_ERROR;
             }
             break;

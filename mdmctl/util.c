@@ -710,22 +710,33 @@ mdm_make_p12(EVP_PKEY *key, X509 *cert, STACK_OF(X509) *ca,
 }
 
 
+/* Writes what an encoder put into "bio" (ok), or reports its failure. */
+static int
+mdm_write_encoded(const char *path, BIO *bio, int ok, int mode, int force)
+{
+    int  rc;
+
+    if (ok) {
+        rc = mdm_write_bio(path, bio, mode, force);
+
+    } else {
+        mdm_err_ssl("%s", path);
+        rc = -1;
+    }
+
+    BIO_free(bio);
+    return rc;
+}
+
+
 int
 mdm_write_p12(const char *path, PKCS12 *p12, int force)
 {
     BIO  *bio;
-    int   rc;
 
     bio = BIO_new(BIO_s_mem());
-    if (!i2d_PKCS12_bio(bio, p12)) {
-        mdm_err_ssl("%s", path);
-        BIO_free(bio);
-        return -1;
-    }
-
-    rc = mdm_write_bio(path, bio, 0600, force);
-    BIO_free(bio);
-    return rc;
+    return mdm_write_encoded(path, bio, i2d_PKCS12_bio(bio, p12), 0600,
+                             force);
 }
 
 
@@ -733,7 +744,7 @@ int
 mdm_write_key(const char *path, EVP_PKEY *key, const char *pass, int force)
 {
     BIO  *bio;
-    int   rc, ok;
+    int   ok;
 
     bio = BIO_new(BIO_s_mem());
     if (pass != NULL) {
@@ -743,15 +754,7 @@ mdm_write_key(const char *path, EVP_PKEY *key, const char *pass, int force)
         ok = PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL);
     }
 
-    if (!ok) {
-        mdm_err_ssl("%s", path);
-        BIO_free(bio);
-        return -1;
-    }
-
-    rc = mdm_write_bio(path, bio, 0600, force);
-    BIO_free(bio);
-    return rc;
+    return mdm_write_encoded(path, bio, ok, 0600, force);
 }
 
 
@@ -759,18 +762,10 @@ int
 mdm_write_cert(const char *path, X509 *cert, int force)
 {
     BIO  *bio;
-    int   rc;
 
     bio = BIO_new(BIO_s_mem());
-    if (!PEM_write_bio_X509(bio, cert)) {
-        mdm_err_ssl("%s", path);
-        BIO_free(bio);
-        return -1;
-    }
-
-    rc = mdm_write_bio(path, bio, 0644, force);
-    BIO_free(bio);
-    return rc;
+    return mdm_write_encoded(path, bio, PEM_write_bio_X509(bio, cert), 0644,
+                             force);
 }
 
 

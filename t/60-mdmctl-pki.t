@@ -155,13 +155,6 @@ stop_nginx($ngx);
 
 # ---- wrong inputs ------------------------------------------------------------
 
-sub fails {
-    my ($rc, $re, $name, @args) = @_;
-    my $r = mdmctl(@args);
-    is $r->{rc}, $rc, "$name: exit $rc";
-    like $r->{err}, $re, "$name: error line";
-    is scalar(() = $r->{err} =~ /\n/g), 1, "$name: one line";
-}
 
 fails(2, qr/^mdmctl pki server: not an IP address: "999\.1\.1\.1"$/m,
       'bad IP', 'pki', 'server', '--dir', $d, '--name', 'x', '--ip',

@@ -336,15 +336,6 @@ check_fails(edited('badrights', qr{<integer>8191</integer>},
 
 # ---- wrong inputs ---------------------------------------------------------------
 
-sub fails {
-    my ($rc, $re, $name, @args) = @_;
-    my $r = mdmctl(@args);
-    is $r->{rc}, $rc, "$name: exit $rc";
-    like $r->{err}, $re, "$name: error line";
-    is scalar(() = $r->{err} =~ /\n/g), 1, "$name: one line"
-        or diag $r->{err};
-    return $r;
-}
 
 my @o = ('--out', "$w/x.mobileconfig", '--force');
 spew("$w/x.mobileconfig", '');

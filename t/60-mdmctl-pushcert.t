@@ -18,15 +18,6 @@ plan skip_all => "mdmctl not built (make -C mdmctl)"
 my $w = workdir();
 my $topic = 'com.apple.mgmt.External.7d4e0c61-5a0b-4c55-9b7e-0f2d8a1c3e99';
 
-sub fails {
-    my ($rc, $re, $name, @args) = @_;
-    my $r = mdmctl(@args);
-    is $r->{rc}, $rc, "$name: exit $rc";
-    like $r->{err}, $re, "$name: error line";
-    is scalar(() = $r->{err} =~ /\n/g), 1, "$name: one line"
-        or diag $r->{err};
-    return $r;
-}
 
 sub pubkey_of_cert {
     run('openssl', 'x509', '-in', $_[0], '-noout', '-pubkey')->{out};

@@ -18,8 +18,9 @@ use IO::Socket::INET;
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(sleep time);
 use XML::LibXML;
+use Test::More ();
 
-our @EXPORT = qw(mdmctl run workdir slurp spew plist_file plist_string
+our @EXPORT = qw(mdmctl fails run workdir slurp spew plist_file plist_string
                  pval keys_of issue_cert der_of fingerprint start_nginx
                  stop_nginx free_port);
 
@@ -55,6 +56,18 @@ sub run {
 # MDMCTL_WRAP="valgrind -q --error-exitcode=99 --leak-check=full" runs the
 # tool under a checker; any report fails the exit status and stderr checks.
 sub mdmctl { run(split(' ', $ENV{MDMCTL_WRAP} // ''), $BIN, @_) }
+
+# fails($rc, qr/error/, $name, @args): mdmctl exits $rc with exactly one
+# line on stderr that matches.
+sub fails {
+    my ($rc, $re, $name, @args) = @_;
+    my $r = mdmctl(@args);
+    Test::More::is($r->{rc}, $rc, "$name: exit $rc");
+    Test::More::like($r->{err}, $re, "$name: error line");
+    Test::More::is(scalar(() = $r->{err} =~ /\n/g), 1, "$name: one line")
+        or Test::More::diag($r->{err});
+    return $r;
+}
 
 sub slurp {
     my ($path) = @_;
