@@ -53,6 +53,7 @@ sub ctl {
 sub json_of {
     my ($r) = @_;
     my $v = eval { decode_json($r->{out}) };
+    diag "not JSON: $r->{out}$r->{err}" unless defined $v;
     return $v;
 }
 
@@ -64,8 +65,16 @@ sub report {
 
 sub body_cmd {
     my ($r) = @_;
-    return undef unless length $r->{body};
-    return plist_string($r->{body});
+    return undef unless length($r->{body} // '');
+    my $p = eval { plist_string($r->{body}) };
+    diag "not a plist: $@" unless $p;
+    return $p;
+}
+
+# pv($plist, @path): the scalar value there, or undef
+sub pv {
+    my $n = pval(@_);
+    return ref $n eq 'ARRAY' ? $n->[1] : undef;
 }
 
 # DEV1 sends an UnlockToken (for ClearPasscode); DEV2 and DEV3 do not.
@@ -134,8 +143,8 @@ for my $d (@daily) {
     my $p = eval { plist_file($file) };
     ok $p, "$rt: plistutil reads it" or diag $@;
     next unless $p;
-    is pval($p, 'Command', 'RequestType')->[1], $rt, "$rt: RequestType";
-    like pval($p, 'CommandUUID')->[1], $UUID_RE,
+    is pv($p, 'Command', 'RequestType'), $rt, "$rt: RequestType";
+    like pv($p, 'CommandUUID'), $UUID_RE,
         "$rt: fresh upper-case UUID v4";
     for my $k (sort keys %$keys) {
         is_deeply pval($p, 'Command', $k), $keys->{$k}, "$rt: $k typed";
@@ -143,7 +152,7 @@ for my $d (@daily) {
     $r = ctl('enqueue', '--json', '--no-push', '--plist', $file, 'DEV1');
     is $r->{rc}, 0, "$rt: enqueued from --plist" or diag $r->{err};
     my $j = json_of($r) // {};
-    is $j->{uuid}, pval($p, 'CommandUUID')->[1], "$rt: the file's CommandUUID";
+    is $j->{uuid}, pv($p, 'CommandUUID'), "$rt: the file's CommandUUID";
     is_deeply [@$j{qw(request_type targets pushes)}], [$rt, 1, 0],
         "$rt: one target, no push";
     push @expect, [$j->{uuid}, $rt];
@@ -191,8 +200,8 @@ my @got;
 $r = report('DEV1', Status => 'Idle');
 for (1 .. @expect + 1) {
     my $c = body_cmd($r) or last;
-    my $u = pval($c, 'CommandUUID')->[1];
-    push @got, [$u, pval($c, 'Command', 'RequestType')->[1]];
+    my $u = pv($c, 'CommandUUID');
+    push @got, [$u, pv($c, 'Command', 'RequestType')];
     if ($got[-1][1] eq 'ClearPasscode') {
         is_deeply pval($c, 'Command', 'UnlockToken'), ['data', $unlock],
             'ClearPasscode carries the enrollment\'s unlock_token';
@@ -232,14 +241,14 @@ like $r->{out},
 like $r->{out},
     qr/^\Q$pl\E\s+ProfileList\s+Queued\s+0\s+\d+s\s+7\s+(59m|60m|\d+s)\n/m,
     'queue row';
-my $q = json_of(ctl('queue', '--json', 'DEV2'));
+my $q = json_of(ctl('queue', '--json', 'DEV2')) // [];
 is_deeply [map { @$_{qw(uuid request_type status notnow_count priority)} } @$q],
     [$pl, 'ProfileList', 'Queued', 0, 7], 'queue --json';
 ok $q->[0]{expires_in_s} > 3000 && $q->[0]{expires_in_s} <= 3600,
     'queue --json expiry';
 
 $r = report('DEV2', Status => 'Idle');
-is pval(body_cmd($r), 'CommandUUID')->[1], $pl, 'DEV2 fetched it';
+is pv(body_cmd($r), 'CommandUUID'), $pl, 'DEV2 fetched it';
 my $ack = MdmTest::plist(UDID => 'DEV2', Status => 'Acknowledged',
                          CommandUUID => $pl, ProfileList => []);
 $r = $t->put('/mdm/connect', $ack, cert => 'dev2');
@@ -249,7 +258,7 @@ $r = ctl('status', $pl);
 is $r->{rc}, 0, 'status';
 is $r->{out}, "DEV2" . (' ' x 37) . "Acknowledged\nDEV3" . (' ' x 37)
     . "Queued\n2 targets: Acknowledged 1 Queued 1\n", 'status table';
-my $st = json_of(ctl('status', '--json', $pl));
+my $st = json_of(ctl('status', '--json', $pl)) // {};
 is_deeply $st->{counts}, { Acknowledged => 1, Queued => 1 },
     'status --json counts';
 is_deeply $st->{statuses}, [{ id => 'DEV2', status => 'Acknowledged' },
@@ -263,9 +272,9 @@ like $r->{out}, qr/^status\s+Acknowledged$/m, 'results: status';
 like $r->{out}, qr/^ms\s+\d{13}$/m, 'results: time';
 like $r->{out}, qr/^raw:\n\Q$ack\E/m, 'results: raw report last';
 is ctl('results', '--raw', 'DEV2', $pl)->{out}, $ack, 'results --raw';
-my $res = json_of(ctl('results', '--json', 'DEV2', $pl));
+my $res = json_of(ctl('results', '--json', 'DEV2', $pl)) // {};
 is $res->{raw}, $ack, 'results --json raw';
-is json_of(ctl('results', '--json', 'DEV3', $pl))->{status}, 'Queued',
+is +(json_of(ctl('results', '--json', 'DEV3', $pl)) // {})->{status}, 'Queued',
     'results while queued';
 
 $r = ctl('devices');
@@ -277,14 +286,14 @@ is scalar @rows, 4, 'three devices';
 like $r->{out},
     qr/^DEV3\s+Device\s+yes\s+\d{4}-\d\d-\d\dT\S+Z\s+1 \Q$MdmTest::TOPIC\E$/m,
     'devices row';
-my $dv = json_of(ctl('devices', '--json'));
+my $dv = json_of(ctl('devices', '--json')) // [];
 is_deeply [sort map { $_->{id} } @$dv], [qw(DEV1 DEV2 DEV3)],
     'devices --json ids';
 is_deeply [map { $_->{enabled} ? 1 : 0 } @$dv], [1, 1, 1],
     'devices --json enabled';
-is scalar @{ json_of(ctl('devices', '--json', '--limit', 2)) }, 2,
+is scalar @{ json_of(ctl('devices', '--json', '--limit', 2)) // [] }, 2,
     'devices --limit';
-is scalar @{ json_of(ctl('devices', '--json', '--offset', 2)) }, 1,
+is scalar @{ json_of(ctl('devices', '--json', '--offset', 2)) // [] }, 1,
     'devices --offset';
 
 $r = ctl('show', 'DEV1');
@@ -294,7 +303,7 @@ like $r->{out}, qr/^serial\s+SNDEV1$/m, 'show: serial';
 like $r->{out}, qr/^unlock_token\s+\(\d+ bytes\)$/m, 'show: secrets by length';
 like $r->{out}, qr/^last_seen_ms\s+\d+ \(\d{4}-\d\d-\d\dT/m,
     'show: readable times';
-my $sh = json_of(ctl('show', '--json', 'DEV1'));
+my $sh = json_of(ctl('show', '--json', 'DEV1')) // {};
 is $sh->{type}, 'Device', 'show --json type';
 is $sh->{enabled}, '1', 'show --json enabled';
 
@@ -306,10 +315,10 @@ my $uu = (json_of($r) // {})->{uuid} // '';
 is_deeply [map { $_->{uuid} } @{ json_of(ctl('queue', '--json', 'DEV3:U3'))
                                  // [] }], [$uu], 'user channel queue';
 $r = report('DEV3', UserID => 'U3', Status => 'Idle');
-is pval(body_cmd($r) // ['dict', {}], 'CommandUUID')->[1], $uu,
+is pv(body_cmd($r), 'CommandUUID'), $uu,
     'user channel fetched its command';
 report('DEV3', UserID => 'U3', Status => 'Acknowledged', CommandUUID => $uu);
-is json_of(ctl('results', '--json', 'DEV3:U3', $uu))->{status},
+is +(json_of(ctl('results', '--json', 'DEV3:U3', $uu)) // {})->{status},
     'Acknowledged', 'user channel result';
 like ctl('show', 'DEV3')->{out}, qr/^users\s+DEV3:U3$/m, 'show: user channels';
 
@@ -318,7 +327,8 @@ like ctl('show', 'DEV3')->{out}, qr/^users\s+DEV3:U3$/m, 'show: user channels';
 $r = ctl('cancel', 'DEV3', $pl);
 is $r->{rc}, 0, 'cancel';
 is $r->{out}, "$pl canceled for DEV3\n", 'cancel output';
-is json_of(ctl('results', '--json', 'DEV3', $pl))->{status}, 'Canceled',
+is +(json_of(ctl('results', '--json', 'DEV3', $pl)) // {})->{status},
+    'Canceled',
     'canceled result';
 $r = ctl('cancel', 'DEV3', $pl);
 is $r->{rc}, 1, 'cancel again fails';
@@ -450,14 +460,14 @@ is_deeply [map { $_->[1]{targets} } @enq], [10000, 10000],
 
 $r = ctl('status', '--summary', $bj->{uuid});
 is $r->{out}, "20000 targets: Queued 20000\n", 'bulk: status summary';
-$st = json_of(ctl('status', '--json', $bj->{uuid}));
+$st = json_of(ctl('status', '--json', $bj->{uuid})) // {};
 is $st->{targets}, 20000, 'bulk: status --json targets';
 is_deeply $st->{counts}, { Queued => 20000 }, 'bulk: status --json counts';
-is scalar @{ $st->{statuses} }, 20000, 'bulk: status --json lists each';
+is scalar @{ $st->{statuses} // [] }, 20000, 'bulk: status --json lists each';
 
 $r = ctl({ stdin => join("\n", @bulk[0 .. 99], '') }, 'enqueue', '--json',
          '--no-push', '--chunk', 30, 'SecurityInfo', '-');
-is json_of($r)->{targets}, 100, 'bulk: --chunk 30';
+is +(json_of($r) // {})->{targets}, 100, 'bulk: --chunk 30';
 my @ev = @{ $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 4) };
 is_deeply [reverse map { { @{ $_->[1] } }->{targets} } @ev], [30, 30, 30, 10],
     'bulk: four chunks';
@@ -480,7 +490,7 @@ $r = ctl('events', '--from', '0', '--count', 3, '--json');
 is $r->{rc}, 0, 'events --count';
 my @lines = split /\n/, $r->{out};
 is scalar @lines, 3, 'three events, one JSON object per line';
-my @evj = map { decode_json($_) } @lines;
+my @evj = map { eval { decode_json($_) } // {} } @lines;
 is_deeply [map { $_->{type} } @evj],
     [qw(Authenticate TokenUpdate Authenticate)],
     'oldest events first';
@@ -521,7 +531,7 @@ if (!$exited) {
     waitpid $pid, 0;
 }
 ok $exited && $? == 0, 'follower stopped after --count 2';
-my @fj = map { decode_json($_) } split /\n/, $t->slurp($out);
+my @fj = map { eval { decode_json($_) } // {} } split /\n/, $t->slurp($out);
 is_deeply [map { "$_->{type} $_->{uuid}" } @fj], [map { "Enqueue $_" } @fu],
     'follower saw both enqueues';
 
