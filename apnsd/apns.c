@@ -126,7 +126,7 @@ void apns_reap(void)
 
 static size_t hdr_cb(char *buf, size_t size, size_t n, void *userp)
 {
-    item_t *it = userp;
+    xfer_t *it = userp;
     size_t len = size * n;
     if (len > 8 && strncasecmp(buf, "apns-id:", 8) == 0) {
         const char *v = buf + 8;
@@ -142,7 +142,7 @@ static size_t hdr_cb(char *buf, size_t size, size_t n, void *userp)
 
 static size_t body_cb(char *buf, size_t size, size_t n, void *userp)
 {
-    item_t *it = userp;
+    xfer_t *it = userp;
     size_t len = size * n, room = 4096 - it->resp_len;
     if (!it->resp) it->resp = xmalloc(4097);
     if (len < room) room = len;
@@ -167,19 +167,22 @@ static char *mdm_body(const char *magic)
     return b;
 }
 
-int apns_send(item_t *it, mctx_t *m)
+void xfer_free(xfer_t *x)
+{
+    if (!x) return;
+    curl_slist_free_all(x->hdrs);
+    free(x->body);
+    free(x->resp);
+    free(x);
+}
+
+int apns_send(item_t *item, mctx_t *m)
 {
     CURL *e = npool ? pool[--npool] : curl_easy_init();
     if (!e) return -1;
     char buf[512];
-    it->apns_id[0] = '\0';
-    it->errbuf[0] = '\0';
-    it->resp_len = 0;
-    if (it->resp) it->resp[0] = '\0';
-    free(it->body);
-    it->body = mdm_body(it->magic);
-    curl_slist_free_all(it->hdrs);
-    it->hdrs = NULL;
+    xfer_t *it = xcalloc(1, sizeof *it);
+    it->body = mdm_body(item->magic);
     it->hdrs = curl_slist_append(it->hdrs, "apns-push-type: mdm");
     snprintf(buf, sizeof buf, "apns-topic: %s", m->t->name);
     it->hdrs = curl_slist_append(it->hdrs, buf);
@@ -190,10 +193,11 @@ int apns_send(item_t *it, mctx_t *m)
     it->hdrs = curl_slist_append(it->hdrs, buf);
     it->hdrs = curl_slist_append(it->hdrs, "content-type: application/json");
     it->hdrs = curl_slist_append(it->hdrs, "Accept:");
-    char *url = xasprintf("%s/3/device/%s", conf.apns_url, it->token);
+    char *url = xasprintf("%s/3/device/%s", conf.apns_url, item->token);
 
     struct curl_blob cert = { m->ident->cert_pem, m->ident->cert_len, CURL_BLOB_NOCOPY };
     struct curl_blob key = { m->ident->key_pem, m->ident->key_len, CURL_BLOB_NOCOPY };
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, it->errbuf);
     curl_easy_setopt(e, CURLOPT_URL, url);
     free(url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
@@ -215,20 +219,20 @@ int apns_send(item_t *it, mctx_t *m)
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);     /* answers are tiny */
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, it);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, item);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, hdr_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, it);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, body_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, it);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, it->errbuf);
     if (getenv("APNSD_CURL_VERBOSE")) curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
     if (curl_multi_add_handle(m->multi, e) != CURLM_OK) {
-        curl_easy_reset(e);
         curl_easy_cleanup(e);
+        xfer_free(it);
         return -1;
     }
     it->easy = e;
     it->m = m;
+    item->x = it;
     m->inflight++;
     return 0;
 }
@@ -238,6 +242,7 @@ int apns_send(item_t *it, mctx_t *m)
  * every push. */
 static void release_easy(CURL *e)
 {
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);     /* it is freed with the xfer */
     if (npool == cappool) {
         cappool = cappool ? cappool * 2 : 64;
         pool = xrealloc(pool, sizeof *pool * (size_t) cappool);
@@ -263,9 +268,10 @@ static void check_done(mctx_t *m)
         curl_multi_remove_handle(m->multi, e);
         release_easy(e);
         m->inflight--;
-        it->easy = NULL;
-        it->m = NULL;
-        on_complete(it, m, res, status, httpv, nconn);
+        xfer_t *x = it->x;
+        it->x = NULL;
+        on_complete(it, x, m, res, status, httpv, nconn);   /* may free it */
+        xfer_free(x);
     }
 }
 
@@ -306,13 +312,13 @@ void apns_run_timers(int64_t now)
  * processing list and goes back to the queue. */
 void apns_abort(item_t *it)
 {
-    if (!it->easy) return;
-    mctx_t *m = it->m;
-    curl_multi_remove_handle(m->multi, it->easy);
-    release_easy(it->easy);
-    it->easy = NULL;
-    it->m = NULL;
-    m->inflight--;
+    xfer_t *x = it->x;
+    if (!x) return;
+    curl_multi_remove_handle(x->m->multi, x->easy);
+    release_easy(x->easy);
+    x->m->inflight--;
+    it->x = NULL;
+    xfer_free(x);
 }
 
 void apns_shutdown(void)

@@ -140,6 +140,18 @@ enum item_state {
 struct mctx;
 struct topic;
 
+/* One request in flight (freed when the answer is handled). */
+typedef struct xfer {
+    CURL *easy;
+    struct mctx *m;
+    struct curl_slist *hdrs;
+    char *body;
+    char *resp;                  /* up to 4 KiB of the answer body */
+    size_t resp_len;
+    char apns_id[64];
+    char errbuf[CURL_ERROR_SIZE];
+} xfer_t;
+
 typedef struct item {
     char *id;
     qlink_t link;                /* lookup / ready / parked list */
@@ -154,16 +166,7 @@ typedef struct item {
     char *token;                 /* lowercase hex */
     char *magic;
     char *topic;
-    char *last_reason;
-    /* transfer */
-    CURL *easy;
-    struct mctx *m;
-    struct curl_slist *hdrs;
-    char *body;
-    char *resp;
-    size_t resp_len;
-    char apns_id[64];
-    char errbuf[CURL_ERROR_SIZE];
+    xfer_t *x;                   /* while in flight */
 } item_t;
 
 typedef struct mctx {
@@ -173,6 +176,7 @@ typedef struct mctx {
     int64_t timer_ms;            /* monotonic deadline, -1 = none */
     int inflight;
     int draining;
+    int warm;                    /* an answer came: the server's SETTINGS are known */
     struct mctx *next;           /* in the draining list */
 } mctx_t;
 
@@ -198,8 +202,6 @@ typedef struct topic {
     int64_t open_until;          /* monotonic */
     int64_t pause;               /* current pause, ms */
     int expiring_warned_day;
-    /* counters since start */
-    uint64_t n_ok, n_fail, n_retry;
 } topic_t;
 
 /* ---- store.c (Redis) ---------------------------------------------------- */

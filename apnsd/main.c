@@ -182,10 +182,7 @@ static void item_free(item_t *it)
     free(it->token);
     free(it->magic);
     free(it->topic);
-    free(it->last_reason);
-    free(it->body);
-    free(it->resp);
-    curl_slist_free_all(it->hdrs);
+    xfer_free(it->x);
     free(it);
 }
 
@@ -580,7 +577,8 @@ static int cert_alert(const char *err)
     return 0;
 }
 
-static void retry_item(item_t *it, const char *reason, long status, const char *detail)
+static void retry_item(item_t *it, const char *reason, long status, const char *detail,
+                       const char *apns_id)
 {
     int64_t now = mono_ms();
     it->again = 0;              /* the retry covers any newer request */
@@ -590,7 +588,7 @@ static void retry_item(item_t *it, const char *reason, long status, const char *
                 (long long) ((now - it->first_ms) / 1000), reason, *detail ? ": " : "",
                 detail);
         st.gave_up++;
-        finish(it, "gave_up", reason, status, NULL, NULL, detail);
+        finish(it, "gave_up", reason, status, apns_id, NULL, detail);
         return;
     }
     int sh = it->attempts > 0 ? it->attempts - 1 : 0;
@@ -606,10 +604,10 @@ static void retry_item(item_t *it, const char *reason, long status, const char *
     log_warn("push id=%s topic=%s status=%ld reason=%s%s%s attempt=%d: retry in %lldms",
              it->id, it->topic, status, reason, *detail ? ": " : "", detail, it->attempts,
              (long long) d);
-    queue_done(it, 0, "retry", reason, status, it->apns_id, NULL, detail);
+    queue_done(it, 0, "retry", reason, status, apns_id, NULL, detail);
 }
 
-static void on_complete(item_t *it, mctx_t *m, CURLcode res, long status,
+static void on_complete(item_t *it, xfer_t *x, mctx_t *m, CURLcode res, long status,
                         long httpv, long nconn)
 {
     topic_t *t = m->t;
@@ -623,12 +621,16 @@ static void on_complete(item_t *it, mctx_t *m, CURLcode res, long status,
         log_info("topic %s: new APNs connection (%llu so far)", t->name, st.connects);
     }
     char reason[128] = "", ts[32] = "", detail[256] = "";
-    json_field(it->resp, "reason", reason, sizeof reason);
-    json_field(it->resp, "timestamp", ts, sizeof ts);
+    json_field(x->resp, "reason", reason, sizeof reason);
+    json_field(x->resp, "timestamp", ts, sizeof ts);
 
+    if (status) m->warm = 1;
     if (res != CURLE_OK) {
-        const char *err = it->errbuf[0] ? it->errbuf : curl_easy_strerror(res);
-        int tls = res == CURLE_SSL_CERTPROBLEM || cert_alert(err);
+        const char *err = x->errbuf[0] ? x->errbuf : curl_easy_strerror(res);
+        /* our certificate refused by the server (a TLS alert), or unusable */
+        int tls = res == CURLE_SSL_CERTPROBLEM
+            || ((res == CURLE_SSL_CONNECT_ERROR || res == CURLE_RECV_ERROR
+                 || res == CURLE_SEND_ERROR) && cert_alert(err));
         snprintf(reason, sizeof reason, "%s", tls ? "TLS" : "Network");
         snprintf(detail, sizeof detail, "%s", err);
         if (tls) {
@@ -644,7 +646,7 @@ static void on_complete(item_t *it, mctx_t *m, CURLcode res, long status,
          * nothing about the server being down. */
         if (res != CURLE_HTTP2 && res != CURLE_HTTP2_STREAM)
             breaker_fail(t, probe, detail);
-        retry_item(it, reason, 0, detail);
+        retry_item(it, reason, 0, detail, NULL);
         return;
     }
     if (httpv != CURL_HTTP_VERSION_2_0 && !warned_http1) {
@@ -655,30 +657,30 @@ static void on_complete(item_t *it, mctx_t *m, CURLcode res, long status,
 
     if (status >= 500) {
         breaker_fail(t, probe, reason);
-        retry_item(it, reason, status, "");
+        retry_item(it, reason, status, "", x->apns_id);
         return;
     }
     breaker_ok(t);
     switch (status) {
     case 200:
         st.ok++;
-        t->n_ok++;
-        log_debug("push id=%s topic=%s ok apns-id=%s", it->id, t->name, it->apns_id);
-        finish(it, "ok", NULL, status, it->apns_id, NULL, NULL);
+        log_debug("push id=%s topic=%s ok apns-id=%s", it->id, t->name, x->apns_id);
+        finish(it, "ok", NULL, status, x->apns_id, NULL, NULL);
         return;
     case 410:
         st.failed++;
         log_warn("push id=%s topic=%s status=410 reason=%s timestamp=%s: token no "
-                 "longer valid, marked dead", it->id, t->name, reason, ts[0] ? ts : "-");
-        finish(it, "unregistered", reason, status, it->apns_id, ts, NULL);
+                 "longer valid (dead until a newer TokenUpdate)", it->id, t->name, reason,
+                 ts[0] ? ts : "-");
+        finish(it, "unregistered", reason, status, x->apns_id, ts, NULL);
         return;
     case 429:
-        retry_item(it, reason, status, "");
+        retry_item(it, reason, status, "", x->apns_id);
         return;
     case 403:
         log_err("push id=%s topic=%s status=403 reason=%s", it->id, t->name, reason);
         topic_stop(t, reason, NULL);
-        queue_done(it, 0, "stopped", reason, status, it->apns_id, NULL, NULL);
+        queue_done(it, 0, "stopped", reason, status, x->apns_id, NULL, NULL);
         park(it, t);
         return;
     case 400:
@@ -686,11 +688,11 @@ static void on_complete(item_t *it, mctx_t *m, CURLcode res, long status,
             st.failed++;
             log_warn("push id=%s topic=%s status=400 reason=%s: token flagged bad, "
                      "not retried", it->id, t->name, reason);
-            finish(it, "bad_token", reason, status, it->apns_id, NULL, NULL);
+            finish(it, "bad_token", reason, status, x->apns_id, NULL, NULL);
             return;
         }
         if (!strcmp(reason, "IdleTimeout")) {
-            retry_item(it, reason, status, "");
+            retry_item(it, reason, status, "", x->apns_id);
             return;
         }
         /* fallthrough */
@@ -698,7 +700,7 @@ static void on_complete(item_t *it, mctx_t *m, CURLcode res, long status,
         st.failed++;
         log_err("push id=%s topic=%s status=%ld reason=%s: not retried", it->id,
                 t->name, status, reason);
-        finish(it, "failed", reason, status, it->apns_id, NULL, NULL);
+        finish(it, "failed", reason, status, x->apns_id, NULL, NULL);
         return;
     }
 }
@@ -1031,14 +1033,19 @@ static void dispatch(int64_t now)
             log_notice("topic %s: circuit breaker half open, sending a probe", t->name);
         }
         if (!t->m) t->m = mctx_new(t, t->ident);
-        while (t->nready && t->inflight < cap && !(t->open == 2 && t->probe_out)) {
+        /* Slow start: one request until the first answer, so the server's
+         * SETTINGS_MAX_CONCURRENT_STREAMS is known before libcurl opens
+         * streams (APNs starts new connections with a low limit). */
+        int64_t lim = cap;
+        if (!t->m->warm) lim = t->m->inflight ? 0 : t->inflight + 1;
+        while (t->nready && t->inflight < lim && !(t->open == 2 && t->probe_out)) {
             item_t *it = ql_entry(t->ready.next, item_t, link);
             ql_remove(&it->link);
             t->nready--;
             if (apns_send(it, t->m) != 0) {
                 log_err("push id=%s: cannot start a transfer", it->id);
                 it->attempts++;
-                retry_item(it, "LocalError", 0, "curl_multi_add_handle failed");
+                retry_item(it, "LocalError", 0, "curl_multi_add_handle failed", NULL);
                 continue;
             }
             it->state = S_FLIGHT;
@@ -1159,8 +1166,8 @@ static void abandon_inflight(void)
     for (size_t i = 0; i < items.nb; i++)
         for (hent_t *e = items.b[i]; e; e = e->next) {
             item_t *it = e->val;
-            if (it->state == S_FLIGHT && it->easy) {
-                topic_t *t = it->m->t;
+            if (it->state == S_FLIGHT && it->x) {
+                topic_t *t = it->x->m->t;
                 apns_abort(it);
                 t->inflight--;
                 n_flight--;
