@@ -38,7 +38,6 @@ local AUTH_FIELDS = { 'serial', 'model', 'model_name', 'product',
 local function k_enr(d, e) return 'mdm:{' .. d .. '}:enr:' .. e end
 local function k_users(d) return 'mdm:{' .. d .. '}:users' end
 local function k_q(d, e) return 'mdm:{' .. d .. '}:q:' .. e end
-local function k_qi(d, e) return 'mdm:{' .. d .. '}:qi:' .. e end
 local function k_nn(d, e) return 'mdm:{' .. d .. '}:nn:' .. e end
 local function k_res(d, e, u)
     return 'mdm:{' .. d .. '}:res:' .. e .. ':' .. u
@@ -120,11 +119,14 @@ local function store_result(d, e, u, status, raw, ms, rt, ttl, extra)
     redis.call('EXPIRE', rk, ttl)
 end
 
--- Takes an item out of a queue and records why (result status).
+-- Takes an item out of a queue and records why: the result, and the final
+-- status in the command's target table.
 local function finish_item(d, e, u, status, raw, ms, ttl)
     local rt = redis.call('HGET', k_cmd(u), 'request_type')
+    local ct = k_cmdt(u)
+    local _, c, nms, ems, xms = meta_parse(redis.call('HGET', ct, e))
+    redis.call('HSET', ct, e, meta(status, c, nms, ems, xms))
     redis.call('ZREM', k_q(d, e), u)
-    redis.call('HDEL', k_qi(d, e), u)
     redis.call('SREM', k_nn(d, e), u)
     release(u, ttl)
     store_result(d, e, u, status, raw, ms, rt, ttl)
@@ -136,14 +138,14 @@ local function clear_queue(d, e, status, ms, ttl)
     for _, u in ipairs(uuids) do
         finish_item(d, e, u, status, '', ms, ttl)
     end
-    redis.call('DEL', q, k_qi(d, e), k_nn(d, e))
+    redis.call('DEL', q, k_nn(d, e))
     return #uuids
 end
 
 -- The next command due: priority, then age; skips items answered NotNow in
 -- this session and drops expired ones with an Expired result.
 local function next_command(d, e, ms, ttl, fresh)
-    local q, qi, nn = k_q(d, e), k_qi(d, e), k_nn(d, e)
+    local q, nn = k_q(d, e), k_nn(d, e)
     local skip = not fresh and redis.call('EXISTS', nn) == 1
     local start = 0
     while true do
@@ -155,7 +157,7 @@ local function next_command(d, e, ms, ttl, fresh)
         for _, u in ipairs(uuids) do
             if not skip or redis.call('SISMEMBER', nn, u) == 0 then
                 local st, c, nms, ems, xms =
-                    meta_parse(redis.call('HGET', qi, u))
+                    meta_parse(redis.call('HGET', k_cmdt(u), e))
                 local cmd = redis.call('HMGET', k_cmd(u), 'body',
                                        'request_type')
                 if xms > 0 and xms <= ms then
@@ -166,7 +168,7 @@ local function next_command(d, e, ms, ttl, fresh)
                     removed = removed + 1
                 else
                     if st ~= 'Sent' then
-                        redis.call('HSET', qi, u,
+                        redis.call('HSET', k_cmdt(u), e,
                                    meta('Sent', c, nms, ems, xms))
                     end
                     return u, cmd[1], cmd[2]
@@ -419,7 +421,7 @@ local function report(keys, args)
     end
     cert_expiry(d, not_after, ms, was)
 
-    local qi = k_qi(d, e)
+    local q = k_q(d, e)
     local ev = { 'type', 'Report', 'id', e, 'ms', int(ms), 'status', status }
 
     if status == 'Idle' then
@@ -429,7 +431,7 @@ local function report(keys, args)
     elseif FINISHED[status] then
         ev[#ev + 1] = 'uuid'
         ev[#ev + 1] = u
-        if redis.call('HEXISTS', qi, u) == 1 then
+        if redis.call('ZSCORE', q, u) then
             finish_item(d, e, u, status, raw, ms, ttl)
         elseif redis.call('EXISTS', k_res(d, e, u)) == 0 then
             -- unknown or already finished: kept, marked, and tolerated
@@ -441,10 +443,10 @@ local function report(keys, args)
     elseif status == 'NotNow' then
         ev[#ev + 1] = 'uuid'
         ev[#ev + 1] = u
-        local m = redis.call('HGET', qi, u)
-        if m then
-            local _, c, _, ems, xms = meta_parse(m)
-            redis.call('HSET', qi, u, meta('NotNow', c + 1, ms, ems, xms))
+        if redis.call('ZSCORE', q, u) then
+            local ct = k_cmdt(u)
+            local _, c, _, ems, xms = meta_parse(redis.call('HGET', ct, e))
+            redis.call('HSET', ct, e, meta('NotNow', c + 1, ms, ems, xms))
             redis.call('SADD', k_nn(d, e), u)
         end
     end
@@ -487,17 +489,60 @@ local function scan_command(body)
     return u, rt
 end
 
-local function push_request(e)
-    if redis.call('SADD', 'mdm:push:pending', e) == 1 then
-        redis.call('RPUSH', 'mdm:push:q', e)
-        return 1
+-- Variadic calls go in slices: Lua's unpack() has a limit (~8000).
+local CHUNK = 1000
+
+local function slice(t, i, j)
+    local out = {}
+    for k = i, j do
+        out[#out + 1] = t[k]
     end
-    return 0
+    return out
 end
 
-local function enrolled(e)
-    local d = device_of(e)
-    return d and redis.call('EXISTS', k_enr(d, e)) == 1
+-- Push requests for ids not already pending (coalescing), in one pass.
+local function push_requests(ids)
+    local n = 0
+    for i = 1, #ids, CHUNK do
+        local part = slice(ids, i, math.min(i + CHUNK - 1, #ids))
+        local pending = redis.call('SMISMEMBER', 'mdm:push:pending',
+                                   unpack(part))
+        local new = {}
+        for k, e in ipairs(part) do
+            if pending[k] == 0 then
+                new[#new + 1] = e
+            end
+        end
+        if #new > 0 then
+            redis.call('SADD', 'mdm:push:pending', unpack(new))
+            redis.call('RPUSH', 'mdm:push:q', unpack(new))
+            n = n + #new
+        end
+    end
+    return n
+end
+
+-- nil when every id is enrolled, else the first unknown one.
+local function unknown_id(ids)
+    for i = 1, #ids, CHUNK do
+        local part = slice(ids, i, math.min(i + CHUNK - 1, #ids))
+        local keys = {}
+        for k, e in ipairs(part) do
+            local d = device_of(e)
+            if not d then
+                return e
+            end
+            keys[k] = k_enr(d, e)
+        end
+        if redis.call('EXISTS', unpack(keys)) ~= #keys then
+            for k, e in ipairs(part) do
+                if redis.call('EXISTS', keys[k]) == 0 then
+                    return e
+                end
+            end
+        end
+    end
+    return nil
 end
 
 --[[
@@ -525,37 +570,44 @@ local function enqueue(keys, args)
         return redis.error_reply(err)
     end
 
-    local ck = k_cmd(u)
+    local ck, ct = k_cmd(u), k_cmdt(u)
     local existing = redis.call('HGET', ck, 'body')
     if existing and existing ~= body then
         return redis.error_reply('CommandUUID ' .. u
                                  .. ' is already queued with another body')
     end
-    local known = existing or redis.call('EXISTS', k_cmdt(u)) == 1
 
     -- validate everything before writing anything
-    local seen_ids = {}
-    for i = 5, #args do
-        local e = args[i]
-        if seen_ids[e] then
+    local ids = slice(args, 5, #args)
+    local given = {}
+    for _, e in ipairs(ids) do
+        if given[e] then
             return redis.error_reply('id ' .. e .. ' given twice')
         end
-        seen_ids[e] = true
-        if not enrolled(e) then
-            return redis.error_reply('unknown enrollment id ' .. e)
-        end
-        if known and redis.call('SISMEMBER', k_cmdt(u), e) == 1 then
-            return redis.error_reply('CommandUUID ' .. u
-                                     .. ' was already queued for ' .. e)
+        given[e] = true
+    end
+    local bad = unknown_id(ids)
+    if bad then
+        return redis.error_reply('unknown enrollment id ' .. bad)
+    end
+    if existing or redis.call('EXISTS', ct) == 1 then
+        for i = 1, #ids, CHUNK do
+            local part = slice(ids, i, math.min(i + CHUNK - 1, #ids))
+            local had = redis.call('HMGET', ct, unpack(part))
+            for k, e in ipairs(part) do
+                if had[k] then
+                    return redis.error_reply('CommandUUID ' .. u
+                                             .. ' was already queued for ' .. e)
+                end
+            end
         end
     end
 
     local ms = now_ms()
-    local n = #args - 4
+    local n = #ids
     local seq = redis.call('INCR', 'mdm:seq')
     local score = (9 - prio) * 1e13 + seq
     local m = meta('Queued', 0, 0, ms, exp > 0 and ms + exp * 1000 or 0)
-    local pushes = 0
 
     if existing then
         redis.call('HINCRBY', ck, 'refs', n)
@@ -564,18 +616,21 @@ local function enqueue(keys, args)
                    'ms', int(ms), 'refs', n, 'priority', prio,
                    'expires_ms', exp > 0 and int(ms + exp * 1000) or '0')
     end
-    redis.call('PERSIST', k_cmdt(u))
+    redis.call('PERSIST', ct)
 
-    for i = 5, #args do
-        local e = args[i]
-        local d = device_of(e)
-        redis.call('ZADD', k_q(d, e), score, u)
-        redis.call('HSET', k_qi(d, e), u, m)
-        redis.call('SADD', k_cmdt(u), e)
-        if nopush ~= '1' then
-            pushes = pushes + push_request(e)
-        end
+    for _, e in ipairs(ids) do
+        redis.call('ZADD', k_q(device_of(e), e), score, u)
     end
+    -- per target state lives with the command: one field per target
+    for i = 1, #ids, CHUNK do
+        local fv = {}
+        for k = i, math.min(i + CHUNK - 1, #ids) do
+            fv[#fv + 1] = ids[k]
+            fv[#fv + 1] = m
+        end
+        redis.call('HSET', ct, unpack(fv))
+    end
+    local pushes = nopush ~= '1' and push_requests(ids) or 0
 
     event({ 'type', 'Enqueue', 'uuid', u, 'request_type', rt,
             'targets', n, 'ms', int(ms) })
@@ -584,16 +639,11 @@ end
 
 -- FCALL mdm_push 0 <id>... : push requests only (coalesced).
 local function push(keys, args)
-    for _, e in ipairs(args) do
-        if not enrolled(e) then
-            return redis.error_reply('unknown enrollment id ' .. e)
-        end
+    local bad = unknown_id(args)
+    if bad then
+        return redis.error_reply('unknown enrollment id ' .. bad)
     end
-    local n = 0
-    for _, e in ipairs(args) do
-        n = n + push_request(e)
-    end
-    return n
+    return push_requests(args)
 end
 
 -- FCALL_RO mdm_queue 0 <id> : { uuid, request_type, status, notnow_count,
@@ -607,7 +657,7 @@ local function queue(keys, args)
     local ms = now_ms()
     local out = {}
     for _, u in ipairs(redis.call('ZRANGE', k_q(d, e), 0, -1)) do
-        local st, c, _, ems, xms = meta_parse(redis.call('HGET', k_qi(d, e), u))
+        local st, c, _, ems, xms = meta_parse(redis.call('HGET', k_cmdt(u), e))
         local cmd = redis.call('HMGET', k_cmd(u), 'request_type', 'priority')
         out[#out + 1] = { u, cmd[1] or '', st or '', c,
                           math.floor((ms - ems) / 1000), tonumber(cmd[2]) or 0,
@@ -624,7 +674,7 @@ local function cancel(keys, args)
     if not d or not u then
         return redis.error_reply('usage: mdm_cancel 0 <id> <uuid>')
     end
-    if redis.call('HEXISTS', k_qi(d, e), u) == 0 then
+    if not redis.call('ZSCORE', k_q(d, e), u) then
         return 0
     end
     local ms = now_ms()
@@ -656,7 +706,8 @@ local function result(keys, args)
     end
     local r = redis.call('HGETALL', k_res(d, e, u))
     if #r == 0 then
-        local m = redis.call('HGET', k_qi(d, e), u)
+        local m = redis.call('ZSCORE', k_q(d, e), u)
+                  and redis.call('HGET', k_cmdt(u), e)
         if m then
             local st, c = meta_parse(m)
             return { 'status', st, 'notnow_count', int(c) }
@@ -673,13 +724,9 @@ local function command_status(keys, args)
         return redis.error_reply('usage: mdm_command_status 0 <uuid>')
     end
     local out = {}
-    for _, e in ipairs(redis.call('SMEMBERS', k_cmdt(u))) do
-        local d = device_of(e)
-        local st = redis.call('HGET', k_res(d, e, u), 'status')
-        if not st then
-            st = meta_parse(redis.call('HGET', k_qi(d, e), u)) or 'Unknown'
-        end
-        out[#out + 1] = { e, st }
+    local t = redis.call('HGETALL', k_cmdt(u))
+    for i = 1, #t, 2 do
+        out[#out + 1] = { t[i], meta_parse(t[i + 1]) or 'Unknown' }
     end
     return out
 end

@@ -241,7 +241,7 @@ $res = enqueue(cmd('BULK-CMD', 'DeviceInformation', Queries => ['OSVersion']),
                5, 0, 0, @bulk);
 is_deeply $res, ['BULK-CMD', 10000, 10000], 'bulk enqueue to 10,000 ids';
 is $redis->hget('mdm:cmd:BULK-CMD', 'refs'), 10000, 'one body, 10,000 refs';
-is $redis->scard('mdm:cmdt:BULK-CMD'), 10000, 'targets recorded';
+is $redis->hlen('mdm:cmdt:BULK-CMD'), 10000, 'targets recorded';
 is $redis->zcard('mdm:{BULK-07777}:q:BULK-07777'), 1, 'queued on a target';
 
 # --- admin bad input: refused, nothing changed --------------------------------
@@ -266,7 +266,7 @@ for my $b (@bad) {
     like $@, $re, "enqueue refused: $re";
 }
 $t->state_unchanged($state, 'refused enqueues changed nothing');
-$redis->del(map { ("mdm:{$_}:enr:$_", "mdm:{$_}:q:$_", "mdm:{$_}:qi:$_") } @bulk);
+$redis->del(map { ("mdm:{$_}:enr:$_", "mdm:{$_}:q:$_") } @bulk);
 $redis->del('mdm:cmd:BULK-CMD', 'mdm:cmdt:BULK-CMD');
 
 # --- device bad input ------------------------------------------------------------
