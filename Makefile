@@ -2,7 +2,7 @@
 #
 #   make run     install what is missing, build, start the dev stack
 #   make test    install what is missing, build, run every test
-#   make bench   benchmark table (bench/README section in README.md)
+#   make bench   benchmark table, rows explained in bench/README.md
 
 SHELL      := /bin/bash
 REPO       := $(CURDIR)
