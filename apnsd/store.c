@@ -1,6 +1,8 @@
-/* Redis: one synchronous connection used with pipelined batches, and one
- * non-blocking connection that blocks in Redis (BLMOVE q q LEFT LEFT, which
- * leaves the list unchanged) while the sender is idle. */
+/* Redis: the main connection is opened and checked synchronously (bounded by
+ * redis-timeout), then driven non-blocking by the epoll loop: commands are
+ * pipelined and their callbacks run in order as replies arrive. A second
+ * non-blocking connection blocks in Redis (BLMOVE q q LEFT LEFT, which leaves
+ * the list unchanged) while the sender is idle. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,7 +16,6 @@
 #include <hiredis/hiredis.h>
 
 #include "apnsd.h"
-
 
 static redisContext *rc;
 static unsigned rc_gen;            /* bumped on every disconnect */
@@ -42,6 +43,7 @@ int64_t store_next_connect(void) { return rc ? 0 : next_try; }
 void store_set_epoll(int epfd) { epfd_ = epfd; }
 static size_t fifo_len(void) { return ftail - fhead; }
 int pipe_inflight(void) { return (int) fifo_len(); }
+
 static int parse_addr(char **host, int *port, char **path)
 {
     const char *a = conf.redis;
