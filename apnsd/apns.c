@@ -250,6 +250,18 @@ static void release_easy(CURL *e)
     pool[npool++] = e;
 }
 
+/* Takes the request of `it` off its multi handle; the xfer stays with the
+ * caller. */
+static void detach(item_t *it)
+{
+    xfer_t *x = it->x;
+    curl_multi_remove_handle(x->m->multi, x->easy);
+    release_easy(x->easy);
+    x->m->inflight--;
+    x->easy = NULL;
+    it->x = NULL;
+}
+
 /* Completed transfers of m. */
 static void check_done(mctx_t *m)
 {
@@ -265,11 +277,8 @@ static void check_done(mctx_t *m)
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &httpv);
         curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &nconn);
-        curl_multi_remove_handle(m->multi, e);
-        release_easy(e);
-        m->inflight--;
         xfer_t *x = it->x;
-        it->x = NULL;
+        detach(it);
         on_complete(it, x, m, res, status, httpv, nconn);   /* may free it */
         xfer_free(x);
     }
@@ -314,10 +323,7 @@ void apns_abort(item_t *it)
 {
     xfer_t *x = it->x;
     if (!x) return;
-    curl_multi_remove_handle(x->m->multi, x->easy);
-    release_easy(x->easy);
-    x->m->inflight--;
-    it->x = NULL;
+    detach(it);
     xfer_free(x);
 }
 

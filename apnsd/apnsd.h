@@ -223,7 +223,6 @@ void pipe_cmd(reply_cb cb, void *ctx, int argc, const char **argv,
 void pipe_cmdf(reply_cb cb, void *ctx, ...)      /* strings, then NULL */
     __attribute__((sentinel));
 int pipe_pending(void);                   /* queued, not sent */
-int pipe_inflight(void);                  /* sent, not answered */
 int pipe_send(void);
 void store_event(uint32_t events);
 int pipe_flush_sync(int64_t timeout_ms);  /* shutdown: send, wait for all */

@@ -42,7 +42,6 @@ int store_connected(void) { return rc != NULL; }
 int64_t store_next_connect(void) { return rc ? 0 : next_try; }
 void store_set_epoll(int epfd) { epfd_ = epfd; }
 static size_t fifo_len(void) { return ftail - fhead; }
-int pipe_inflight(void) { return (int) fifo_len(); }
 
 static int parse_addr(char **host, int *port, char **path)
 {

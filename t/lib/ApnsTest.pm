@@ -57,13 +57,10 @@ sub push_cert {
     my $ca = $o{ca} // 'pushca';
     $self->run_cmd("openssl req -new -newkey rsa:2048 -nodes -keyout $d/$name.key"
         . " -subj '/UID=$topic/CN=APSP:$name/C=US' -out $d/$name.csr");
-    if ($o{expired}) {
-        $self->_ca_sign_any($name, $ca, '20200101000000Z', '20210101000000Z');
-    } else {
-        $self->run_cmd("openssl x509 -req -in $d/$name.csr -CA $d/$ca.crt"
-            . " -CAkey $d/$ca.key -CAcreateserial -days " . ($o{days} // 30)
-            . " -out $d/$name.crt -extfile $d/ext.cnf -extensions client");
-    }
+    my $days = $o{expired} ? -1 : $o{days} // 30;     # -1: expired yesterday
+    $self->run_cmd("openssl x509 -req -in $d/$name.csr -CA $d/$ca.crt"
+        . " -CAkey $d/$ca.key -CAcreateserial -days $days"
+        . " -out $d/$name.crt -extfile $d/ext.cnf -extensions client");
     my $pem = $self->spew("$name.pem",
         $self->slurp("$name.crt") . $self->slurp("$name.key"));
     my $r = { topic => $topic, cert => "$d/$name.crt", key => "$d/$name.key",
@@ -74,34 +71,6 @@ sub push_cert {
         $r->{p12} = "$d/$name.p12";
     }
     return $r;
-}
-
-sub _ca_sign_any {
-    my ($self, $name, $ca, $start, $end) = @_;
-    my $d = $self->dir;
-    mkdir "$d/ca-db";
-    $self->spew("ca-db/index.txt", '');
-    $self->spew("ca-db/serial", sprintf("%04X\n", 4096 + int(rand(60000))));
-    $self->spew('push-ca.cnf', <<EOF);
-[ca]
-default_ca = dflt
-[dflt]
-database = $d/ca-db/index.txt
-serial = $d/ca-db/serial
-new_certs_dir = $d/ca-db
-default_md = sha256
-policy = any
-unique_subject = no
-preserve = yes
-[any]
-userId = optional
-commonName = supplied
-countryName = optional
-EOF
-    $self->run_cmd("openssl ca -batch -config $d/push-ca.cnf -cert $d/$ca.crt"
-        . " -keyfile $d/$ca.key -in $d/$name.csr -out $d/$name.crt"
-        . " -startdate $start -enddate $end -extfile $d/ext.cnf"
-        . " -extensions client -notext");
 }
 
 # The device token of an enrollment id in these tests: 64 hex digits.
@@ -201,31 +170,28 @@ sub produce {
     }
 }
 
-# Many at once (one pipeline through redis-cli).
+# Commands, one per line, through one redis-cli pipeline.
+sub redis_batch {
+    my ($self, @lines) = @_;
+    my $f = $self->spew('batch.txt', join '', map { "$_\n" } @lines);
+    my $sock = $self->redis_sock;
+    qx{redis-cli -s $sock < $f > /dev/null};
+}
+
+# Many at once, with the producer protocol in one call per id.
 sub produce_many {
     my ($self, @ids) = @_;
-    my $cmds = '';
-    for my $id (@ids) {
-        $cmds .= "FCALL mdm_push_enqueue 2 mdm:push:q mdm:push:pending $id\n";
-    }
-    $self->spew('produce.txt', $cmds);
-    my $sock = $self->redis_sock;
-    qx{redis-cli -s $sock < $self->{dir}/produce.txt > /dev/null};
+    $self->redis_batch(map { "FCALL mdm_push_enqueue 2 mdm:push:q mdm:push:pending $_" } @ids);
 }
 
 sub enroll_many {
     my ($self, $topic, @ids) = @_;
-    my $cmds = '';
     my $now = int(time * 1000) - 1000;
-    for my $id (@ids) {
-        my ($dev) = split /:/, $id;
-        my $tok = $self->token_of($id);
-        $cmds .= "HSET mdm:{$dev}:enr:$id token $tok push_magic PM-$id topic $topic"
-               . " enabled 1 token_update_ms $now\n";
-    }
-    $self->spew('enroll.txt', $cmds);
-    my $sock = $self->redis_sock;
-    qx{redis-cli -s $sock < $self->{dir}/enroll.txt > /dev/null};
+    $self->redis_batch(map {
+        my ($dev) = split /:/, $_;
+        "HSET mdm:{$dev}:enr:$_ token " . $self->token_of($_)
+            . " push_magic PM-$_ topic $topic enabled 1 token_update_ms $now"
+    } @ids);
 }
 
 sub llen { $_[0]->redis->llen($_[1]) }
