@@ -605,6 +605,66 @@ mdm_field_cmp(const void *a, const void *b)
 }
 
 
+static char *
+mdm_dict_str(plist_t dict, const char *key)
+{
+    char      *s, buf[32];
+    plist_t    v;
+    uint64_t   u;
+
+    v = plist_dict_get_item(dict, key);
+    s = NULL;
+
+    if (v && plist_get_node_type(v) == PLIST_STRING) {
+        plist_get_string_val(v, &s);
+
+    } else if (v && plist_get_node_type(v) == PLIST_UINT) {
+        plist_get_uint_val(v, &u);
+        snprintf(buf, sizeof(buf), "%lld", (long long) u);
+        s = strdup(buf);
+    }
+
+    return s ? s : strdup("-");
+}
+
+
+/* The ErrorChain of an Error report, one line a link. */
+static void
+mdm_print_error_chain(const char *raw, size_t len)
+{
+    char      *dom, *code, *desc;
+    plist_t    p, chain, e;
+    uint32_t   i;
+
+    p = NULL;
+    plist_from_memory(raw, len, &p);
+    if (p == NULL) {
+        return;
+    }
+
+    chain = plist_get_node_type(p) == PLIST_DICT
+            ? plist_dict_get_item(p, "ErrorChain") : NULL;
+
+    for (i = 0; chain && plist_get_node_type(chain) == PLIST_ARRAY
+                && i < plist_array_get_size(chain); i++)
+    {
+        e = plist_array_get_item(chain, i);
+        if (plist_get_node_type(e) != PLIST_DICT) {
+            continue;
+        }
+        dom = mdm_dict_str(e, "ErrorDomain");
+        code = mdm_dict_str(e, "ErrorCode");
+        desc = mdm_dict_str(e, "LocalizedDescription");
+        printf("%-24s %s %s: %s\n", "error", dom, code, desc);
+        free(dom);
+        free(code);
+        free(desc);
+    }
+
+    plist_free(p);
+}
+
+
 /*
  * A flat field/value reply as "field: value" lines, sorted; times are
  * shown readably next to their milliseconds; "raw" goes last.
@@ -635,7 +695,9 @@ mdm_print_fields(redisReply *r)
         len = strlen(f);
         if (strcmp(f, "raw") == 0) {
             raw = v;
-        } else if (len > 3 && strcmp(f + len - 3, "_ms") == 0) {
+        } else if (strcmp(f, "ms") == 0
+                   || (len > 3 && strcmp(f + len - 3, "_ms") == 0))
+        {
             printf("%-24s %s (%s)\n", f, v, mdm_time(v, tbuf, sizeof(tbuf)));
         } else {
             printf("%-24s %s\n", f, v);
@@ -643,6 +705,7 @@ mdm_print_fields(redisReply *r)
     }
 
     if (raw && raw[0]) {
+        mdm_print_error_chain(raw, strlen(raw));
         printf("raw:\n%s%s", raw, raw[strlen(raw) - 1] == '\n' ? "" : "\n");
     }
 

@@ -269,7 +269,8 @@ $r = ctl('results', 'DEV2', $pl);
 is $r->{rc}, 0, 'results';
 like $r->{out}, qr/^request_type\s+ProfileList$/m, 'results: request type';
 like $r->{out}, qr/^status\s+Acknowledged$/m, 'results: status';
-like $r->{out}, qr/^ms\s+\d{13}$/m, 'results: time';
+like $r->{out}, qr/^ms\s+\d{13} \(\d{4}-\d\d-\d\dT[\d:]+Z\)$/m,
+    'results: time';
 like $r->{out}, qr/^raw:\n\Q$ack\E/m, 'results: raw report last';
 is ctl('results', '--raw', 'DEV2', $pl)->{out}, $ack, 'results --raw';
 my $res = json_of(ctl('results', '--json', 'DEV2', $pl)) // {};
@@ -306,6 +307,21 @@ like $r->{out}, qr/^last_seen_ms\s+\d+ \(\d{4}-\d\d-\d\dT/m,
 my $sh = json_of(ctl('show', '--json', 'DEV1')) // {};
 is $sh->{type}, 'Device', 'show --json type';
 is $sh->{enabled}, '1', 'show --json enabled';
+
+# an Error report: the ErrorChain is summarised above the raw report
+$r = ctl('enqueue', '--json', '--no-push', 'RemoveProfile',
+         'Identifier=com.example.none', 'DEV2');
+my $rp = (json_of($r) // {})->{uuid} // '';
+report('DEV2', Status => 'Idle');
+$r = report('DEV2', Status => 'Error', CommandUUID => $rp,
+    ErrorChain => [{ dict => [ErrorCode => { int => 4001 },
+        ErrorDomain => 'MCProfileErrorDomain',
+        LocalizedDescription => 'The profile is not installed.'] }]);
+$r = ctl('results', 'DEV2', $rp);
+like $r->{out}, qr/^status\s+Error$/m, 'Error result';
+like $r->{out},
+    qr/^error\s+MCProfileErrorDomain 4001: The profile is not installed\.$/m,
+    'ErrorChain summary';
 
 # a user channel id (UDID:UserID) is an id like any other
 $t->put('/mdm/checkin', $t->token_update('DEV3', UserID => 'U3'),
