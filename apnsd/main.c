@@ -934,6 +934,11 @@ static void stats_cb(redisReply *r, void *ctx)
 {
     (void) ctx;
     long long q = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (q >= 0) {                   /* queue depth as this sender last saw it */
+        char v[32];
+        snprintf(v, sizeof v, "%lld", q);
+        pipe_cmdf(NULL, NULL, "HSET", K_STATS, "queue", v, (char *) NULL);
+    }
     char tl[512] = "";
     size_t o = 0;
     for (topic_t *t = topics; t && o < sizeof tl - 100; t = t->next)

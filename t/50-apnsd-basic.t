@@ -164,6 +164,8 @@ ok $t->wait_for(sub { $t->apnsd_log =~ /\[info\] stats sent=\d+ ok=\d+ .*queue=0
     'SIGUSR1 writes a stats line';
 ok $t->wait_for(sub { defined $t->redis->hget('mdm:push:stats', 'inflight:a1') }, 5),
     'in-flight gauge in mdm:push:stats';
+ok $t->wait_for(sub { defined $t->redis->hget('mdm:push:stats', 'queue') }, 5),
+    'queue depth in mdm:push:stats';
 
 # ---- configured priority and expiration, environment override -----------------------
 is $t->stop_apnsd($a1), 0, 'SIGTERM: exit 0';
