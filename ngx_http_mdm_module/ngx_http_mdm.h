@@ -69,9 +69,10 @@ typedef struct {
     ngx_str_t                   command_uuid;
     ngx_str_t                   request_type;
     ngx_str_t                   body;
+    ngx_str_t                   cert;        /* cert_sha256, for $mdm_* */
     u_char                      cert_sha256[65];
     time_t                      cert_not_after;
-    X509                       *cert;        /* freed with the request */
+    X509                       *x509;        /* freed with the request */
     ngx_uint_t                  kind;        /* mdm_msg_kind_e */
 } ngx_http_mdm_ctx_t;
 

@@ -97,34 +97,26 @@ static void
 ngx_http_mdm_body_handler(ngx_http_request_t *r)
 {
     ngx_int_t            rc;
-    const char          *reason;
+    const char          *reason, *ct;
     ngx_http_mdm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
 
     if (ctx->kind == MDM_KIND_CHECKIN) {
         ngx_str_set(&ctx->message_type, "CheckIn");
-
-        if (!ngx_http_mdm_content_type(r, NGX_HTTP_MDM_CT_CHECKIN,
-                                       sizeof(NGX_HTTP_MDM_CT_CHECKIN) - 1))
-        {
-            ngx_http_mdm_refuse(r, NGX_HTTP_BAD_REQUEST,
-                                "Content-Type is not "
-                                NGX_HTTP_MDM_CT_CHECKIN);
-            return;
-        }
+        ct = NGX_HTTP_MDM_CT_CHECKIN;
 
     } else {
         ngx_str_set(&ctx->message_type, "Report");
+        ct = NGX_HTTP_MDM_CT_COMMAND;
+    }
 
-        if (!ngx_http_mdm_content_type(r, NGX_HTTP_MDM_CT_COMMAND,
-                                       sizeof(NGX_HTTP_MDM_CT_COMMAND) - 1))
-        {
-            ngx_http_mdm_refuse(r, NGX_HTTP_BAD_REQUEST,
-                                "Content-Type is not "
-                                NGX_HTTP_MDM_CT_COMMAND);
-            return;
-        }
+    if (!ngx_http_mdm_content_type(r, ct, ngx_strlen(ct))) {
+        ngx_http_mdm_refuse(r, NGX_HTTP_BAD_REQUEST,
+                            ctx->kind == MDM_KIND_CHECKIN
+                            ? "Content-Type is not " NGX_HTTP_MDM_CT_CHECKIN
+                            : "Content-Type is not " NGX_HTTP_MDM_CT_COMMAND);
+        return;
     }
 
     rc = ngx_http_mdm_read_body(r, ctx, &reason);

@@ -115,7 +115,7 @@ ngx_http_mdm_identify(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
 
     cln->handler = ngx_http_mdm_cert_cleanup;
     cln->data = cert;
-    ctx->cert = cert;
+    ctx->x509 = cert;
 
     if (ngx_http_mdm_cert_facts(ctx, cert) != NGX_OK) {
         *reason = "cannot hash the client certificate";
@@ -139,7 +139,7 @@ ngx_http_mdm_check_cert_names(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
         return NGX_OK;
     }
 
-    return mdm_cert_names_id(ctx->cert, ctx->msg.device_id,
+    return mdm_cert_names_id(ctx->x509, ctx->msg.device_id,
                              ctx->msg.device_id_len)
            ? NGX_OK : NGX_DECLINED;
 }
@@ -288,6 +288,9 @@ ngx_http_mdm_cert_facts(ngx_http_mdm_ctx_t *ctx, X509 *cert)
     if (mdm_cert_sha256_hex(cert, (char *) ctx->cert_sha256) != 0) {
         return NGX_ERROR;
     }
+
+    ctx->cert.data = ctx->cert_sha256;
+    ctx->cert.len = 64;
 
     t = mdm_cert_not_after(cert);
     ctx->cert_not_after = (t == (time_t) -1) ? 0 : t;

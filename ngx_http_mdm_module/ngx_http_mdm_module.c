@@ -20,8 +20,6 @@ static char *ngx_http_mdm_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_mdm_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
-static ngx_int_t ngx_http_mdm_cert_variable(ngx_http_request_t *r,
-    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_mdm_init_process(ngx_cycle_t *cycle);
 static void ngx_http_mdm_exit_process(ngx_cycle_t *cycle);
 
@@ -178,8 +176,8 @@ static ngx_http_variable_t  ngx_http_mdm_vars[] = {
       offsetof(ngx_http_mdm_ctx_t, request_type), NGX_HTTP_VAR_NOCACHEABLE,
       0 },
 
-    { ngx_string("mdm_cert_sha256"), NULL, ngx_http_mdm_cert_variable, 0,
-      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+    { ngx_string("mdm_cert_sha256"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, cert), NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -226,28 +224,6 @@ ngx_http_mdm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
     v->len = s->len;
     v->data = s->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_mdm_cert_variable(ngx_http_request_t *r,
-    ngx_http_variable_value_t *v, uintptr_t data)
-{
-    ngx_http_mdm_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
-    if (ctx == NULL || ctx->cert_sha256[0] == '\0') {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = 64;
-    v->data = ctx->cert_sha256;
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;

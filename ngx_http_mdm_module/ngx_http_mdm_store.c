@@ -27,6 +27,8 @@ static ngx_int_t ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r,
     u_char *token, size_t len, ngx_str_t *out);
 static ngx_int_t ngx_http_mdm_binary(ngx_http_request_t *r,
     ngx_http_mdm_ctx_t *ctx, ngx_str_t *out);
+static ngx_int_t ngx_http_mdm_adopt(ngx_http_request_t *r, char *buf,
+    uint32_t n, ngx_str_t *out);
 
 
 static ngx_str_t  ngx_http_mdm_xml = ngx_string("application/xml");
@@ -271,21 +273,29 @@ ngx_http_mdm_binary(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
     bin = NULL;
     plist_to_bin(ctx->msg.root, &bin, &n);
 
-    if (bin == NULL) {
+    return ngx_http_mdm_adopt(r, bin, n, out);
+}
+
+
+/* Moves a buffer libplist allocated into the request pool. */
+
+static ngx_int_t
+ngx_http_mdm_adopt(ngx_http_request_t *r, char *buf, uint32_t n,
+    ngx_str_t *out)
+{
+    if (buf == NULL) {
         return NGX_ERROR;
     }
 
     out->data = ngx_pnalloc(r->pool, n);
-    if (out->data == NULL) {
-        free(bin);
-        return NGX_ERROR;
+    if (out->data != NULL) {
+        ngx_memcpy(out->data, buf, n);
+        out->len = n;
     }
 
-    ngx_memcpy(out->data, bin, n);
-    out->len = n;
-    free(bin);
+    free(buf);
 
-    return NGX_OK;
+    return out->data ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -337,19 +347,5 @@ ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r, u_char *token,
     plist_to_xml(dict, &xml, &n);
     plist_free(dict);
 
-    if (xml == NULL) {
-        return NGX_ERROR;
-    }
-
-    out->data = ngx_pnalloc(r->pool, n);
-    if (out->data == NULL) {
-        free(xml);
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(out->data, xml, n);
-    out->len = n;
-    free(xml);
-
-    return NGX_OK;
+    return ngx_http_mdm_adopt(r, xml, n, out);
 }

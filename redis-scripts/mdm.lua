@@ -29,6 +29,17 @@ local FIELDS = {
     DeviceName = 'device_name', IMEI = 'imei', MEID = 'meid',
 }
 
+-- Appends the message's known keys, as hash fields, to an HSET list.
+local function add_fields(h, f)
+    for k, v in pairs(f) do
+        local field = FIELDS[k]
+        if field then
+            h[#h + 1] = field
+            h[#h + 1] = v
+        end
+    end
+end
+
 local AUTH_FIELDS = { 'serial', 'model', 'model_name', 'product',
                       'os_version', 'build_version', 'device_name', 'imei',
                       'meid' }
@@ -299,13 +310,7 @@ local function checkin(keys, args)
 
         local h = { 'type', channel, 'cert', sha, 'enabled', '0',
                     'topic', f.Topic or '', 'authenticate_ms', int(ms) }
-        for k, v in pairs(f) do
-            local field = FIELDS[k]
-            if field then
-                h[#h + 1] = field
-                h[#h + 1] = v
-            end
-        end
+        add_fields(h, f)
         redis.call('HSET', enr, unpack(h))
         -- raw messages in their own keys keep the hash small (listpack)
         redis.call('SET', k_raw(d, 'ra', e), f.Raw or '')
@@ -324,13 +329,7 @@ local function checkin(keys, args)
     if mt == 'TokenUpdate' then
         local h = { 'type', channel, 'enabled', '1',
                     'token_update_ms', int(ms) }
-        for k, v in pairs(f) do
-            local field = FIELDS[k]
-            if field then
-                h[#h + 1] = field
-                h[#h + 1] = v
-            end
-        end
+        add_fields(h, f)
         if e ~= d then
             h[#h + 1] = 'user'
             h[#h + 1] = string.sub(e, #d + 2)
