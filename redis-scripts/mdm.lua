@@ -106,9 +106,8 @@ local function meta(st, c, nms, ems, xms)
 end
 
 -- One target fewer holds the command; the body goes with the last one.
-local function release(u, ttl)
+local function release(u, ttl, refs)
     local ck = k_cmd(u)
-    local refs = redis.call('HGET', ck, 'refs')
     if not refs then
         return
     end
@@ -132,15 +131,18 @@ end
 
 -- Takes an item out of a queue and records why: the result, and the final
 -- status in the command's target table.
-local function finish_item(d, e, u, status, raw, ms, ttl)
-    local rt = redis.call('HGET', k_cmd(u), 'request_type')
+-- removed: the caller took the item out of the queue already.
+local function finish_item(d, e, u, status, raw, ms, ttl, removed)
+    local cmd = redis.call('HMGET', k_cmd(u), 'request_type', 'refs')
     local ct = k_cmdt(u)
     local _, c, nms, ems, xms = meta_parse(redis.call('HGET', ct, e))
     redis.call('HSET', ct, e, meta(status, c, nms, ems, xms))
-    redis.call('ZREM', k_q(d, e), u)
+    if not removed then
+        redis.call('ZREM', k_q(d, e), u)
+    end
     redis.call('SREM', k_nn(d, e), u)
-    release(u, ttl)
-    store_result(d, e, u, status, raw, ms, rt, ttl)
+    release(u, ttl, cmd[2])
+    store_result(d, e, u, status, raw, ms, cmd[1], ttl)
 end
 
 local function clear_queue(d, e, status, ms, ttl)
@@ -430,8 +432,8 @@ local function report(keys, args)
     elseif FINISHED[status] then
         ev[#ev + 1] = 'uuid'
         ev[#ev + 1] = u
-        if redis.call('ZSCORE', q, u) then
-            finish_item(d, e, u, status, raw, ms, ttl)
+        if redis.call('ZREM', q, u) == 1 then
+            finish_item(d, e, u, status, raw, ms, ttl, true)
         elseif redis.call('EXISTS', k_res(d, e, u)) == 0 then
             -- unknown or already finished: kept, marked, and tolerated
             store_result(d, e, u, status, raw, ms, '', ttl, { 'unknown', '1' })
