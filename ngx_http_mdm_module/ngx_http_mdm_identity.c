@@ -26,6 +26,13 @@
 #define NGX_HTTP_MDM_VERIFY_CACHE  4096
 
 
+/* What a TLS connection's peer certificate hashes to, computed once. */
+typedef struct {
+    u_char                      sha256[65];
+    time_t                      not_after;
+} ngx_http_mdm_tls_facts_t;
+
+
 static X509 *ngx_http_mdm_tls_cert(ngx_http_request_t *r,
     const char **reason, ngx_int_t *status);
 static X509 *ngx_http_mdm_signature_cert(ngx_http_request_t *r,
@@ -34,6 +41,8 @@ static X509 *ngx_http_mdm_header_cert(ngx_http_request_t *r,
     const char **reason);
 static ngx_table_elt_t *ngx_http_mdm_signature_header(ngx_http_request_t *r);
 static ngx_int_t ngx_http_mdm_cert_facts(ngx_http_mdm_ctx_t *ctx, X509 *cert);
+static ngx_int_t ngx_http_mdm_tls_facts(ngx_http_request_t *r,
+    ngx_http_mdm_ctx_t *ctx, ngx_uint_t store);
 static void ngx_http_mdm_cert_cleanup(void *data);
 static void ngx_http_mdm_verifier_cleanup(void *data);
 
@@ -47,12 +56,14 @@ ngx_http_mdm_identify(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
 {
     X509                     *cert, *tls;
     ngx_int_t                 status;
+    ngx_uint_t                from_tls;
     ngx_table_elt_t          *sig;
     ngx_pool_cleanup_t       *cln;
     ngx_http_mdm_loc_conf_t  *mlcf;
 
     mlcf = ngx_http_get_module_loc_conf(r, ngx_http_mdm_module);
     status = NGX_HTTP_FORBIDDEN;
+    from_tls = 0;
 
     switch (mlcf->identity) {
 
@@ -73,6 +84,7 @@ ngx_http_mdm_identify(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
         sig = ngx_http_mdm_signature_header(r);
         if (sig == NULL) {
             cert = ngx_http_mdm_tls_cert(r, reason, &status);
+            from_tls = 1;
             break;
         }
 
@@ -100,6 +112,7 @@ ngx_http_mdm_identify(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
 
     default: /* NGX_HTTP_MDM_ID_TLS */
         cert = ngx_http_mdm_tls_cert(r, reason, &status);
+        from_tls = 1;
     }
 
     if (cert == NULL) {
@@ -117,9 +130,18 @@ ngx_http_mdm_identify(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
     cln->data = cert;
     ctx->x509 = cert;
 
+    /* keep-alive requests reuse the connection's hash (no digest fetch) */
+    if (from_tls && ngx_http_mdm_tls_facts(r, ctx, 0) == NGX_OK) {
+        return NGX_OK;
+    }
+
     if (ngx_http_mdm_cert_facts(ctx, cert) != NGX_OK) {
         *reason = "cannot hash the client certificate";
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (from_tls) {
+        (void) ngx_http_mdm_tls_facts(r, ctx, 1);
     }
 
     return NGX_OK;
@@ -294,6 +316,58 @@ ngx_http_mdm_cert_facts(ngx_http_mdm_ctx_t *ctx, X509 *cert)
 
     t = mdm_cert_not_after(cert);
     ctx->cert_not_after = (t == (time_t) -1) ? 0 : t;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The peer certificate of a TLS connection does not change (nginx allows
+ * no renegotiation), so its hash is kept with the SSL object, in memory of
+ * the connection's pool. store: remember ctx's facts; else fill ctx.
+ */
+
+static ngx_int_t
+ngx_http_mdm_tls_facts(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
+    ngx_uint_t store)
+{
+    SSL                       *ssl;
+    ngx_http_mdm_tls_facts_t  *f;
+
+    static int                 idx = -1;
+
+    if (idx == -1) {
+        idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+        if (idx == -1) {
+            return NGX_ERROR;
+        }
+    }
+
+    ssl = r->connection->ssl->connection;
+    f = SSL_get_ex_data(ssl, idx);
+
+    if (store) {
+        if (f == NULL) {
+            f = ngx_palloc(r->connection->pool,
+                           sizeof(ngx_http_mdm_tls_facts_t));
+            if (f == NULL || SSL_set_ex_data(ssl, idx, f) != 1) {
+                return NGX_ERROR;
+            }
+        }
+
+        ngx_memcpy(f->sha256, ctx->cert_sha256, sizeof(f->sha256));
+        f->not_after = ctx->cert_not_after;
+        return NGX_OK;
+    }
+
+    if (f == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ngx_memcpy(ctx->cert_sha256, f->sha256, sizeof(f->sha256));
+    ctx->cert_not_after = f->not_after;
+    ctx->cert.data = ctx->cert_sha256;
+    ctx->cert.len = 64;
 
     return NGX_OK;
 }

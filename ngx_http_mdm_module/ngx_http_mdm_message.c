@@ -103,8 +103,9 @@ mdm_message_too_deep(const char *body, size_t len, int max)
     end = body + len;
 
     for (p = body; p + 6 < end; p++) {
-        if (*p != '<') {
-            continue;
+        p = memchr(p, '<', end - p - 6);
+        if (p == NULL) {
+            break;
         }
 
         if ((memcmp(p + 1, "dict", 4) == 0 && (p[5] == '>' || p[5] == ' '))

@@ -160,6 +160,22 @@ my %last = @{ $ev->[-1][1] };
 is $last{id}, $mac, 'event carries the enrollment id';
 like $last{ms}, qr/^\d{13}$/, 'event carries the time';
 
+# --- keep-alive: later requests reuse the connection's certificate hash ----
+{
+    my $s = $t->connect(cert => 'mac');
+    my @st = map {
+        $t->request($s, '/mdm/connect',
+                    MdmTest::plist(UDID => $mac, Status => 'Idle'),
+                    keepalive => 1)->{status}
+    } 1 .. 3;
+    close $s;
+    is_deeply \@st, [200, 200, 200], 'three requests on one connection';
+    my $other = $t->put('/mdm/connect',
+                        MdmTest::plist(UDID => $mac, Status => 'Idle'),
+                        cert => 'ipad');
+    is $other->{status}, 403, 'a new connection with another certificate: 403';
+}
+
 # --- log_format variables --------------------------------------------------
 my $acc = $t->slurp('access.log');
 like $acc, qr/^200 TokenUpdate id=\Q$ios\E /m, '$mdm_message_type and id logged';
