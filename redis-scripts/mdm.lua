@@ -53,9 +53,6 @@ local function k_nn(d, e) return 'mdm:{' .. d .. '}:nn:' .. e end
 local function k_res(d, e, u)
     return 'mdm:{' .. d .. '}:res:' .. e .. ':' .. u
 end
-local function k_raw(d, kind, e)
-    return 'mdm:{' .. d .. '}:' .. kind .. ':' .. e
-end
 local function k_cmd(u) return 'mdm:cmd:' .. u end
 local function k_cmdt(u) return 'mdm:cmdt:' .. u end
 
@@ -313,9 +310,9 @@ local function checkin(keys, args)
         local h = { 'type', channel, 'cert', sha, 'enabled', '0',
                     'topic', f.Topic or '', 'authenticate_ms', int(ms) }
         add_fields(h, f)
+        h[#h + 1] = 'raw_authenticate'
+        h[#h + 1] = f.Raw or ''
         redis.call('HSET', enr, unpack(h))
-        -- raw messages in their own keys keep the hash small (listpack)
-        redis.call('SET', k_raw(d, 'ra', e), f.Raw or '')
         cert_expiry(d, not_after, ms)
         seen(d, e, ms, true)
         event({ 'type', mt, 'id', e, 'ms', int(ms) })
@@ -339,8 +336,9 @@ local function checkin(keys, args)
         end
         h[#h + 1] = 'topic'
         h[#h + 1] = f.Topic
+        h[#h + 1] = 'raw_token_update'
+        h[#h + 1] = f.Raw
         redis.call('HSET', enr, unpack(h))
-        redis.call('SET', k_raw(d, 'rt', e), f.Raw)
         redis.call('HINCRBY', enr, 'token_updates', 1)
         -- a fresh token supersedes what APNs said about the old one
         redis.call('HDEL', enr, 'token_dead_ms', 'token_bad')
@@ -750,9 +748,9 @@ local function enrollments(keys, args)
 end
 
 -- FCALL_RO mdm_enrollment 0 <id> : the enrollment hash; secrets and raw
--- messages are shown by their length only (GET mdm:{D}:ra:E / rt:E for
--- the raw Authenticate / TokenUpdate as binary plists).
-local SECRET = { unlock_token = true, bootstrap_token = true }
+-- messages (binary plists: HGET the raw_* fields) by their length only.
+local SECRET = { unlock_token = true, bootstrap_token = true,
+                 raw_authenticate = true, raw_token_update = true }
 
 local function enrollment(keys, args)
     local e = args[1]
@@ -767,10 +765,6 @@ local function enrollment(keys, args)
         end
     end
     if #h > 0 then
-        h[#h + 1] = 'raw_authenticate'
-        h[#h + 1] = '(' .. redis.call('STRLEN', k_raw(d, 'ra', e)) .. ' bytes)'
-        h[#h + 1] = 'raw_token_update'
-        h[#h + 1] = '(' .. redis.call('STRLEN', k_raw(d, 'rt', e)) .. ' bytes)'
         h[#h + 1] = 'queue_length'
         h[#h + 1] = tostring(redis.call('ZCARD', k_q(d, e)))
         h[#h + 1] = 'users'

@@ -24,12 +24,13 @@ is $r->{body}, '', 'empty body';
 
 my %h = $redis->hgetall(enr($ios));
 is $h{serial}, 'F5JM992LF193', 'serial stored';
+is $redis->object('encoding', enr($ios)), 'listpack', 'compact encoding';
 is $h{product}, 'iPad2,5', 'product stored';
 is $h{os_version}, '9.3.5', 'OS stored';
 is $h{enabled}, '0', 'disabled until TokenUpdate';
 is $h{cert}, $t->device_cert('ipad')->{sha256}, 'certificate bound (sha256)';
 is $redis->get("mdm:cert:$h{cert}"), $ios, 'reverse binding';
-my $raw = $redis->get("mdm:{$ios}:ra:$ios");
+my $raw = $redis->hget("mdm:{$ios}:enr:$ios", 'raw_authenticate');
 like $raw, qr/^bplist00/, 'raw Authenticate stored as a binary plist';
 $t->spew('raw.bin', $raw);
 my $xml = `plistutil -i $t->{dir}/raw.bin -o /dev/stdout 2>&1`;

@@ -198,7 +198,8 @@ sub start_redis {
         '--unixsocketperm', '777', '--dir', $d, '--save', '',
         '--appendonly', $o{aof} ? 'yes' : 'no', '--daemonize', 'no',
         '--logfile', "$d/redis.log", '--enable-debug-command', 'local',
-        '--maxmemory-policy', 'noeviction');
+        '--maxmemory-policy', 'noeviction',
+        '--hash-max-listpack-value', '2048');
     my $pid = fork // die;
     if (!$pid) {
         open STDOUT, '>', '/dev/null';
