@@ -91,8 +91,14 @@ end
 
 -- queue item meta: status|notnow_count|notnow_ms|enqueue_ms|expires_ms
 local function meta_parse(s)
+    if not s then
+        return nil, 0, 0, 0, 0
+    end
     local st, c, nms, ems, xms =
-        string.match(s or '', '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+        string.match(s, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    if not st then
+        return s, 0, 0, 0, 0          -- a finished target: status only
+    end
     return st, tonumber(c) or 0, tonumber(nms) or 0, tonumber(ems) or 0,
            tonumber(xms) or 0
 end
@@ -128,16 +134,18 @@ end
 
 -- Takes an item out of a queue and records why: the result, and the final
 -- status in the command's target table.
--- removed: the caller took the item out of the queue already.
-local function finish_item(d, e, u, status, raw, ms, ttl, removed)
+-- removed: the caller took the item out of the queue already; nn: whether
+-- the channel has NotNow'd items (nil: unknown).
+local function finish_item(d, e, u, status, raw, ms, ttl, removed, nn)
     local cmd = redis.call('HMGET', k_cmd(u), 'request_type', 'refs')
-    local ct = k_cmdt(u)
-    local _, c, nms, ems, xms = meta_parse(redis.call('HGET', ct, e))
-    redis.call('HSET', ct, e, meta(status, c, nms, ems, xms))
+    -- a finished target keeps only its final status
+    redis.call('HSET', k_cmdt(u), e, status)
     if not removed then
         redis.call('ZREM', k_q(d, e), u)
     end
-    redis.call('SREM', k_nn(d, e), u)
+    if nn ~= false then
+        redis.call('SREM', k_nn(d, e), u)
+    end
     release(u, ttl, cmd[2])
     store_result(d, e, u, status, raw, ms, cmd[1], ttl)
 end
@@ -154,9 +162,8 @@ end
 
 -- The next command due: priority, then age; skips items answered NotNow in
 -- this session and drops expired ones with an Expired result.
-local function next_command(d, e, ms, ttl, fresh)
+local function next_command(d, e, ms, ttl, skip)
     local q, nn = k_q(d, e), k_nn(d, e)
-    local skip = not fresh and redis.call('EXISTS', nn) == 1
     local start = 0
     while true do
         local uuids = redis.call('ZRANGE', q, start, start + 15)
@@ -171,10 +178,10 @@ local function next_command(d, e, ms, ttl, fresh)
                 local cmd = redis.call('HMGET', k_cmd(u), 'body',
                                        'request_type')
                 if xms > 0 and xms <= ms then
-                    finish_item(d, e, u, 'Expired', '', ms, ttl)
+                    finish_item(d, e, u, 'Expired', '', ms, ttl, false, skip)
                     removed = removed + 1
                 elseif not cmd[1] then
-                    finish_item(d, e, u, 'Missing', '', ms, ttl)
+                    finish_item(d, e, u, 'Missing', '', ms, ttl, false, skip)
                     removed = removed + 1
                 else
                     if st ~= 'Sent' then
@@ -423,15 +430,20 @@ local function report(keys, args)
     local q = k_q(d, e)
     local ev = { 'type', 'Report', 'id', e, 'ms', int(ms), 'status', status }
 
+    -- items NotNow'd in this session (one lookup, used twice)
+    local has_nn = false
     if status == 'Idle' then
         -- a new session: NotNow'd items are due again
         redis.call('DEL', k_nn(d, e))
+    else
+        has_nn = redis.call('EXISTS', k_nn(d, e)) == 1
+    end
 
-    elseif FINISHED[status] then
+    if FINISHED[status] then
         ev[#ev + 1] = 'uuid'
         ev[#ev + 1] = u
         if redis.call('ZREM', q, u) == 1 then
-            finish_item(d, e, u, status, raw, ms, ttl, true)
+            finish_item(d, e, u, status, raw, ms, ttl, true, has_nn)
         elseif redis.call('EXISTS', k_res(d, e, u)) == 0 then
             -- unknown or already finished: kept, marked, and tolerated
             store_result(d, e, u, status, raw, ms, '', ttl, { 'unknown', '1' })
@@ -447,12 +459,13 @@ local function report(keys, args)
             local _, c, _, ems, xms = meta_parse(redis.call('HGET', ct, e))
             redis.call('HSET', ct, e, meta('NotNow', c + 1, ms, ems, xms))
             redis.call('SADD', k_nn(d, e), u)
+            has_nn = true
         end
     end
 
     seen(d, e, ms)
 
-    local nu, body, rt = next_command(d, e, ms, ttl, status == 'Idle')
+    local nu, body, rt = next_command(d, e, ms, ttl, has_nn)
     if nu then
         ev[#ev + 1] = 'next'
         ev[#ev + 1] = nu
