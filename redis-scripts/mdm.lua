@@ -658,13 +658,22 @@ local function push(keys, args)
     return push_requests(args)
 end
 
+-- The enrollment id argument and its device, or an error reply.
+local function id_arg(args, usage)
+    local e = args[1]
+    local d = e and device_of(e)
+    if not d then
+        return nil, nil, redis.error_reply('usage: ' .. usage)
+    end
+    return e, d
+end
+
 -- FCALL_RO mdm_queue 0 <id> : { uuid, request_type, status, notnow_count,
 -- age_s, priority, expires_in_s }...
 local function queue(keys, args)
-    local e = args[1]
-    local d = device_of(e or '')
-    if not d then
-        return redis.error_reply('usage: mdm_queue 0 <id>')
+    local e, d, err = id_arg(args, 'mdm_queue 0 <id>')
+    if err then
+        return err
     end
     local ms = now_ms()
     local out = {}
@@ -681,10 +690,10 @@ end
 -- FCALL mdm_cancel 0 <id> <uuid> : 1 when the item was queued.
 local function cancel(keys, args)
     conf_reset()
-    local e, u = args[1], args[2]
-    local d = device_of(e or '')
-    if not d or not u then
-        return redis.error_reply('usage: mdm_cancel 0 <id> <uuid>')
+    local e, d, err = id_arg(args, 'mdm_cancel 0 <id> <uuid>')
+    local u = args[2]
+    if err or not u then
+        return err or redis.error_reply('usage: mdm_cancel 0 <id> <uuid>')
     end
     if not redis.call('ZSCORE', k_q(d, e), u) then
         return 0
@@ -698,10 +707,9 @@ end
 -- FCALL mdm_clear 0 <id> : number of items removed.
 local function clear(keys, args)
     conf_reset()
-    local e = args[1]
-    local d = device_of(e or '')
-    if not d then
-        return redis.error_reply('usage: mdm_clear 0 <id>')
+    local e, d, err = id_arg(args, 'mdm_clear 0 <id>')
+    if err then
+        return err
     end
     local ms = now_ms()
     local n = clear_queue(d, e, 'Canceled', ms, conf('result_ttl', RESULT_TTL))
@@ -711,10 +719,10 @@ end
 
 -- FCALL_RO mdm_result 0 <id> <uuid> : flat field/value list, or nil.
 local function result(keys, args)
-    local e, u = args[1], args[2]
-    local d = device_of(e or '')
-    if not d or not u then
-        return redis.error_reply('usage: mdm_result 0 <id> <uuid>')
+    local e, d, err = id_arg(args, 'mdm_result 0 <id> <uuid>')
+    local u = args[2]
+    if err or not u then
+        return err or redis.error_reply('usage: mdm_result 0 <id> <uuid>')
     end
     local r = redis.call('HGETALL', k_res(d, e, u))
     if #r == 0 then
@@ -766,10 +774,9 @@ local SECRET = { unlock_token = true, bootstrap_token = true,
                  raw_authenticate = true, raw_token_update = true }
 
 local function enrollment(keys, args)
-    local e = args[1]
-    local d = device_of(e or '')
-    if not d then
-        return redis.error_reply('usage: mdm_enrollment 0 <id>')
+    local e, d, err = id_arg(args, 'mdm_enrollment 0 <id>')
+    if err then
+        return err
     end
     local h = redis.call('HGETALL', k_enr(d, e))
     for i = 1, #h, 2 do
