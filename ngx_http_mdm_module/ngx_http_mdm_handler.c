@@ -15,6 +15,9 @@
 #define NGX_HTTP_MDM_CT_COMMAND  "application/x-apple-aspen-mdm"
 
 
+static ngx_str_t  ngx_http_mdm_dash = ngx_string("-");
+
+
 static void ngx_http_mdm_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_mdm_read_body(ngx_http_request_t *r,
     ngx_http_mdm_ctx_t *ctx, const char **reason);
@@ -340,8 +343,9 @@ ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
 
     ngx_log_error(level, r->connection->log, 0,
                   "mdm: %ui %V id=\"%V\" cert=%s: %s", status,
-                  ctx ? &ctx->message_type : NULL,
-                  ctx ? &ctx->enrollment_id : NULL,
+                  (ctx && ctx->message_type.len) ? &ctx->message_type
+                                                 : &ngx_http_mdm_dash,
+                  ctx ? &ctx->enrollment_id : &ngx_http_mdm_dash,
                   (ctx && ctx->cert_sha256[0]) ? (char *) ctx->cert_sha256
                                                : "-",
                   reason);

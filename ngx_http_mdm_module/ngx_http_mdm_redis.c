@@ -365,7 +365,16 @@ ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
         return;
     }
 
-    if (ngx_http_mdm_state != NGX_HTTP_MDM_MISMATCH) {
+    if (ngx_http_mdm_state != NGX_HTTP_MDM_MISMATCH
+        && reply->type == REDIS_REPLY_ERROR)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                      "mdm: redis \"%V\": FCALL_RO mdm_version failed: %s; "
+                      "is redis-scripts/mdm.lua loaded and mdm_redis "
+                      "password= right? answering 503 until then",
+                      &ngx_http_mdm_mcf->addr, reply->str);
+
+    } else if (ngx_http_mdm_state != NGX_HTTP_MDM_MISMATCH) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                       "mdm: redis \"%V\" has the wrong Functions library: "
                       "mdm_version answered \"%*s\", need \"%s\"; load "
