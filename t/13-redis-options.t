@@ -61,7 +61,7 @@ $t->stop_nginx;
 
 # a host name is refused at startup (hiredis would block on DNS)
 $t->write_conf($t->conf(redis => "localhost:$port"));
-my $out = qx{/usr/sbin/nginx -t -p $d/ -c $d/nginx.conf -e $d/test.log 2>&1};
+my $out = $t->nginx_test;
 like $out, qr/mdm_redis: "localhost:\d+" is not unix:\/path or IPv4:port/,
     'names refused by nginx -t';
 

@@ -419,6 +419,18 @@ sub start_nginx {
     return $pid;
 }
 
+# nginx -t on the written configuration (with the ASan runtime when needed).
+sub nginx_test {
+    my ($self) = @_;
+    my $d = $self->{dir};
+    my $pre = '';
+    if ($self->{asan}) {
+        my ($lib) = glob('/usr/lib/x86_64-linux-gnu/libasan.so.*');
+        $pre = "LD_PRELOAD=$lib ASAN_OPTIONS=detect_leaks=0 ";
+    }
+    return qx{$pre/usr/sbin/nginx -t -p $d/ -c $d/nginx.conf -e $d/test.log 2>&1};
+}
+
 sub _listening {
     my ($self, $name) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:" . $self->port($name),
