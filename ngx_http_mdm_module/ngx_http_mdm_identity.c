@@ -433,7 +433,7 @@ ngx_http_mdm_identity_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* mdm_device_ca <ca.pem> [<intermediates.pem>] */
+/* mdm_device_ca <ca.pem> [<intermediates.pem>] [cache=N] */
 
 char *
 ngx_http_mdm_device_ca_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -442,6 +442,8 @@ ngx_http_mdm_device_ca_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     char                 err[256];
     ngx_str_t           *value, ca, im;
+    ngx_int_t            cache;
+    ngx_uint_t           i;
     ngx_pool_cleanup_t  *cln;
 
     if (mlcf->verifier != NGX_CONF_UNSET_PTR) {
@@ -451,13 +453,27 @@ ngx_http_mdm_device_ca_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     ca = value[1];
     ngx_str_null(&im);
+    cache = NGX_HTTP_MDM_VERIFY_CACHE;
 
     if (ngx_conf_full_name(cf->cycle, &ca, 1) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
-    if (cf->args->nelts == 3) {
-        im = value[2];
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "cache=", 6) == 0) {
+            cache = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (cache == NGX_ERROR) {
+                return "has an invalid \"cache=\" (a number of entries)";
+            }
+            continue;
+        }
+
+        if (im.len) {
+            return "takes one intermediates file";
+        }
+
+        im = value[i];
         if (ngx_conf_full_name(cf->cycle, &im, 1) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
@@ -471,8 +487,7 @@ ngx_http_mdm_device_ca_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     /* built here, inherited by the workers; each fills its own cache */
     mlcf->verifier = mdm_verifier_create((char *) ca.data,
                                          im.len ? (char *) im.data : NULL,
-                                         NGX_HTTP_MDM_VERIFY_CACHE, err,
-                                         sizeof(err));
+                                         (size_t) cache, err, sizeof(err));
     if (mlcf->verifier == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "mdm_device_ca: %s", err);
         return NGX_CONF_ERROR;

@@ -90,7 +90,7 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
       NULL },
 
     { ngx_string("mdm_device_ca"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
       ngx_http_mdm_device_ca_conf,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
