@@ -512,11 +512,21 @@ local function slice(t, i, j)
     return out
 end
 
+-- for part in parts(ids): the ids in slices of at most CHUNK.
+local function parts(ids)
+    local i = 1 - CHUNK
+    return function()
+        i = i + CHUNK
+        if i <= #ids then
+            return slice(ids, i, math.min(i + CHUNK - 1, #ids))
+        end
+    end
+end
+
 -- Push requests for ids not already pending (coalescing), in one pass.
 local function push_requests(ids)
     local n = 0
-    for i = 1, #ids, CHUNK do
-        local part = slice(ids, i, math.min(i + CHUNK - 1, #ids))
+    for part in parts(ids) do
         local pending = redis.call('SMISMEMBER', 'mdm:push:pending',
                                    unpack(part))
         local new = {}
@@ -536,8 +546,7 @@ end
 
 -- nil when every id is enrolled, else the first unknown one.
 local function unknown_id(ids)
-    for i = 1, #ids, CHUNK do
-        local part = slice(ids, i, math.min(i + CHUNK - 1, #ids))
+    for part in parts(ids) do
         local keys = {}
         for k, e in ipairs(part) do
             local d = device_of(e)
@@ -603,8 +612,7 @@ local function enqueue(keys, args)
         return redis.error_reply('unknown enrollment id ' .. bad)
     end
     if existing or redis.call('EXISTS', ct) == 1 then
-        for i = 1, #ids, CHUNK do
-            local part = slice(ids, i, math.min(i + CHUNK - 1, #ids))
+        for part in parts(ids) do
             local had = redis.call('HMGET', ct, unpack(part))
             for k, e in ipairs(part) do
                 if had[k] then
@@ -634,10 +642,10 @@ local function enqueue(keys, args)
         redis.call('ZADD', k_q(device_of(e), e), score, u)
     end
     -- per target state lives with the command: one field per target
-    for i = 1, #ids, CHUNK do
+    for part in parts(ids) do
         local fv = {}
-        for k = i, math.min(i + CHUNK - 1, #ids) do
-            fv[#fv + 1] = ids[k]
+        for _, e in ipairs(part) do
+            fv[#fv + 1] = e
             fv[#fv + 1] = m
         end
         redis.call('HSET', ct, unpack(fv))
