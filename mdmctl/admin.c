@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "mdmctl.h"
+#include "mdm_redis_addr.h"
 
 
 #define MDM_CHUNK        10000
@@ -29,8 +30,9 @@
     { "help", no_argument, NULL, 'h' }
 
 #define MDM_REDIS_HELP                                                      \
-    "  --redis ADDR      unix:/path or host:port (default: $MDM_REDIS or\n" \
-    "                    unix:/run/redis/redis-server.sock)\n"              \
+    "  --redis SPEC      ADDR [username=U] [password=P] [db=N]; ADDR is\n"  \
+    "                    unix:/path, IPv4:port or [IPv6]:port (default:\n" \
+    "                    $MDM_REDIS or unix:/run/redis/redis-server.sock)\n" \
     "  --password SPEC   Redis password: pass:X, env:VAR, file:PATH\n"      \
     "                    (default: $MDM_REDIS_PASSWORD)\n"                 \
     "  --db N            Redis database number\n"                           \
@@ -100,40 +102,34 @@ mdm_cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
 static redisContext *
 mdm_connect(int timeout)
 {
-    long             port;
-    char            *host, *colon, *pass;
-    const char      *spec, *argv[2];
-    struct timeval   tv;
-    redisContext    *c;
-    redisReply      *r;
-    char             db[24];
+    int                n;
+    char              *pass, err[256];
+    const char        *spec, *argv[3];
+    struct timeval     tv;
+    redisContext      *c;
+    redisReply        *r;
+    mdm_redis_addr_t   a;
+    char               db[24];
 
     spec = mdm_admin.redis ? mdm_admin.redis : getenv("MDM_REDIS");
     if (spec == NULL || spec[0] == '\0') {
         spec = "unix:/run/redis/redis-server.sock";
     }
 
+    /* the module's and the sender's grammar: names are refused there too */
+    if (mdm_redis_addr_spec(&a, spec, err, sizeof(err)) != 0) {
+        mdm_err("--redis: %s", err);
+        return NULL;
+    }
+
     tv.tv_sec = 5;
     tv.tv_usec = 0;
 
-    if (strncmp(spec, "unix:", 5) == 0) {
-        c = redisConnectUnixWithTimeout(spec + 5, tv);
+    if (a.type == MDM_REDIS_ADDR_UNIX) {
+        c = redisConnectUnixWithTimeout(a.host, tv);
 
     } else {
-        host = strdup(spec);
-        colon = strrchr(host, ':');
-        if (colon == NULL || mdm_parse_int(colon + 1, 1, 65535, &port) != 0) {
-            mdm_err("--redis %s: use unix:/path or host:port", spec);
-            free(host);
-            return NULL;
-        }
-        *colon = '\0';
-        if (host[0] == '[' && colon[-1] == ']') {
-            colon[-1] = '\0';
-            memmove(host, host + 1, strlen(host));
-        }
-        c = redisConnectWithTimeout(host, (int) port, tv);
-        free(host);
+        c = redisConnectWithTimeout(a.host, a.port, tv);
     }
 
     if (c == NULL || c->err) {
@@ -149,20 +145,35 @@ mdm_connect(int timeout)
         mdm_admin.password = getenv("MDM_REDIS_PASSWORD");
     }
 
+    pass = NULL;
     if (mdm_admin.password) {
         if (mdm_password(mdm_admin.password, &pass) != 0) {
             redisFree(c);
             return NULL;
         }
-        argv[0] = "AUTH";
-        argv[1] = pass;
-        r = mdm_cmd(c, 2, argv, NULL);
+
+    } else if (a.password[0]) {
+        pass = strdup(a.password);
+    }
+
+    if (pass) {
+        n = 0;
+        argv[n++] = "AUTH";
+        if (a.username[0]) {
+            argv[n++] = a.username;
+        }
+        argv[n++] = pass;
+        r = mdm_cmd(c, n, argv, NULL);
         free(pass);
         if (r == NULL) {
             redisFree(c);
             return NULL;
         }
         freeReplyObject(r);
+    }
+
+    if (mdm_admin.db == 0) {
+        mdm_admin.db = a.db;
     }
 
     if (mdm_admin.db) {

@@ -423,6 +423,10 @@ my @bad = (
     [['enqueue', '--bogus', 'ProfileList', 'DEV1'], qr/unknown option --bogus/],
     [['enqueue', '--redis', 'unix:/nonexistent.sock', 'ProfileList', 'DEV1'],
      qr/^mdmctl enqueue: redis unix:\/nonexistent\.sock: /],
+    [['queue', '--redis', 'localhost:6379', 'DEV1'],
+     qr/^mdmctl queue: --redis: "localhost:6379" needs an IP address/],
+    [['queue', '--redis', '127.0.0.1:6379 timeout=3', 'DEV1'],
+     qr/"timeout=3" is not username=, password= or db=/],
     [['push', 'DEV1', 'NOSUCH'],
      qr/^mdmctl push: unknown enrollment id NOSUCH$/],
     [['queue'], qr/give one enrollment id/],
@@ -588,6 +592,14 @@ is_deeply [map { $_->{id} } @{ json_of($r) // [] }], ['TCP1'],
 is $r->{rc}, 1, 'wrong password refused';
 like $r->{err}, qr/^mdmctl devices: .*(WRONGPASS|invalid)/i, 'Redis error text';
 is scalar(() = $r->{err} =~ /\n/g), 1, 'one line';
+qx{$tcli ACL SETUSER mdm-adm on '>pw2' '~*' '&*' +\@all};
+$r = ctl('devices', '--json', '--redis',
+         "127.0.0.1:$port username=mdm-adm password=pw2 db=3");
+is_deeply [map { $_->{id} } @{ json_of($r) // [] }], ['TCP1'],
+    'one spec: address, username=, password=, db=';
+$r = ctl('devices', '--redis', "127.0.0.1:$port username=mdm-adm db=3",
+         '--password', 'pass:sEcret');
+is $r->{rc}, 1, "username= with another user's password refused";
 kill 'TERM', $rpid;
 waitpid $rpid, 0;
 
