@@ -191,6 +191,8 @@ EOF
 
 sub redis_sock { "$_[0]{dir}/redis.sock" }
 
+# %o: aof (appendonly yes), args (more redis-server arguments, e.g.
+# ['--appendfsync', 'always']), no_functions.
 sub start_redis {
     my ($self, %o) = @_;
     my $d = $self->{dir};
@@ -199,7 +201,7 @@ sub start_redis {
         '--appendonly', $o{aof} ? 'yes' : 'no', '--daemonize', 'no',
         '--logfile', "$d/redis.log", '--enable-debug-command', 'local',
         '--maxmemory-policy', 'noeviction',
-        '--hash-max-listpack-value', '2048');
+        '--hash-max-listpack-value', '2048', @{ $o{args} // [] });
     my $pid = fork // die;
     if (!$pid) {
         open STDOUT, '>', '/dev/null';
