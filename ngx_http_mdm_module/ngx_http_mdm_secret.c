@@ -103,7 +103,12 @@ ngx_http_mdm_secret_seal(ngx_http_request_t *r, mdm_message_t *m,
         }
     }
 
-    if (ngx_http_mdm_secret_fields[i][0] == NULL || val->len == 0) {
+    if (ngx_http_mdm_secret_fields[i][0] == NULL) {
+        return NGX_OK;
+    }
+
+    if (val->len == 0) {
+        ngx_str_set(val, "");
         return NGX_OK;
     }
 
