@@ -17,6 +17,7 @@
 
 #include "mdmctl.h"
 #include "mdm_redis_addr.h"
+#include "mdm_secret.h"
 
 
 #define MDM_CHUNK        10000
@@ -850,6 +851,10 @@ mdm_enqueue_unlock(redisContext *c, mdm_enqueue_t *eq, mdm_command_t *cmd,
             mdm_err("%s has no unlock_token (give UnlockToken=@FILE)",
                     ids->v[i]);
             rc = -1;
+        } else if (mdm_secret_reply(MDM_SECRET_UNLOCK, ids->v[i],
+                                    tok[i]->str, &tok[i]->len) != 0)
+        {
+            rc = -1;
         }
     }
 
@@ -903,6 +908,8 @@ static const char  mdm_enqueue_usage[] =
     "  --uuid UUID       CommandUUID (default: fresh, or the --plist file's)\n"
     "  --plist FILE      a complete command plist (XML or binary)\n"
     "  --chunk N         ids per FCALL (default 10000)\n"
+    "  --secret-key FILE opens the sealed UnlockTokens ClearPasscode reads\n"
+    "                    (default: $MDM_SECRET_KEY)\n"
     MDM_REDIS_HELP;
 
 
@@ -927,6 +934,7 @@ mdm_enqueue_main(int argc, char **argv)
         { "uuid", required_argument, NULL, 'u' },
         { "plist", required_argument, NULL, 'f' },
         { "chunk", required_argument, NULL, 'c' },
+        { "secret-key", required_argument, NULL, 'K' },
         MDM_REDIS_OPTS,
         { NULL, 0, NULL, 0 }
     };
@@ -975,6 +983,9 @@ mdm_enqueue_main(int argc, char **argv)
                 mdm_err("--chunk must be 1-1000000");
                 return MDM_USAGE;
             }
+            break;
+        case 'K':
+            mdm_secret_file = optarg;
             break;
         case 'h':
             return mdm_usage(mdm_enqueue_usage);
@@ -1487,6 +1498,110 @@ mdm_show_main(int argc, char **argv)
 
     freeReplyObject(r);
     return MDM_OK;
+}
+
+
+/* ---- escrow ------------------------------------------------------------- */
+
+static const char  mdm_escrow_usage[] =
+    "[options] <id> unlock|bootstrap\n"
+    "\n"
+    "Prints an enrollment's UnlockToken, or a device's BootstrapToken, in\n"
+    "base64, opened with the key file nginx seals them with.\n"
+    "\n"
+    "  --secret-key FILE key file (default: $MDM_SECRET_KEY)\n"
+    "  --out FILE        write the raw bytes to a new file (mode 0600)\n"
+    MDM_REDIS_HELP;
+
+static const char  *mdm_escrow_out;
+
+
+static int
+mdm_escrow_opt(int ch)
+{
+    switch (ch) {
+    case 'K':
+        mdm_secret_file = optarg;
+        return 0;
+    case 'o':
+        mdm_escrow_out = optarg;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+
+int
+mdm_escrow_main(int argc, char **argv)
+{
+    int            rc;
+    char          *k, *b64;
+    const char    *field;
+    redisReply    *r;
+    redisContext  *c;
+
+    static const struct option  extra[] = {
+        { "secret-key", required_argument, NULL, 'K' },
+        { "out", required_argument, NULL, 'o' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    MDM_OPTS(mdm_escrow_usage, extra, mdm_escrow_opt);
+
+    field = argc != 2 ? NULL
+            : strcmp(argv[1], "unlock") == 0 ? MDM_SECRET_UNLOCK
+            : strcmp(argv[1], "bootstrap") == 0 ? MDM_SECRET_BOOTSTRAP
+            : NULL;
+
+    if (field == NULL) {
+        mdm_err("give an enrollment id and unlock or bootstrap");
+        return MDM_USAGE;
+    }
+
+    c = mdm_connect(5);
+    k = mdm_enr_key(argv[0]);
+    if (c == NULL || k == NULL) {
+        redisFree(c);
+        free(k);
+        return MDM_ERROR;
+    }
+
+    r = redisCommand(c, "HGET %s %s", k, field);
+    free(k);
+    redisFree(c);
+
+    rc = MDM_ERROR;
+
+    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len == 0) {
+        mdm_err("%s has no %s", argv[0], field);
+
+    } else if (mdm_secret_reply(field, argv[0], r->str, &r->len) != 0) {
+        /* the error line is out */
+
+    } else if (mdm_escrow_out) {
+        if (mdm_write_file(mdm_escrow_out, r->str, r->len, 0600, 0) == 0) {
+            rc = MDM_OK;
+        }
+
+    } else {
+        b64 = mdm_base64((unsigned char *) r->str, r->len);
+        if (b64 && mdm_admin.json) {
+            rc = mdm_json_out(json_pack("{s:s,s:s,s:s}", "id", argv[0],
+                                        "field", field, "base64", b64));
+        } else if (b64) {
+            printf("%s\n", b64);
+            rc = MDM_OK;
+        }
+        free(b64);
+    }
+
+    if (r) {
+        OPENSSL_cleanse(r->str, r->len);
+        freeReplyObject(r);
+    }
+
+    return rc;
 }
 
 

@@ -31,6 +31,10 @@ static const mdm_cmd_t  mdm_commands[] = {
     { "status", mdm_status_main, "show a command's status on every target" },
     { "devices", mdm_devices_main, "list enrollments, recently seen first" },
     { "show", mdm_show_main, "show one enrollment" },
+    { "escrow", mdm_escrow_main,
+      "export an enrollment's UnlockToken or BootstrapToken" },
+    { "secret", mdm_secret_main,
+      "key files for the tokens sealed in Redis: keygen, check" },
     { "events", mdm_events_main, "follow the event stream" },
     { NULL, NULL, NULL }
 };

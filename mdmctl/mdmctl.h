@@ -154,6 +154,13 @@ int mdm_command_xml(mdm_command_t *cmd, char **xml, uint32_t *len);
 void mdm_command_free(mdm_command_t *cmd);
 int mdm_is_kv(const char *arg);
 
+/* secret.c: key files, sealed values read from Redis */
+extern const char  *mdm_secret_file;    /* --secret-key */
+
+int mdm_secret_main(int argc, char **argv);
+int mdm_secret_reply(const char *field, const char *id, char *str,
+    size_t *len);
+
 /* admin.c: the mdm Redis Functions for operators */
 int mdm_enqueue_main(int argc, char **argv);
 int mdm_push_main(int argc, char **argv);
@@ -164,6 +171,7 @@ int mdm_results_main(int argc, char **argv);
 int mdm_status_main(int argc, char **argv);
 int mdm_devices_main(int argc, char **argv);
 int mdm_show_main(int argc, char **argv);
+int mdm_escrow_main(int argc, char **argv);
 int mdm_events_main(int argc, char **argv);
 
 #endif /* MDMCTL_H */

@@ -16,6 +16,7 @@
 
 #include "ngx_http_mdm_message.h"
 #include "ngx_http_mdm_verify.h"
+#include "mdm_secret.h"
 
 
 /* The Redis Functions library version this module speaks. */
@@ -42,6 +43,7 @@ typedef struct {
     ngx_int_t                   db;
     ngx_msec_t                  timeout;
     ngx_flag_t                  configured;
+    mdm_secret_ring_t          *secrets;     /* mdm_secret_key, or NULL */
 } ngx_http_mdm_main_conf_t;
 
 
@@ -105,6 +107,14 @@ char *ngx_http_mdm_trusted_proxy_conf(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* store: one FCALL per device request */
 ngx_int_t ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx);
+
+/* secrets at rest */
+char *ngx_http_mdm_secret_key_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_mdm_secret_seal(ngx_http_request_t *r, mdm_message_t *m,
+    const char *key, ngx_str_t *val);
+const char *ngx_http_mdm_secret_open(ngx_http_request_t *r, const char *field,
+    const char *owner, size_t owner_len, ngx_str_t *val);
 
 /* redis */
 ngx_int_t ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle);

@@ -11,6 +11,7 @@
 
 static ngx_int_t ngx_http_mdm_add_variables(ngx_conf_t *cf);
 static void *ngx_http_mdm_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_mdm_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_mdm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -36,6 +37,13 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
     { ngx_string("mdm_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_mdm_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("mdm_secret_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_mdm_secret_key_conf,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -126,7 +134,7 @@ static ngx_http_module_t  ngx_http_mdm_module_ctx = {
     NULL,                                  /* postconfiguration */
 
     ngx_http_mdm_create_main_conf,         /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_mdm_init_main_conf,           /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -245,6 +253,22 @@ ngx_http_mdm_create_main_conf(ngx_conf_t *cf)
     mmcf->timeout = 3000;
 
     return mmcf;
+}
+
+
+static char *
+ngx_http_mdm_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_mdm_main_conf_t  *mmcf = conf;
+
+    /* an upgraded server keeps working; new secrets are stored in clear */
+    if (mmcf->configured && mmcf->secrets == NULL) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "mdm: no \"mdm_secret_key\": UnlockToken and "
+                           "BootstrapToken are stored in Redis in clear");
+    }
+
+    return NGX_CONF_OK;
 }
 
 

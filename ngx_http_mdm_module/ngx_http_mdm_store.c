@@ -47,7 +47,7 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
 {
     int                       argc, i;
     u_char                   *p, *flags, *enr, *cert, *na;
-    ngx_str_t                 raw;
+    ngx_str_t                 raw, v;
     size_t                    len[NGX_HTTP_MDM_ARGS_MAX];
     const char               *argv[NGX_HTTP_MDM_ARGS_MAX];
     mdm_message_t            *m;
@@ -132,6 +132,16 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
 
     } else {
         for (i = 0; i < m->nkv; i++) {
+            v.data = (u_char *) m->kv[i].val;
+            v.len = m->kv[i].len;
+
+            if (ngx_http_mdm_secret_seal(r, m, m->kv[i].key, &v) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            m->kv[i].val = (char *) v.data;
+            m->kv[i].len = v.len;
+
             argv[argc] = m->kv[i].key;
             len[argc++] = ngx_strlen(m->kv[i].key);
             argv[argc] = m->kv[i].val;
@@ -231,7 +241,22 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
             return;
         }
 
-        if (ngx_http_mdm_bootstrap_plist(r, payload, n, &body) != NGX_OK) {
+        /* the device may ask again once the key file is fixed */
+        body.data = payload;
+        body.len = n;
+        reason = (u_char *) ngx_http_mdm_secret_open(r, MDM_SECRET_BOOTSTRAP,
+                                                     ctx->msg.device_id,
+                                                     ctx->msg.device_id_len,
+                                                     &body);
+        if (reason) {
+            ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                (char *) reason);
+            return;
+        }
+
+        if (ngx_http_mdm_bootstrap_plist(r, body.data, body.len, &body)
+            != NGX_OK)
+        {
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
             return;
         }
@@ -255,7 +280,9 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
 
 /*
  * The raw message as a binary plist: the same content in about half the
- * bytes, which keeps an enrollment within 2 KB of Redis.
+ * bytes, which keeps an enrollment within 2 KB of Redis. The UnlockToken
+ * is left out: its one copy is the sealed unlock_token field (the store
+ * has already copied it out of the plist).
  */
 
 static ngx_int_t
@@ -265,7 +292,10 @@ ngx_http_mdm_binary(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
     char      *bin;
     uint32_t   n;
 
-    if (plist_is_binary((char *) ctx->body.data, ctx->body.len)) {
+    if (plist_dict_get_item(ctx->msg.root, "UnlockToken")) {
+        plist_dict_remove_item(ctx->msg.root, "UnlockToken");
+
+    } else if (plist_is_binary((char *) ctx->body.data, ctx->body.len)) {
         *out = ctx->body;
         return NGX_OK;
     }
