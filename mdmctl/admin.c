@@ -1537,7 +1537,7 @@ mdm_escrow_main(int argc, char **argv)
 {
     int            rc;
     char          *k, *b64;
-    const char    *field;
+    const char    *field, *cmd[3];
     redisReply    *r;
     redisContext  *c;
 
@@ -1567,13 +1567,19 @@ mdm_escrow_main(int argc, char **argv)
         return MDM_ERROR;
     }
 
-    r = redisCommand(c, "HGET %s %s", k, field);
+    cmd[0] = "HGET";
+    cmd[1] = k;
+    cmd[2] = field;
+    r = mdm_cmd(c, 3, cmd, NULL);
     free(k);
     redisFree(c);
 
     rc = MDM_ERROR;
 
-    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len == 0) {
+    if (r == NULL) {
+        /* mdm_cmd said why */
+
+    } else if (r->type != REDIS_REPLY_STRING || r->len == 0) {
         mdm_err("%s has no %s", argv[0], field);
 
     } else if (mdm_secret_reply(field, argv[0], r->str, &r->len) != 0) {
