@@ -226,12 +226,13 @@ sim_redis_enroll_direct(sim_t *sim, redisContext *rc, int n, char **ids)
         argv[10] = "";
         argv[11] = "0";
         argv[12] = sha;
-        for (j = 0; j < 13; j++) {
+        argv[13] = "0";                     /* no deadline */
+        for (j = 0; j < 14; j++) {
             lens[j] = strlen(argv[j]);
         }
-        sim_body_checkin_fields(sim, &dev, SIM_RQ_AUTHENTICATE, argv + 13,
-                                lens + 13, &nkv, hex);
-        argc = 13 + nkv;
+        sim_body_checkin_fields(sim, &dev, SIM_RQ_AUTHENTICATE, argv + 14,
+                                lens + 14, &nkv, hex);
+        argc = 14 + nkv;
         argv[argc] = "Raw";
         lens[argc++] = 3;
         argv[argc] = body.data;

@@ -38,6 +38,7 @@
 #define MDM_KEY_ENROLLMENTS          "mdm:enrollments"
 #define MDM_KEY_EVENTS               "mdm:events"
 #define MDM_KEY_CONF                 "mdm:conf"
+#define MDM_KEY_POLICY               "mdm:policy"
 #define MDM_KEY_SEQ                  "mdm:seq"
 #define MDM_KEY_PUSH_Q               "mdm:push:q"
 #define MDM_KEY_PUSH_PENDING         "mdm:push:pending"

@@ -16,7 +16,7 @@
 #include "ngx_http_mdm.h"
 
 
-#define NGX_HTTP_MDM_ARGS_MAX   (16 + 2 * MDM_KV_MAX)
+#define NGX_HTTP_MDM_ARGS_MAX   (18 + 2 * MDM_KV_MAX)
 
 
 static void ngx_http_mdm_store_reply(ngx_http_request_t *r,
@@ -46,7 +46,9 @@ ngx_int_t
 ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
 {
     int                       argc, i;
-    u_char                   *p, *flags, *enr, *cert, *na;
+    u_char                   *p, *flags, *enr, *cert, *na, *dl;
+    ngx_msec_t                margin;
+    ngx_time_t               *tp;
     ngx_str_t                 raw, v;
     size_t                    len[NGX_HTTP_MDM_ARGS_MAX];
     const char               *argv[NGX_HTTP_MDM_ARGS_MAX];
@@ -62,7 +64,7 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     len[3] = sizeof("mdm:{}:enr:") - 1 + m->device_id_len
              + m->enrollment_id_len;
     enr = ngx_pnalloc(r->pool, len[3] + sizeof("mdm:cert:") - 1 + 64
-                               + 4 + NGX_INT64_LEN);
+                               + 4 + 2 * NGX_INT64_LEN);
     if (enr == NULL) {
         return NGX_ERROR;
     }
@@ -89,6 +91,19 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     na = p;
     p = ngx_sprintf(na, "%T", ctx->cert_not_after);
     len[11] = p - na;
+
+    /*
+     * The function refuses to run past the moment our timer answers 503
+     * (less a margin for the trip back), so a timed-out request changes
+     * nothing.
+     */
+    margin = ngx_min(mmcf->timeout / 4, 500);
+    tp = ngx_timeofday();
+    dl = p;
+    p = ngx_sprintf(dl, "%uM",
+                    (uint64_t) tp->sec * 1000 + tp->msec
+                    + mmcf->timeout - margin);
+    len[13] = p - dl;
 
     argv[0] = "FCALL";
     len[0] = 5;
@@ -120,7 +135,8 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     argv[11] = (char *) na;
     argv[12] = (char *) ctx->cert_sha256;
     len[12] = 64;
-    argc = 13;
+    argv[13] = (char *) dl;
+    argc = 14;
 
     if (m->type == MDM_MSG_REPORT) {
         argv[argc] = m->status;
