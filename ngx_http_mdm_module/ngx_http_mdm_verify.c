@@ -12,7 +12,6 @@
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
-#include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
@@ -20,6 +19,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "ngx_http_mdm_cms.h"
 #include "ngx_http_mdm_verify.h"
 
 
@@ -27,11 +27,17 @@
 #define MDM_CACHE_WAYS  8
 
 
+/*
+ * A certificate that chains to a configured CA, decoded once: a known
+ * device's Mdm-Signature costs neither certificate decoding nor chain
+ * building.  The entry holds a reference to the X509.
+ */
 typedef struct {
     unsigned char        key[32];      /* SHA-256 of the certificate DER */
     time_t               not_before;   /* latest notBefore of the chain */
     time_t               expires;      /* min(chain notAfter, added + ttl) */
     uint64_t             used;         /* LRU tick, 0 = free slot */
+    X509                *cert;
 } mdm_cache_entry_t;
 
 
@@ -43,23 +49,25 @@ struct mdm_verifier_s {
     size_t               ways;
     uint64_t             tick;
     time_t               ttl;
+    EVP_MD              *md[MDM_CMS_MD_N];     /* fetched once */
+    EVP_MD_CTX          *mdctx;
     mdm_verify_stats_t   stats;
-    unsigned             method_ref:1;
 };
 
 
-/* Reads the body pieces in order without copying them first. */
+/* What mdm_cert_sha256_hex() and mdm_cert_not_after() found, per X509. */
 typedef struct {
-    const struct iovec  *iov;
-    int                  n;
-    int                  i;
-    size_t               off;
-} mdm_iov_reader_t;
+    char                 sha256[65];
+    time_t               not_after;
+    unsigned             has_not_after:1;
+} mdm_cert_facts_t;
 
 
-static int mdm_iov_read(BIO *b, char *out, size_t outl, size_t *readbytes);
-static long mdm_iov_ctrl(BIO *b, int cmd, long num, void *ptr);
-static BIO *mdm_iov_bio(mdm_iov_reader_t *r, const struct iovec *iov, int n);
+static int mdm_signed_by(mdm_verifier_t *v, const mdm_cms_signer_t *s,
+    const EVP_MD *md, X509 *cert, const struct iovec *body, int nbody,
+    const char **reason);
+static int mdm_extra_certs(const mdm_cms_t *cms, int signer,
+    STACK_OF(X509) **extra);
 static int mdm_b64_decode(const unsigned char *in, size_t len,
     unsigned char **out, size_t *outlen);
 static int mdm_url_unescape(const unsigned char *in, size_t len,
@@ -68,28 +76,33 @@ static int mdm_load_intermediates(mdm_verifier_t *v, const char *file,
     char *err, size_t errlen);
 static int mdm_chain(mdm_verifier_t *v, X509 *cert,
     STACK_OF(X509) *extra, time_t now, const char **reason);
+static int mdm_chain_cache(mdm_verifier_t *v, X509 *cert,
+    const unsigned char *key, STACK_OF(X509) *extra, time_t now,
+    const char **reason);
 static int mdm_chain_build(mdm_verifier_t *v, X509 *cert,
     STACK_OF(X509) *extra, time_t now, time_t *not_before,
     time_t *not_after, const char **reason);
 static const char *mdm_chain_reason(int err, int depth);
 static mdm_cache_entry_t *mdm_cache_set(mdm_verifier_t *v,
     const unsigned char *key);
-static int mdm_cache_lookup(mdm_verifier_t *v, const unsigned char *key,
-    time_t now);
+static mdm_cache_entry_t *mdm_cache_lookup(mdm_verifier_t *v,
+    const unsigned char *key, time_t now);
 static void mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key,
-    time_t now, time_t not_before, time_t not_after);
+    X509 *cert, time_t now, time_t not_before, time_t not_after);
+static void mdm_cache_drop(mdm_verifier_t *v, mdm_cache_entry_t *e);
+static mdm_cert_facts_t *mdm_cert_facts(X509 *cert);
+static void mdm_cert_facts_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad,
+    int idx, long argl, void *argp);
 static time_t mdm_asn1_time(const ASN1_TIME *t);
-static int mdm_digest_allowed(CMS_SignerInfo *si);
 static int mdm_fail(const char **reason, const char *text);
 
 
-/*
- * One BIO_METHOD shared by all verifiers of the process: BIO type indexes
- * are a small global resource, and a master process that re-creates its
- * verifiers on every reload must not use up one each time.
- */
-static BIO_METHOD  *mdm_iov_method;
-static unsigned     mdm_iov_method_users;
+static const char  *mdm_md_names[MDM_CMS_MD_N] = {
+    NULL, "SHA1", "SHA224", "SHA256", "SHA384", "SHA512"
+};
+
+/* ex_data index of mdm_cert_facts_t, -1 until first needed */
+static int  mdm_facts_index = -1;
 
 
 mdm_verifier_t *
@@ -99,6 +112,15 @@ mdm_verifier_create(const char *ca_file, const char *intermediates_file,
     int              n;
     mdm_verifier_t  *v;
     unsigned long    e;
+
+    if (mdm_facts_index == -1) {
+        mdm_facts_index = X509_get_ex_new_index(0, NULL, NULL, NULL,
+                                                mdm_cert_facts_free);
+        if (mdm_facts_index == -1) {
+            snprintf(err, errlen, "X509_get_ex_new_index() failed");
+            return NULL;
+        }
+    }
 
     if (errlen) {
         err[0] = '\0';
@@ -112,28 +134,19 @@ mdm_verifier_create(const char *ca_file, const char *intermediates_file,
 
     v->ttl = MDM_VERIFY_DEFAULT_TTL;
 
-    if (mdm_iov_method == NULL) {
-        n = BIO_get_new_index();
-        if (n == -1) {
-            snprintf(err, errlen, "BIO_get_new_index() failed");
-            goto failed;
-        }
-
-        mdm_iov_method = BIO_meth_new(n | BIO_TYPE_SOURCE_SINK,
-                                      "mdm body");
-        if (mdm_iov_method == NULL
-            || !BIO_meth_set_read_ex(mdm_iov_method, mdm_iov_read)
-            || !BIO_meth_set_ctrl(mdm_iov_method, mdm_iov_ctrl))
-        {
-            snprintf(err, errlen, "BIO_meth_new() failed");
-            BIO_meth_free(mdm_iov_method);
-            mdm_iov_method = NULL;
+    for (n = 1; n < MDM_CMS_MD_N; n++) {
+        v->md[n] = EVP_MD_fetch(NULL, mdm_md_names[n], NULL);
+        if (v->md[n] == NULL) {
+            snprintf(err, errlen, "no %s digest", mdm_md_names[n]);
             goto failed;
         }
     }
 
-    mdm_iov_method_users++;
-    v->method_ref = 1;
+    v->mdctx = EVP_MD_CTX_new();
+    if (v->mdctx == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto failed;
+    }
 
     v->store = X509_STORE_new();
     if (v->store == NULL) {
@@ -185,15 +198,21 @@ failed:
 void
 mdm_verifier_free(mdm_verifier_t *v)
 {
+    size_t  i;
+
     if (v == NULL) {
         return;
     }
 
-    if (v->method_ref && --mdm_iov_method_users == 0) {
-        BIO_meth_free(mdm_iov_method);
-        mdm_iov_method = NULL;
+    for (i = 0; v->cache && i < v->nsets * v->ways; i++) {
+        X509_free(v->cache[i].cert);
     }
 
+    for (i = 0; i < MDM_CMS_MD_N; i++) {
+        EVP_MD_free(v->md[i]);
+    }
+
+    EVP_MD_CTX_free(v->mdctx);
     X509_STORE_free(v->store);
     sk_X509_pop_free(v->untrusted, X509_free);
     free(v->cache);
@@ -269,22 +288,20 @@ int
 mdm_verify_signature(mdm_verifier_t *v, const unsigned char *b64, size_t len,
     const struct iovec *body, int nbody, X509 **signer, const char **reason)
 {
-    int                         rc;
-    size_t                      derlen;
-    X509                       *cert;
-    BIO                        *content;
-    unsigned char              *der;
-    const unsigned char        *p;
-    CMS_ContentInfo            *cms;
-    CMS_SignerInfo             *si;
-    STACK_OF(X509)             *certs;
-    mdm_iov_reader_t            reader;
-    STACK_OF(CMS_SignerInfo)   *sinfos;
+    int                   rc, i;
+    X509                 *cert;
+    time_t                now;
+    size_t                derlen;
+    mdm_cms_t             cms;
+    const EVP_MD         *md;
+    unsigned char        *der, key[32];
+    STACK_OF(X509)       *extra;
+    mdm_cache_entry_t    *e;
+    const unsigned char  *p;
 
     *signer = NULL;
-    cms = NULL;
-    certs = NULL;
-    content = NULL;
+    cert = NULL;
+    extra = NULL;
     rc = -1;
 
     if (len > MDM_VERIFY_MAX_SIGNATURE) {
@@ -295,98 +312,99 @@ mdm_verify_signature(mdm_verifier_t *v, const unsigned char *b64, size_t len,
         return mdm_fail(reason, "bad base64");
     }
 
-    p = der;
-    cms = d2i_CMS_ContentInfo(NULL, &p, (long) derlen);
-
-    if (cms == NULL) {
-        mdm_fail(reason, "signature is not CMS");
+    if (mdm_cms_parse(der, derlen, &cms, reason) != 0) {
         goto done;
     }
 
-    if (p != der + derlen) {
-        mdm_fail(reason, "trailing data after signature");
-        goto done;
-    }
-
-    if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
-        mdm_fail(reason, "signature is not CMS SignedData");
-        goto done;
-    }
-
-    if (CMS_is_detached(cms) != 1) {
+    if (!cms.detached) {
         mdm_fail(reason, "signature is not detached");
         goto done;
     }
 
-    sinfos = CMS_get0_SignerInfos(cms);
-
-    if (sk_CMS_SignerInfo_num(sinfos) < 1) {
+    if (cms.nsigners < 1) {
         mdm_fail(reason, "no signer");
         goto done;
     }
 
-    if (sk_CMS_SignerInfo_num(sinfos) > 1) {
+    if (cms.nsigners > 1) {
         mdm_fail(reason, "more than one signer");
         goto done;
     }
 
-    si = sk_CMS_SignerInfo_value(sinfos, 0);
+    md = v->md[cms.signer.md];
 
-    if (!mdm_digest_allowed(si)) {
+    if (md == NULL) {
         mdm_fail(reason, "unsupported digest algorithm");
         goto done;
     }
 
+    if (cms.signer.sig == MDM_CMS_SIG_UNKNOWN) {
+        mdm_fail(reason, "unsupported signature algorithm");
+        goto done;
+    }
+
     /* Only certificates carried in the signature may identify the signer. */
-    if (CMS_set1_signers_certs(cms, NULL, 0) < 0) {
+    i = mdm_cms_find_signer(&cms);
+
+    if (i < 0) {
         mdm_fail(reason, "signer certificate not embedded");
         goto done;
     }
 
-    CMS_SignerInfo_get0_algs(si, NULL, &cert, NULL, NULL);
-
-    if (cert == NULL) {
-        mdm_fail(reason, "signer certificate not embedded");
-        goto done;
-    }
-
-    content = mdm_iov_bio(&reader, body, nbody);
-    if (content == NULL) {
-        mdm_fail(reason, "out of memory");
-        goto done;
-    }
-
-    /*
-     * CMS_BINARY: the body is hashed as is, no MIME canonicalisation.
-     * The chain is checked below with the TLS client purpose, not S/MIME.
-     */
-    if (CMS_verify(cms, NULL, NULL, content, NULL,
-                   CMS_DETACHED | CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY)
-        != 1)
+    if (!EVP_Digest(cms.certs[i].data, cms.certs[i].len, key, NULL,
+                    v->md[MDM_CMS_MD_SHA256], NULL))
     {
-        mdm_fail(reason, "signature does not verify");
+        mdm_fail(reason, "cannot hash certificate");
         goto done;
     }
 
-    certs = CMS_get1_certs(cms);
+    now = time(NULL);
+    e = v->cache ? mdm_cache_lookup(v, key, now) : NULL;
 
-    if (mdm_chain(v, cert, certs, time(NULL), reason) != 0) {
+    if (e) {
+        cert = e->cert;
+        if (!X509_up_ref(cert)) {
+            cert = NULL;
+            mdm_fail(reason, "out of memory");
+            goto done;
+        }
+
+    } else {
+        v->stats.cert_decodes++;
+
+        p = cms.certs[i].data;
+        cert = d2i_X509(NULL, &p, (long) cms.certs[i].len);
+
+        if (cert == NULL || p != cms.certs[i].data + cms.certs[i].len) {
+            mdm_fail(reason, "bad signer certificate");
+            goto done;
+        }
+    }
+
+    if (mdm_signed_by(v, &cms.signer, md, cert, body, nbody, reason) != 0) {
         goto done;
     }
 
-    if (!X509_up_ref(cert)) {
-        mdm_fail(reason, "out of memory");
-        goto done;
+    if (e == NULL) {
+        /* The other certificates serve as untrusted intermediates. */
+        if (mdm_extra_certs(&cms, i, &extra) != 0) {
+            mdm_fail(reason, "bad certificate in signature");
+            goto done;
+        }
+
+        if (mdm_chain_cache(v, cert, key, extra, now, reason) != 0) {
+            goto done;
+        }
     }
 
     *signer = cert;
+    cert = NULL;
     rc = 0;
 
 done:
 
-    BIO_free(content);
-    sk_X509_pop_free(certs, X509_free);
-    CMS_ContentInfo_free(cms);
+    X509_free(cert);
+    sk_X509_pop_free(extra, X509_free);
     OPENSSL_clear_free(der, derlen);
     ERR_clear_error();
 
@@ -394,108 +412,122 @@ done:
 }
 
 
+/*
+ * The message digest of the body against the signed attribute, then the
+ * signature over the attributes DER-encoded as a SET (the [0] tag turned
+ * into SET, RFC 5652 5.4); without attributes, over the body itself.
+ */
+
 static int
-mdm_digest_allowed(CMS_SignerInfo *si)
+mdm_signed_by(mdm_verifier_t *v, const mdm_cms_signer_t *s,
+    const EVP_MD *md, X509 *cert, const struct iovec *body, int nbody,
+    const char **reason)
 {
-    X509_ALGOR         *alg;
-    const ASN1_OBJECT  *obj;
+    int              i, ok, type;
+    EVP_PKEY        *pkey;
+    EVP_MD_CTX      *ctx;
+    unsigned int     n;
+    unsigned char    digest[EVP_MAX_MD_SIZE];
 
-    CMS_SignerInfo_get0_algs(si, NULL, NULL, &alg, NULL);
+    static const unsigned char  set = 0x31;
 
-    if (alg == NULL) {
-        return 0;
+    pkey = X509_get0_pubkey(cert);
+    if (pkey == NULL) {
+        return mdm_fail(reason, "bad signer key");
     }
 
-    X509_ALGOR_get0(&obj, NULL, NULL, alg);
+    type = EVP_PKEY_get_base_id(pkey);
 
-    switch (OBJ_obj2nid(obj)) {
-    case NID_sha1:
-    case NID_sha224:
-    case NID_sha256:
-    case NID_sha384:
-    case NID_sha512:
-        return 1;
-    default:
-        return 0;
+    if ((s->sig == MDM_CMS_SIG_RSA && type != EVP_PKEY_RSA)
+        || (s->sig == MDM_CMS_SIG_ECDSA && type != EVP_PKEY_EC))
+    {
+        return mdm_fail(reason, "signature algorithm does not fit the key");
     }
+
+    ctx = v->mdctx;
+
+    if (s->signed_attrs.len) {
+        if (!EVP_DigestInit_ex(ctx, md, NULL)) {
+            return mdm_fail(reason, "digest failed");
+        }
+
+        for (i = 0; i < nbody; i++) {
+            if (body[i].iov_len
+                && !EVP_DigestUpdate(ctx, body[i].iov_base, body[i].iov_len))
+            {
+                return mdm_fail(reason, "digest failed");
+            }
+        }
+
+        if (!EVP_DigestFinal_ex(ctx, digest, &n)) {
+            return mdm_fail(reason, "digest failed");
+        }
+
+        if (n != s->message_digest.len
+            || CRYPTO_memcmp(digest, s->message_digest.data, n) != 0)
+        {
+            return mdm_fail(reason, "signature does not verify");
+        }
+
+        EVP_MD_CTX_reset(ctx);
+
+        ok = EVP_DigestVerifyInit(ctx, NULL, md, NULL, pkey) == 1
+             && EVP_DigestVerifyUpdate(ctx, &set, 1) == 1
+             && EVP_DigestVerifyUpdate(ctx, s->signed_attrs.data + 1,
+                                       s->signed_attrs.len - 1) == 1;
+
+    } else {
+        ok = EVP_DigestVerifyInit(ctx, NULL, md, NULL, pkey) == 1;
+
+        for (i = 0; ok && i < nbody; i++) {
+            ok = body[i].iov_len == 0
+                 || EVP_DigestVerifyUpdate(ctx, body[i].iov_base,
+                                           body[i].iov_len) == 1;
+        }
+    }
+
+    ok = ok && EVP_DigestVerifyFinal(ctx, s->signature.data,
+                                     s->signature.len) == 1;
+
+    EVP_MD_CTX_reset(ctx);
+
+    return ok ? 0 : mdm_fail(reason, "signature does not verify");
 }
 
 
-static BIO *
-mdm_iov_bio(mdm_iov_reader_t *r, const struct iovec *iov, int n)
-{
-    BIO  *b;
-
-    b = BIO_new(mdm_iov_method);
-    if (b == NULL) {
-        return NULL;
-    }
-
-    r->iov = iov;
-    r->n = n > 0 ? n : 0;
-    r->i = 0;
-    r->off = 0;
-
-    BIO_set_data(b, r);
-    BIO_set_init(b, 1);
-
-    return b;
-}
-
-
 static int
-mdm_iov_read(BIO *b, char *out, size_t outl, size_t *readbytes)
+mdm_extra_certs(const mdm_cms_t *cms, int signer, STACK_OF(X509) **extra)
 {
-    size_t             total, n;
-    mdm_iov_reader_t  *r;
+    int                   i;
+    X509                 *x;
+    const unsigned char  *p;
 
-    r = BIO_get_data(b);
-    total = 0;
+    *extra = NULL;
 
-    BIO_clear_retry_flags(b);
-
-    while (total < outl && r->i < r->n) {
-        n = r->iov[r->i].iov_len - r->off;
-
-        if (n == 0) {
-            r->i++;
-            r->off = 0;
+    for (i = 0; i < cms->ncerts; i++) {
+        if (i == signer) {
             continue;
         }
 
-        if (n > outl - total) {
-            n = outl - total;
+        if (*extra == NULL) {
+            *extra = sk_X509_new_null();
+            if (*extra == NULL) {
+                return -1;
+            }
         }
 
-        memcpy(out + total, (const char *) r->iov[r->i].iov_base + r->off, n);
-        r->off += n;
-        total += n;
+        p = cms->certs[i].data;
+        x = d2i_X509(NULL, &p, (long) cms->certs[i].len);
+
+        if (x == NULL || p != cms->certs[i].data + cms->certs[i].len
+            || !sk_X509_push(*extra, x))
+        {
+            X509_free(x);
+            return -1;
+        }
     }
 
-    *readbytes = total;
-
-    return total > 0;
-}
-
-
-static long
-mdm_iov_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-    mdm_iov_reader_t  *r;
-
-    (void) num;
-    (void) ptr;
-
-    r = BIO_get_data(b);
-
-    switch (cmd) {
-    case BIO_CTRL_FLUSH:
-        return 1;
-    case BIO_CTRL_EOF:
-        return r->i >= r->n;
-    default:
-        return 0;
-    }
+    return 0;
 }
 
 
@@ -755,27 +787,40 @@ static int
 mdm_chain(mdm_verifier_t *v, X509 *cert, STACK_OF(X509) *extra, time_t now,
     const char **reason)
 {
-    int            rc;
-    time_t         not_before, not_after;
     unsigned int   n;
     unsigned char  key[EVP_MAX_MD_SIZE];
 
-    if (v->cache) {
-        if (!X509_digest(cert, EVP_sha256(), key, &n) || n != 32) {
-            ERR_clear_error();
-            return mdm_fail(reason, "cannot hash certificate");
-        }
-
-        if (mdm_cache_lookup(v, key, now)) {
-            return 0;
-        }
+    if (v->cache == NULL) {
+        return mdm_chain_cache(v, cert, NULL, extra, now, reason);
     }
+
+    if (!X509_digest(cert, v->md[MDM_CMS_MD_SHA256], key, &n) || n != 32) {
+        ERR_clear_error();
+        return mdm_fail(reason, "cannot hash certificate");
+    }
+
+    if (mdm_cache_lookup(v, key, now)) {
+        return 0;
+    }
+
+    return mdm_chain_cache(v, cert, key, extra, now, reason);
+}
+
+
+/* Builds the chain (the cache had nothing) and caches a success. */
+
+static int
+mdm_chain_cache(mdm_verifier_t *v, X509 *cert, const unsigned char *key,
+    STACK_OF(X509) *extra, time_t now, const char **reason)
+{
+    int     rc;
+    time_t  not_before, not_after;
 
     rc = mdm_chain_build(v, cert, extra, now, &not_before, &not_after,
                          reason);
 
-    if (rc == 0 && v->cache) {
-        mdm_cache_insert(v, key, now, not_before, not_after);
+    if (rc == 0 && v->cache && key) {
+        mdm_cache_insert(v, key, cert, now, not_before, not_after);
     }
 
     ERR_clear_error();
@@ -919,7 +964,7 @@ mdm_cache_set(mdm_verifier_t *v, const unsigned char *key)
 }
 
 
-static int
+static mdm_cache_entry_t *
 mdm_cache_lookup(mdm_verifier_t *v, const unsigned char *key, time_t now)
 {
     size_t              i;
@@ -937,23 +982,22 @@ mdm_cache_lookup(mdm_verifier_t *v, const unsigned char *key, time_t now)
         if (now >= e->not_before && now < e->expires) {
             e->used = ++v->tick;
             v->stats.cache_hits++;
-            return 1;
+            return e;
         }
 
-        e->used = 0;
-        v->stats.cache_entries--;
+        mdm_cache_drop(v, e);
         v->stats.cache_expired++;
-        return 0;
+        return NULL;
     }
 
     v->stats.cache_misses++;
-    return 0;
+    return NULL;
 }
 
 
 static void
-mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key, time_t now,
-    time_t not_before, time_t not_after)
+mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key, X509 *cert,
+    time_t now, time_t not_before, time_t not_after)
 {
     size_t              i;
     time_t              expires;
@@ -964,7 +1008,7 @@ mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key, time_t now,
         expires = not_after;
     }
 
-    if (expires <= now) {
+    if (expires <= now || !X509_up_ref(cert)) {
         return;
     }
 
@@ -984,17 +1028,80 @@ mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key, time_t now,
         }
     }
 
-    if (e->used == 0) {
-        v->stats.cache_entries++;
-
-    } else if (memcmp(e->key, key, sizeof(e->key)) != 0) {
+    if (e->used && memcmp(e->key, key, sizeof(e->key)) != 0) {
         v->stats.cache_evictions++;
     }
+
+    mdm_cache_drop(v, e);
 
     memcpy(e->key, key, sizeof(e->key));
     e->not_before = not_before;
     e->expires = expires;
     e->used = ++v->tick;
+    e->cert = cert;
+    v->stats.cache_entries++;
+}
+
+
+static void
+mdm_cache_drop(mdm_verifier_t *v, mdm_cache_entry_t *e)
+{
+    if (e->used == 0) {
+        return;
+    }
+
+    X509_free(e->cert);
+    e->cert = NULL;
+    e->used = 0;
+    v->stats.cache_entries--;
+}
+
+
+/*
+ * The hash and notAfter of a certificate are asked for on every request;
+ * a cached X509 serves many, so they are kept with it.
+ */
+
+static mdm_cert_facts_t *
+mdm_cert_facts(X509 *cert)
+{
+    mdm_cert_facts_t  *f;
+
+    if (mdm_facts_index == -1) {
+        return NULL;
+    }
+
+    f = X509_get_ex_data(cert, mdm_facts_index);
+    if (f) {
+        return f;
+    }
+
+    f = calloc(1, sizeof(mdm_cert_facts_t));
+    if (f == NULL) {
+        return NULL;
+    }
+
+    if (!X509_set_ex_data(cert, mdm_facts_index, f)) {
+        free(f);
+        ERR_clear_error();
+        return NULL;
+    }
+
+    return f;
+}
+
+
+static void
+mdm_cert_facts_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
+    long argl, void *argp)
+{
+    (void) parent;
+    (void) ad;
+    (void) idx;
+    (void) argl;
+    (void) argp;
+
+    free(ptr);
 }
 
 
@@ -1003,8 +1110,16 @@ mdm_cert_sha256_hex(X509 *cert, char out[65])
 {
     static const char  hex[] = "0123456789abcdef";
 
-    unsigned int   i, n;
-    unsigned char  md[EVP_MAX_MD_SIZE];
+    unsigned int       i, n;
+    unsigned char      md[EVP_MAX_MD_SIZE];
+    mdm_cert_facts_t  *f;
+
+    f = mdm_cert_facts(cert);
+
+    if (f && f->sha256[0]) {
+        memcpy(out, f->sha256, 65);
+        return 0;
+    }
 
     if (!X509_digest(cert, EVP_sha256(), md, &n) || n != 32) {
         ERR_clear_error();
@@ -1019,6 +1134,10 @@ mdm_cert_sha256_hex(X509 *cert, char out[65])
 
     out[64] = '\0';
 
+    if (f) {
+        memcpy(f->sha256, out, 65);
+    }
+
     return 0;
 }
 
@@ -1026,7 +1145,23 @@ mdm_cert_sha256_hex(X509 *cert, char out[65])
 time_t
 mdm_cert_not_after(X509 *cert)
 {
-    return mdm_asn1_time(X509_get0_notAfter(cert));
+    time_t             t;
+    mdm_cert_facts_t  *f;
+
+    f = mdm_cert_facts(cert);
+
+    if (f && f->has_not_after) {
+        return f->not_after;
+    }
+
+    t = mdm_asn1_time(X509_get0_notAfter(cert));
+
+    if (f && t != (time_t) -1) {
+        f->not_after = t;
+        f->has_not_after = 1;
+    }
+
+    return t;
 }
 
 

@@ -48,6 +48,7 @@ typedef struct {
     uint64_t  cache_expired;    /* lookups that found an expired entry */
     uint64_t  cache_evictions;  /* live entries pushed out by new ones */
     uint64_t  cache_entries;    /* entries currently stored */
+    uint64_t  cert_decodes;     /* signer certificates decoded (misses) */
 } mdm_verify_stats_t;
 
 
@@ -70,14 +71,17 @@ void mdm_verifier_set_cache_ttl(mdm_verifier_t *v, time_t ttl);
 void mdm_verifier_get_stats(mdm_verifier_t *v, mdm_verify_stats_t *st);
 
 /*
- * Mdm-Signature: base64 of a detached CMS SignedData (DER or
- * indefinite-length BER), SHA-1 or SHA-2 digest, exactly one signer whose
- * certificate is embedded.  The signed content is the exact body, given
- * as nbody pieces that are read in order and never copied or re-encoded.
- * After the signature, the signer certificate's chain is verified as by
+ * Mdm-Signature: base64 of a detached CMS SignedData (DER, or with the
+ * indefinite-length envelope devices send; see ngx_http_mdm_cms.h), SHA-1
+ * or SHA-2 digest, RSA or ECDSA, exactly one signer whose certificate is
+ * embedded.  The signed content is the exact body, given as nbody pieces
+ * that are read in order and never copied or re-encoded.  After the
+ * signature, the signer certificate's chain is verified as by
  * mdm_verify_chain() at the current time; other certificates embedded in
- * the signature serve as untrusted intermediates.  On success *signer is
- * a new reference the caller must X509_free().
+ * the signature serve as untrusted intermediates.  A certificate found in
+ * the cache (by the SHA-256 of its bytes in the message) is neither
+ * decoded nor chain-verified again until its entry expires.  On success
+ * *signer is a new reference the caller must X509_free().
  */
 int mdm_verify_signature(mdm_verifier_t *v, const unsigned char *b64,
     size_t len, const struct iovec *body, int nbody, X509 **signer,
@@ -95,16 +99,17 @@ int mdm_parse_forwarded_cert(const unsigned char *value, size_t len,
 /*
  * Chain of cert to a configured CA (plus the configured intermediates)
  * with the TLS client purpose, validity checked at `now` for every
- * certificate in the chain.  Successful results are cached under the
- * SHA-256 of the certificate DER until the earliest notAfter of the chain
- * or the TTL, whichever comes first.  Failures are not cached.  An entry
+ * certificate in the chain.  Successful results are cached, with a
+ * reference to the certificate, under the SHA-256 of the certificate DER
+ * until the earliest notAfter of the chain or the TTL, whichever comes
+ * first (and not before the latest notBefore).  Failures are not cached.  An entry
  * says "this certificate chains to a configured CA", however the chain was
  * found (configured or embedded intermediates).
  */
 int mdm_verify_chain(mdm_verifier_t *v, X509 *cert, time_t now,
     const char **reason);
 
-/* SHA-256 of the DER as 64 lowercase hex digits plus NUL. */
+/* SHA-256 of the DER as 64 lowercase hex digits plus NUL (memoized). */
 int mdm_cert_sha256_hex(X509 *cert, char out[65]);
 
 /* notAfter as unix time, (time_t) -1 on error. */

@@ -25,7 +25,8 @@ use Time::Local qw(timegm);
 my $t = MdmTest->new(no_redis => 1);
 my $d = $t->dir;
 my $root = $t->root;
-my $src = "$root/ngx_http_mdm_module/ngx_http_mdm_verify.c";
+my $src = "$root/ngx_http_mdm_module/ngx_http_mdm_verify.c"
+    . " $root/ngx_http_mdm_module/ngx_http_mdm_cms.c";
 my $test_src = "$root/t/unit/verify_test.c";
 
 # ---- PKI -------------------------------------------------------------------
