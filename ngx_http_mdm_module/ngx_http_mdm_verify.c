@@ -288,9 +288,18 @@ int
 mdm_verify_signature(mdm_verifier_t *v, const unsigned char *b64, size_t len,
     const struct iovec *body, int nbody, X509 **signer, const char **reason)
 {
+    return mdm_verify_signature_at(v, b64, len, body, nbody, time(NULL),
+                                   signer, reason);
+}
+
+
+int
+mdm_verify_signature_at(mdm_verifier_t *v, const unsigned char *b64,
+    size_t len, const struct iovec *body, int nbody, time_t now,
+    X509 **signer, const char **reason)
+{
     int                   rc, i;
     X509                 *cert;
-    time_t                now;
     size_t                derlen;
     mdm_cms_t             cms;
     const EVP_MD         *md;
@@ -358,7 +367,6 @@ mdm_verify_signature(mdm_verifier_t *v, const unsigned char *b64, size_t len,
         goto done;
     }
 
-    now = time(NULL);
     e = v->cache ? mdm_cache_lookup(v, key, now) : NULL;
 
     if (e) {

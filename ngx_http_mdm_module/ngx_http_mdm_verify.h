@@ -87,6 +87,11 @@ int mdm_verify_signature(mdm_verifier_t *v, const unsigned char *b64,
     size_t len, const struct iovec *body, int nbody, X509 **signer,
     const char **reason);
 
+/* The same, with validity and the cache judged at `now` (tests). */
+int mdm_verify_signature_at(mdm_verifier_t *v, const unsigned char *b64,
+    size_t len, const struct iovec *body, int nbody, time_t now,
+    X509 **signer, const char **reason);
+
 /*
  * A certificate forwarded by a TLS terminator: nginx's
  * $ssl_client_escaped_cert (URL-escaped PEM) or RFC 9440

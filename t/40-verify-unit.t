@@ -116,12 +116,43 @@ my %sig = (
     'attached'    => [ $c{dev1}, attached => 1 ],
     'inter-embedded' => [ $c{devi}, certfile => $c{inter}{cert} ],
     'inter-bare'  => [ $c{devi} ],
+    'short'       => [ $c{devshort} ],
 );
 my %der;
 for my $n (sort keys %sig) {
     my ($who, %o) = @{ $sig{$n} };
     $der{$n} = sign_der($body, $who, %o);
     $t->spew("$n.b64", encode_base64($der{$n}, ''));
+}
+
+# Signed attributes changed in place (no length changes): the fast reader
+# refuses them before any signature check, or the signature fails.
+sub patch_last {
+    my ($der, $from, $to) = @_;
+    my $i = rindex($der, $from);
+    die 'pattern not found' if $i < 0;
+    substr($der, $i, length $from) = $to;
+    return $der;
+}
+my $pkcs9 = "\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x09";
+my $data_oid = "\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01";
+my $sd = $der{'sha256-der'};
+my %patched = (
+    'ct-not-data' => patch_last($sd, "${pkcs9}\x03\x31\x0b$data_oid",
+        "${pkcs9}\x03\x31\x0b" . substr($data_oid, 0, -1) . "\x02"),
+    'no-ct'       => patch_last($sd, "${pkcs9}\x03\x31", "${pkcs9}\x08\x31"),
+    'no-md'       => patch_last($sd, "${pkcs9}\x04\x31", "${pkcs9}\x07\x31"),
+    'two-md'      => patch_last($sd, "${pkcs9}\x03\x31\x0b$data_oid",
+        "${pkcs9}\x04\x31\x0b\x04\x09" . "\0" x 9),
+    'sigalg'      => patch_last($sd, "\x2a\x86\x48\xce\x3d\x04\x03\x02",
+                                "\x2a\x86\x48\xce\x3d\x04\x03\x09"),
+);
+# signing time one year later: the signature over the attributes fails
+my ($st) = $sd =~ /\Q$pkcs9\E\x05\x31\x0f\x17\x0d(\d\d)/ or die 'no signingTime';
+$patched{'attrs-changed'} = patch_last($sd, "${pkcs9}\x05\x31\x0f\x17\x0d$st",
+    "${pkcs9}\x05\x31\x0f\x17\x0d" . sprintf('%02d', ($st + 1) % 100));
+for my $n (sort keys %patched) {
+    $t->spew("$n.b64", encode_base64($patched{$n}, ''));
 }
 $t->spew('truncated.b64',
          encode_base64(substr($der{'sha256-der'}, 0, 200), ''));

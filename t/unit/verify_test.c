@@ -23,8 +23,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "ngx_http_mdm_cms.h"
 #include "ngx_http_mdm_verify.h"
 
 
@@ -266,6 +268,18 @@ test_signatures(void)
           "bytes after the DER" },
         { "not-signeddata.b64", "signature is not CMS SignedData",
           "CMS of type data" },
+        { "ct-not-data.b64", "content-type attribute is not id-data",
+          "content-type attribute of another type" },
+        { "no-ct.b64", "no content-type attribute",
+          "no content-type attribute" },
+        { "no-md.b64", "no message-digest attribute",
+          "no message-digest attribute" },
+        { "two-md.b64", "bad message-digest attribute",
+          "two message-digest attributes" },
+        { "sigalg.b64", "unsupported signature algorithm",
+          "unknown signature algorithm" },
+        { "attrs-changed.b64", "signature does not verify",
+          "signed attributes changed" },
     };
 
     /* Piece sizes including empty ones; the rest goes in the last one. */
@@ -687,6 +701,235 @@ test_cache(void)
 }
 
 
+/* Hex with blanks into bytes; returns the length. */
+static size_t
+unhex(const char *hex, unsigned char *out)
+{
+    size_t        n;
+    unsigned int  b;
+
+    n = 0;
+
+    while (*hex) {
+        if (*hex == ' ') {
+            hex++;
+            continue;
+        }
+
+        sscanf(hex, "%2x", &b);
+        out[n++] = (unsigned char) b;
+        hex += 2;
+    }
+
+    return n;
+}
+
+
+#define SD_OID    "06092a864886f70d010702"
+#define DATA_OID  "06092a864886f70d010701"
+
+static void
+test_cms_reader(void)
+{
+    int              i, rc;
+    char             detail[256];
+    size_t           len;
+    X509            *x;
+    mdm_cms_t        cms;
+    const char      *reason;
+    struct iovec     one;
+    unsigned char    der[512], b64[1024];
+    mdm_verifier_t  *v;
+
+    static const struct {
+        const char  *hex;
+        const char  *reason;        /* NULL: parses */
+        const char  *name;
+    } cases[] = {
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3100"
+          " 0000 0000 0000", NULL, "indefinite envelope, no signer" },
+        { "3080" SD_OID "a080 3080 020101 3180 0000 3080" DATA_OID " 0000"
+          " a080 0000 3180 0000 0000 0000 0000", NULL,
+          "indefinite sets and encapContentInfo" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3100"
+          " 0000 0000 0000 00", "trailing data after signature",
+          "a byte after the last end-of-contents" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3100"
+          " 0000 0000", "signature is not CMS", "end-of-contents missing" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3100"
+          " 0000 0000 00", "signature is not CMS",
+          "end-of-contents cut in half" },
+        { "3080" SD_OID "a080 3080 020102 3100 300b" DATA_OID " 3100"
+          " 0000 0000 0000", "unsupported SignedData version",
+          "SignedData version 2" },
+        { "3080" SD_OID "a080 3080 020101 3180 3080 0609608648016503040201"
+          " 0000 0000 300b" DATA_OID " 3100 0000 0000 0000",
+          "signature is not CMS", "indefinite AlgorithmIdentifier" },
+        { "3080" SD_OID "a080 3080 0280 01 0000", "signature is not CMS",
+          "indefinite primitive" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" SD_OID " 3100"
+          " 0000 0000 0000", "signed content type is not id-data",
+          "signed content is not id-data" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3180 0000"
+          " 0000 0000 0000", NULL, "indefinite empty signerInfos" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3180"
+          " 3080 020101 0000 0000 0000 0000 0000", "signature is not CMS",
+          "SignerInfo cut short" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " a080 3100"
+          " 0000 3100 0000 0000 0000", "bad certificate in signature",
+          "a SET where a certificate belongs" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3100"
+          " 0000 0000", "signature is not CMS", "short by one EOC" },
+        { "308103 060100", "signature is not CMS",
+          "non-minimal length" },
+        { "3085 0000000003 060100", "signature is not CMS",
+          "five length octets" },
+        { "30847fffffff 06", "signature is not CMS",
+          "length beyond the buffer" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3100 0000"
+          " 0000", "signature is not CMS", "EOC one level short" },
+        { "3080 0000", "signature is not CMS", "empty indefinite" },
+        { "1f8101 00", "signature is not CMS", "high tag number" },
+        { "3080" SD_OID "a080 3080 020101 3100 300b" DATA_OID " 3100"
+          " 0000 0000 0000 0000", "trailing data after signature",
+          "an extra end-of-contents" },
+    };
+
+    for (i = 0; i < (int) (sizeof(cases) / sizeof(cases[0])); i++) {
+        len = unhex(cases[i].hex, der);
+        reason = NULL;
+        rc = mdm_cms_parse(der, len, &cms, &reason);
+        snprintf(detail, sizeof(detail), "rc %d reason \"%s\"", rc,
+                 reason ? reason : "(null)");
+
+        if (cases[i].reason == NULL) {
+            check(rc == 0 && cms.nsigners == 0 && cms.ncerts == 0
+                  && cms.detached, cases[i].name, detail);
+        } else {
+            check(rc == -1 && reason && strcmp(reason, cases[i].reason) == 0,
+                  cases[i].name, detail);
+        }
+    }
+
+    /* Well formed but empty: the verifier says why. */
+    v = verifier("ca.crt", NULL, 4);
+    len = unhex(cases[0].hex, der);
+    len = (size_t) EVP_EncodeBlock(b64, der, (int) len);
+    one.iov_base = (void *) "x";
+    one.iov_len = 1;
+    x = NULL;
+    reason = NULL;
+    rc = mdm_verify_signature(v, b64, len, &one, 1, &x, &reason);
+    check(rc == -1 && x == NULL && reason && strcmp(reason, "no signer") == 0,
+          "a SignedData without signer", reason);
+    mdm_verifier_free(v);
+
+    /* Nesting deeper than the bound: refused, not recursed into. */
+    len = 0;
+    for (i = 0; i < 40; i++) {
+        der[len++] = 0x30;
+        der[len++] = 0x80;
+    }
+    memset(der + len, 0, 80);
+    len += 80;
+    reason = NULL;
+    check(mdm_cms_parse(der, len, &cms, &reason) == -1 && reason
+          && strcmp(reason, "signature is not CMS") == 0,
+          "deep indefinite nesting", reason);
+}
+
+
+static int
+sig_at(mdm_verifier_t *v, const unsigned char *sig, size_t len,
+    const struct iovec *body, const char **reason, time_t t)
+{
+    X509  *x;
+
+    x = NULL;
+    *reason = NULL;
+
+    if (mdm_verify_signature_at(v, sig, len, body, 1, t, &x, reason) != 0) {
+        return -1;
+    }
+
+    X509_free(x);
+    return 0;
+}
+
+
+/* The signature path's cache: no decoding when warm, bounded by validity. */
+static void
+test_signature_cache(void)
+{
+    X509                *x;
+    time_t               now, na;
+    size_t               blen, slen, flen;
+    char                 detail[128];
+    const char          *reason;
+    struct iovec         one;
+    unsigned char       *body, *sig, *fsig;
+    mdm_verifier_t      *v;
+    mdm_verify_stats_t   st;
+
+    reason = NULL;
+    body = slurp("body.bin", &blen);
+    sig = slurp("short.b64", &slen);
+    fsig = slurp("future.b64", &flen);
+    one.iov_base = body;
+    one.iov_len = blen;
+
+    x = load_cert("devshort.crt");
+    na = mdm_cert_not_after(x);
+    X509_free(x);
+
+    now = time(NULL);
+    v = verifier("ca.crt", NULL, 16);
+    mdm_verifier_set_cache_ttl(v, 86400 * 365);
+
+    check(sig_at(v, sig, slen, &one, &reason, now) == 0, "signature, cold", reason);
+    check(sig_at(v, sig, slen, &one, &reason, now + 60) == 0, "signature, warm", reason);
+    check(sig_at(v, sig, slen, &one, &reason, na - 5) == 0, "signature 5 s before notAfter",
+          reason);
+    mdm_verifier_get_stats(v, &st);
+    snprintf(detail, sizeof(detail), "decodes %llu builds %llu hits %llu",
+             (unsigned long long) st.cert_decodes,
+             (unsigned long long) st.chain_builds,
+             (unsigned long long) st.cache_hits);
+    check(st.cert_decodes == 1 && st.chain_builds == 1 && st.cache_hits == 2,
+          "warm signatures decode no certificate and build no chain",
+          detail);
+
+    check(sig_at(v, sig, slen, &one, &reason, na) == -1
+          && strcmp(reason, "certificate expired") == 0,
+          "cached signer not used at its notAfter", reason);
+    mdm_verifier_get_stats(v, &st);
+    check(st.cert_decodes == 2 && st.chain_builds == 2
+          && st.cache_expired == 1,
+          "expired entry: decoded and chain-checked again", NULL);
+
+    check(sig_at(v, sig, slen, &one, &reason, now) == 0 && sig_at(v, sig, slen, &one, &reason, now) == 0,
+          "signer cached again after a failure", reason);
+    check(sig_at(v, fsig, flen, &one, &reason, now + 86400 * 11) == 0,
+          "future certificate, day 11", reason);
+    check(sig_at(v, fsig, flen, &one, &reason, now + 86400 * 9) == -1
+          && strcmp(reason, "certificate not yet valid") == 0,
+          "cached signer not used before its notBefore", reason);
+
+    /* A tampered body fails on the cached path too. */
+    check(sig_at(v, sig, slen, &one, &reason, now) == 0, "warm again", reason);
+    body[10] ^= 1;
+    check(sig_at(v, sig, slen, &one, &reason, now) == -1
+          && strcmp(reason, "signature does not verify") == 0,
+          "tampered body with the signer cached", reason);
+    body[10] ^= 1;
+
+    mdm_verifier_free(v);
+    free(body);
+    free(sig);
+    free(fsig);
+}
+
+
 static void
 test_create_errors(void)
 {
@@ -893,6 +1136,8 @@ main(int argc, char **argv)
     test_forwarded();
     test_cert_helpers();
     test_cache();
+    test_cms_reader();
+    test_signature_cache();
     test_create_errors();
 
     printf("done %d\n", checks);
