@@ -3,11 +3,14 @@
 # Unit test of the nginx-free verification library
 # (ngx_http_mdm_module/ngx_http_mdm_verify.c): makes a PKI and Mdm-Signature
 # values with openssl, builds t/unit/verify_test.c twice (plain and with
-# ASan/UBSan), runs both, reports the --bench figures, and fuzzes the
+# ASan/UBSan), runs both, reports t/unit/verify_bench.c's figures (CPU
+# time per request, certificate cache cold and warm), and fuzzes the
 # decoders briefly when clang's libFuzzer is available.
 #
 #   prove -v t/40-verify-unit.t
 #   MDM_BENCH_SECS=2 prove -v t/40-verify-unit.t      longer bench loops
+#   MDM_BENCH_OLD=old/ngx_http_mdm_verify.c prove -v t/40-verify-unit.t
+#                                                      old vs new figures
 #   MDM_FUZZ_RUNS=1000000 prove -v t/40-verify-unit.t longer fuzz run
 
 use strict;
@@ -247,13 +250,26 @@ run_unit($asan, 'asan', ASAN_OPTIONS => 'detect_leaks=1:abort_on_error=0',
          UBSAN_OPTIONS => 'print_stacktrace=1');
 
 # ---- bench (figures only, no speed assertions) -----------------------------
+# CPU microseconds per request, certificate cache off (cold) and warm.
+# MDM_BENCH_OLD=path/to/an/older/ngx_http_mdm_verify.c runs the same
+# harness against it too (its own sources only), for a side-by-side.
 
-my $secs = $ENV{MDM_BENCH_SECS} // 0.5;
-my $bench = qx{$bin $d --bench $secs 2>&1};
-my @rates = $bench =~ /cache (?:cold|warm)\s+(\d+)\/s/g;
-ok(!$? && @rates == 10 && !grep({ $_ <= 0 } @rates), 'bench runs')
-    or diag($bench);
+my $secs = $ENV{MDM_BENCH_SECS} // 0.3;
+my $bench_src = "$root/t/unit/verify_bench.c";
+my $bench_bin = "$d/verify_bench";
+my $blog = qx{cc $warn -O2 -g $inc -o $bench_bin $bench_src $src -lcrypto 2>&1};
+ok(!$? && -x $bench_bin, 'bench builds') or diag($blog);
+my $bench = qx{$bench_bin $d $secs 2>&1};
+my @us = $bench =~ /cold\s+([\d.]+) us\s+warm\s+([\d.]+) us/g;
+ok(!$? && @us == 12 && !grep({ $_ <= 0 } @us), 'bench runs') or diag($bench);
 diag($_) for grep { /^bench:/ } split /\n/, $bench;
+
+if (my $old = $ENV{MDM_BENCH_OLD}) {
+    my $ob = "$d/verify_bench_old";
+    $blog = qx{cc -std=gnu99 -O2 -g $inc -o $ob $bench_src $old -lcrypto 2>&1};
+    diag("old: $blog") if $?;
+    diag("old $_") for grep { /^bench:/ } split /\n/, qx{$ob $d $secs 2>&1};
+}
 
 # ---- fuzz smoke run (libFuzzer) --------------------------------------------
 

@@ -6,7 +6,7 @@
  *     verify_test DIR            the checks, one "ok - ..." or
  *                                "not ok - ... # detail" line each,
  *                                then "done N"
- *     verify_test DIR --bench    verifications per second, cache warm/cold
+ * (the figures come from t/unit/verify_bench.c)
  *
  * Files expected in DIR (made by the .t):
  *   ca.crt ca2.crt root.crt inter.crt      device CA, other CA, a root
@@ -956,181 +956,15 @@ test_create_errors(void)
 }
 
 
-static double
-now_sec(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-
-/* Runs fn until `secs` elapse (at most 10 million times); returns rate. */
-static double
-rate(int (*fn)(void *), void *arg, double secs, long *count)
-{
-    long    n;
-    double  start, elapsed;
-
-    start = now_sec();
-    elapsed = 0;
-
-    for (n = 0; n < 10000000; n++) {
-        if (fn(arg) != 0) {
-            fprintf(stderr, "bench: verification failed\n");
-            exit(1);
-        }
-
-        if ((n & 15) == 15) {
-            elapsed = now_sec() - start;
-            if (elapsed >= secs) {
-                n++;
-                break;
-            }
-        }
-    }
-
-    elapsed = now_sec() - start;
-    *count = n;
-
-    return n / elapsed;
-}
-
-
-typedef struct {
-    mdm_verifier_t  *v;
-    unsigned char   *sig;
-    size_t           slen;
-    struct iovec     body;
-    X509            *cert;
-    unsigned char   *fwd;
-    size_t           flen;
-} bench_t;
-
-
-static int
-bench_sig(void *arg)
-{
-    int          rc;
-    X509        *signer;
-    bench_t     *b;
-    const char  *reason;
-
-    b = arg;
-    rc = mdm_verify_signature(b->v, b->sig, b->slen, &b->body, 1, &signer,
-                              &reason);
-    if (rc == 0) {
-        X509_free(signer);
-    }
-
-    return rc;
-}
-
-
-static int
-bench_chain(void *arg)
-{
-    bench_t     *b;
-    const char  *reason;
-
-    b = arg;
-    return mdm_verify_chain(b->v, b->cert, time(NULL), &reason);
-}
-
-
-static int
-bench_fwd(void *arg)
-{
-    int          rc;
-    X509        *x;
-    bench_t     *b;
-    const char  *reason;
-
-    b = arg;
-    rc = mdm_parse_forwarded_cert(b->fwd, b->flen, &x, &reason);
-    if (rc == 0) {
-        rc = mdm_verify_chain(b->v, x, time(NULL), &reason);
-        X509_free(x);
-    }
-
-    return rc;
-}
-
-
-static void
-bench(double secs)
-{
-    int              i;
-    long             n;
-    double           r;
-    bench_t          b;
-    size_t           blen;
-    mdm_verifier_t  *warm, *cold;
-
-    static const struct {
-        const char  *name;
-        int        (*fn)(void *);
-        const char  *sig;
-    } cases[] = {
-        { "Mdm-Signature P-256 SHA-256 DER", bench_sig, "sha256-der.b64" },
-        { "Mdm-Signature P-256 SHA-1 BER", bench_sig, "sha1-ber.b64" },
-        { "Mdm-Signature RSA-2048 SHA-256", bench_sig, "rsa-sha256.b64" },
-        { "chain only", bench_chain, NULL },
-        { "RFC 9440 header parse + chain", bench_fwd, NULL },
-    };
-
-    warm = verifier("ca.crt", NULL, 1024);
-    cold = verifier("ca.crt", NULL, 0);
-
-    b.body.iov_base = slurp("body.bin", &blen);
-    b.body.iov_len = blen;
-    b.cert = load_cert("dev1.crt");
-    b.fwd = slurp("dev1.rfc9440", &b.flen);
-    b.sig = NULL;
-
-    printf("bench: body %zu bytes\n", blen);
-
-    for (i = 0; i < (int) (sizeof(cases) / sizeof(cases[0])); i++) {
-        if (cases[i].sig) {
-            free(b.sig);
-            b.sig = slurp(cases[i].sig, &b.slen);
-        }
-
-        b.v = cold;
-        r = rate(cases[i].fn, &b, secs, &n);
-        printf("bench: %-34s cache cold %8.0f/s (%ld runs)\n",
-               cases[i].name, r, n);
-
-        b.v = warm;
-        r = rate(cases[i].fn, &b, secs, &n);
-        printf("bench: %-34s cache warm %8.0f/s (%ld runs)\n",
-               cases[i].name, r, n);
-    }
-
-    X509_free(b.cert);
-    free(b.body.iov_base);
-    free(b.sig);
-    free(b.fwd);
-    mdm_verifier_free(warm);
-    mdm_verifier_free(cold);
-}
-
-
 int
 main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s DIR [--bench [SECONDS]]\n", argv[0]);
+        fprintf(stderr, "usage: %s DIR\n", argv[0]);
         return 2;
     }
 
     dir = argv[1];
-
-    if (argc > 2 && strcmp(argv[2], "--bench") == 0) {
-        bench(argc > 3 ? atof(argv[3]) : 1.0);
-        return 0;
-    }
 
     test_signatures();
     test_forwarded();
