@@ -12,10 +12,12 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined \
  *       -Ingx_http_mdm_module -o fuzz/verify-fuzz fuzz/verify_fuzz.c \
- *       ngx_http_mdm_module/ngx_http_mdm_verify.c -lcrypto
+ *       ngx_http_mdm_module/ngx_http_mdm_verify.c \
+ *       ngx_http_mdm_module/ngx_http_mdm_cms.c -lcrypto
  *   fuzz/verify-fuzz CORPUS_DIR
  *
- * t/40-verify-unit.t builds it and does a short run when clang is there.
+ * t/40-verify-unit.t builds it and does a short run when clang is there;
+ * fuzz/cms_fuzz.c (t/44-cms-fuzz.t) goes deeper into the CMS reader.
  */
 
 #include <stdio.h>
