@@ -59,8 +59,8 @@ typedef struct {
  * intermediates_file: optional (NULL) PEM file with untrusted
  * intermediates used to build chains.
  * cache_size: number of cached chain results, 0 disables the cache; each
- * entry holds its decoded certificate (a few KB: the default 4096
- * entries of the module cost up to about 16 MB per worker).
+ * entry holds its decoded certificate (about 5 KB: the default 4096
+ * entries of the module cost up to about 20 MB per worker).
  * On failure returns NULL and writes a message into err.
  */
 mdm_verifier_t *mdm_verifier_create(const char *ca_file,
