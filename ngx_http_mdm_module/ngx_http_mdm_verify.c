@@ -55,11 +55,10 @@ struct mdm_verifier_s {
 };
 
 
-/* What mdm_cert_sha256_hex() and mdm_cert_not_after() found, per X509. */
+/* A cached certificate's SHA-256 and notAfter, computed when cached. */
 typedef struct {
     char                 sha256[65];
     time_t               not_after;
-    unsigned             has_not_after:1;
 } mdm_cert_facts_t;
 
 
@@ -90,6 +89,7 @@ static mdm_cache_entry_t *mdm_cache_lookup(mdm_verifier_t *v,
 static void mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key,
     X509 *cert, time_t now, time_t not_before, time_t not_after);
 static void mdm_cache_drop(mdm_verifier_t *v, mdm_cache_entry_t *e);
+static void mdm_cert_facts_set(X509 *cert);
 static mdm_cert_facts_t *mdm_cert_facts(X509 *cert);
 static void mdm_cert_facts_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad,
     int idx, long argl, void *argp);
@@ -1065,6 +1065,8 @@ mdm_cache_insert(mdm_verifier_t *v, const unsigned char *key, X509 *cert,
     e->used = ++v->tick;
     e->cert = cert;
     v->stats.cache_entries++;
+
+    mdm_cert_facts_set(cert);
 }
 
 
@@ -1084,35 +1086,45 @@ mdm_cache_drop(mdm_verifier_t *v, mdm_cache_entry_t *e)
 
 /*
  * The hash and notAfter of a certificate are asked for on every request;
- * a cached X509 serves many, so they are kept with it.
+ * a cached X509 serves many, so they are computed once, when it is cached.
  */
 
-static mdm_cert_facts_t *
-mdm_cert_facts(X509 *cert)
+static void
+mdm_cert_facts_set(X509 *cert)
 {
+    char               hex[65];
+    time_t             t;
     mdm_cert_facts_t  *f;
 
-    if (mdm_facts_index == -1) {
-        return NULL;
+    if (mdm_facts_index == -1
+        || X509_get_ex_data(cert, mdm_facts_index) != NULL
+        || mdm_cert_sha256_hex(cert, hex) != 0)
+    {
+        return;
     }
 
-    f = X509_get_ex_data(cert, mdm_facts_index);
-    if (f) {
-        return f;
-    }
+    t = mdm_cert_not_after(cert);
 
-    f = calloc(1, sizeof(mdm_cert_facts_t));
+    f = malloc(sizeof(mdm_cert_facts_t));
     if (f == NULL) {
-        return NULL;
+        return;
     }
+
+    memcpy(f->sha256, hex, sizeof(hex));
+    f->not_after = t;
 
     if (!X509_set_ex_data(cert, mdm_facts_index, f)) {
         free(f);
         ERR_clear_error();
-        return NULL;
     }
+}
 
-    return f;
+
+static mdm_cert_facts_t *
+mdm_cert_facts(X509 *cert)
+{
+    return mdm_facts_index == -1 ? NULL
+                                 : X509_get_ex_data(cert, mdm_facts_index);
 }
 
 
@@ -1141,7 +1153,7 @@ mdm_cert_sha256_hex(X509 *cert, char out[65])
 
     f = mdm_cert_facts(cert);
 
-    if (f && f->sha256[0]) {
+    if (f) {
         memcpy(out, f->sha256, 65);
         return 0;
     }
@@ -1159,10 +1171,6 @@ mdm_cert_sha256_hex(X509 *cert, char out[65])
 
     out[64] = '\0';
 
-    if (f) {
-        memcpy(f->sha256, out, 65);
-    }
-
     return 0;
 }
 
@@ -1170,23 +1178,15 @@ mdm_cert_sha256_hex(X509 *cert, char out[65])
 time_t
 mdm_cert_not_after(X509 *cert)
 {
-    time_t             t;
     mdm_cert_facts_t  *f;
 
     f = mdm_cert_facts(cert);
 
-    if (f && f->has_not_after) {
+    if (f) {
         return f->not_after;
     }
 
-    t = mdm_asn1_time(X509_get0_notAfter(cert));
-
-    if (f && t != (time_t) -1) {
-        f->not_after = t;
-        f->has_not_after = 1;
-    }
-
-    return t;
+    return mdm_asn1_time(X509_get0_notAfter(cert));
 }
 
 
