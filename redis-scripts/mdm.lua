@@ -1368,10 +1368,12 @@ local function conf_set(keys, args)
     end
     local name, v = args[1], args[2]
     local st = name and SETTINGS[name]
-    if not st or not v or #args ~= 2 then
-        return redis.error_reply('usage: mdm_conf_set 0 <field> <value>; '
-                                 .. 'fields: '
-                                 .. table.concat(SETTING_NAMES, ', '))
+    if not v or #args ~= 2 then
+        return redis.error_reply('usage: mdm_conf_set 0 <field> <value>')
+    end
+    if not st then
+        return redis.error_reply('unknown setting ' .. name .. ' (one of '
+                                 .. table.concat(SETTING_NAMES, ', ') .. ')')
     end
     if st.bool then
         if v ~= '1' and v ~= '0' then
