@@ -1353,8 +1353,9 @@ local function conf_get(keys, args)
     end
     local out = {}
     for _, name in ipairs(names) do
-        out[#out + 1] = setting_row(name,
-                                    redis.call('HGET', SETTINGS[name].key, name))
+        -- HMGET: the command nginx's ACL user may run on these hashes
+        out[#out + 1] = setting_row(name, redis.call('HMGET', SETTINGS[name].key,
+                                                     name)[1])
     end
     return out
 end
