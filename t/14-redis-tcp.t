@@ -139,7 +139,7 @@ ok wait_until(sub { count_log(qr/mdm: redis ready/) >= 1 }, 15),
 is $t->put('/mdm/checkin', $au, cert => 'tcp1')->{status}, 200,
     'check-in over TCP served again';
 is workers(), $worker, 'same worker throughout';
-my @starts = $t->slurp('error.log') =~ /start worker process/g;
+my @starts = $t->slurp('error.log') =~ /start worker process \d+/g;
 is scalar(@starts), 1, 'no worker was respawned';
 
 # --- graceful quit while a connect is failing (exit_process) ---------------
