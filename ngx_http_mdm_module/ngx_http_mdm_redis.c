@@ -102,6 +102,8 @@ static ngx_str_t  ngx_http_mdm_transient[] = {
     ngx_string("NOPERM "),
     ngx_string("ERR Function not found"),
     ngx_string("ERR Library not found"),
+    /* an ACL that lets nginx's user FCALL but not what the function calls */
+    ngx_string("ERR The user executing the script can't run"),
     ngx_null_string
 };
 

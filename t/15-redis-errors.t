@@ -220,6 +220,16 @@ $t->enroll('DEV1', 'dev1');     # the sync replaced the data set
 
 $t->stop_nginx;
 
+# --- an ACL user allowed FCALL but not the commands the function runs -------
+rcli('ACL', 'SETUSER', 'narrow', 'on', '>n4rrow', '~mdm:*', '+fcall', '+fcall_ro');
+$t->{ready_seen} = scalar(() = $t->slurp('error.log') =~ /mdm: redis ready/g);
+$t->start_nginx($t->conf(redis => 'unix:%%TESTDIR%%/redis.sock',
+                         redis_timeout => '1500ms username=narrow password=n4rrow'));
+transient('ACL too narrow',
+          qr/retry later: ERR The user executing the script can't run this command/);
+$t->stop_nginx;
+$t->{ready_seen} = 0;
+
 # --- a blackholed connection while the version is wrong ----------------------
 # A proxy in front of Redis; SIGUSR1 stops forwarding on the connections it
 # has (a dead peer that never resets), new ones still pass.
