@@ -13,6 +13,7 @@
 
 #include "mdm_keys.h"
 #include "mdm_sim.h"
+#include "../common/mdm_keys.h"
 
 
 static redisContext *
