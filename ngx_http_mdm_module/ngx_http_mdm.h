@@ -36,6 +36,10 @@
 
 #define NGX_HTTP_MDM_RETRY_AFTER      "5"
 
+/* mdm_max_body defaults: check-ins are a few KB, reports can be MBs */
+#define NGX_HTTP_MDM_MAX_CHECKIN      (64 * 1024)
+#define NGX_HTTP_MDM_MAX_REPORT       (2 * 1024 * 1024)
+
 
 typedef struct {
     ngx_str_t                   addr;        /* unix:/path or ip:port */
@@ -58,6 +62,8 @@ typedef struct {
     ngx_flag_t                  allow_rebind;
     ngx_flag_t                  migration;
     ngx_flag_t                  require_id_in_cert;
+    size_t                      max_checkin; /* mdm_max_body */
+    size_t                      max_report;
 } ngx_http_mdm_loc_conf_t;
 
 
@@ -92,6 +98,8 @@ void ngx_http_mdm_respond(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *ct, u_char *body, size_t len);
 void ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
+char *ngx_http_mdm_max_body_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* identity */
 ngx_int_t ngx_http_mdm_identify(ngx_http_request_t *r,
