@@ -27,7 +27,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int             rc;
     size_t          nodes;
-    plist_t         root;
     const char     *err, *body;
     mdm_message_t   m;
     mdm_msg_kind_e  kind;
@@ -40,28 +39,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     body = (const char *) data + 1;
     err = NULL;
 
-    /* the scanner's bounds, checked against what libplist builds */
+    rc = mdm_message_parse(&m, kind, body, size - 1, &err);
 
-    if (!plist_is_binary(body, size - 1)
-        && mdm_plist_scan(body, size - 1, MDM_NEST_MAX, MDM_ELEMENTS_MAX)
-           == NULL)
-    {
-        root = NULL;
-        plist_from_memory(body, (uint32_t) (size - 1), &root);
-
-        if (root) {
-            nodes = 0;
-            if (mdm_fuzz_walk(root, 1, &nodes) > MDM_NEST_MAX
-                || nodes > MDM_ELEMENTS_MAX)
-            {
-                __builtin_trap();
-            }
-
-            plist_free(root);
+    /* whatever passed the scanner, libplist built within its bounds */
+    if (m.root) {
+        nodes = 0;
+        if (mdm_fuzz_walk(m.root, 1, &nodes) > MDM_NEST_MAX
+            || nodes > MDM_ELEMENTS_MAX)
+        {
+            __builtin_trap();
         }
     }
-
-    rc = mdm_message_parse(&m, kind, body, size - 1, &err);
 
     if (rc == 0) {
         /* what the store would read must be there and bounded */
