@@ -289,8 +289,12 @@ ngx_http_mdm_read_body(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
         ctx->body.data = p;
         ctx->body.len = len;
 
+        /* a chunked body ends with an empty buffer whose pos is NULL */
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
-            p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+            if (cl->buf->last != cl->buf->pos) {
+                p = ngx_cpymem(p, cl->buf->pos,
+                               cl->buf->last - cl->buf->pos);
+            }
         }
     }
 
