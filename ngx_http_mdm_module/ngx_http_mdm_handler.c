@@ -12,7 +12,6 @@
 
 
 #define NGX_HTTP_MDM_CT_CHECKIN  "application/x-apple-aspen-mdm-checkin"
-#define NGX_HTTP_MDM_CT_COMMAND  "application/x-apple-aspen-mdm"
 
 
 static ngx_str_t  ngx_http_mdm_dash = ngx_string("-");
