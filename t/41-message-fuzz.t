@@ -89,7 +89,8 @@ my $runs = $ENV{MDM_FUZZ_RUNS} // 20000;
 my $secs = $ENV{MDM_FUZZ_TIME} // 45;
 my $args = "-runs=$runs -max_total_time=$secs -max_len=$max_len -timeout=10";
 $out = qx{cd $d && ASAN_OPTIONS=malloc_context_size=2 $fz $args corpus 2>&1};
-ok !$?, "fuzz run of $runs inputs finds nothing" or diag substr($out, -3000);
+ok !$?, "fuzz run ($runs runs, $secs s at most) finds nothing"
+    or diag substr($out, -3000);
 like $out, qr/Done \d+ runs/, 'fuzzer completed its runs';
 my ($done) = $out =~ /^(#\d+\s+DONE .*)$/m;
 my ($runs_in) = $out =~ /^(Done \d+ runs in \d+ second.*)$/m;
