@@ -38,6 +38,10 @@
 
 #define NGX_HTTP_MDM_RETRY_AFTER      "5"
 
+/* mdm_max_body defaults: check-ins are a few KB, reports can be MBs */
+#define NGX_HTTP_MDM_MAX_CHECKIN      (64 * 1024)
+#define NGX_HTTP_MDM_MAX_REPORT       (2 * 1024 * 1024)
+
 
 typedef struct {
     mdm_redis_addr_t            addr;        /* common/mdm_redis_addr.h */
@@ -57,6 +61,8 @@ typedef struct {
     mdm_verifier_t             *verifier;    /* mdm_device_ca */
     ngx_array_t                *proxies;     /* of ngx_cidr_t */
     ngx_flag_t                  require_id_in_cert;
+    size_t                      max_checkin; /* mdm_max_body */
+    size_t                      max_report;
 } ngx_http_mdm_loc_conf_t;
 
 
@@ -101,6 +107,8 @@ void ngx_http_mdm_respond(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *ct, u_char *body, size_t len);
 void ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
+char *ngx_http_mdm_max_body_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* identity */
 ngx_int_t ngx_http_mdm_identify(ngx_http_request_t *r,

@@ -120,6 +120,13 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
       offsetof(ngx_http_mdm_loc_conf_t, require_id_in_cert),
       NULL },
 
+    { ngx_string("mdm_max_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_mdm_max_body_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("mdm_migration"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_http_mdm_policy_moved,
@@ -291,6 +298,8 @@ ngx_http_mdm_create_loc_conf(ngx_conf_t *cf)
     mlcf->verifier = NGX_CONF_UNSET_PTR;
     mlcf->proxies = NGX_CONF_UNSET_PTR;
     mlcf->require_id_in_cert = NGX_CONF_UNSET;
+    mlcf->max_checkin = NGX_CONF_UNSET_SIZE;
+    mlcf->max_report = NGX_CONF_UNSET_SIZE;
 
     return mlcf;
 }
@@ -314,6 +323,10 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->proxies, prev->proxies, NULL);
     ngx_conf_merge_value(conf->require_id_in_cert, prev->require_id_in_cert,
                          0);
+    ngx_conf_merge_size_value(conf->max_checkin, prev->max_checkin,
+                              NGX_HTTP_MDM_MAX_CHECKIN);
+    ngx_conf_merge_size_value(conf->max_report, prev->max_report,
+                              NGX_HTTP_MDM_MAX_REPORT);
 
     if (conf->endpoint == 0) {
         return NGX_CONF_OK;
