@@ -87,9 +87,12 @@ static int64_t backoff_step(void)
 /* Any error from Redis: one line per outage, then back off. */
 void store_error(const char *what, const char *err)
 {
-    int64_t d = backoff_step();
-    pause_until = mono_ms() + d;
+    int64_t now = mono_ms(), d;
     n_errors++;
+    /* the other replies of a refused pipeline are the same attempt */
+    if (now < pause_until) return;
+    d = backoff_step();
+    pause_until = now + d;
     if (!outage)
         log_err("redis %s: %s: %s; backing off (up to %dms between attempts, "
                 "outcomes kept until Redis takes them)", conf.redis_show, what,
