@@ -465,7 +465,11 @@ static int finish(void)
             bad = 1;
         }
         /* log lines show the address, never the password */
-        mdm_redis_addr_format(&conf.raddr, conf.redis_show, sizeof conf.redis_show);
+        int n = mdm_redis_addr_format(&conf.raddr, conf.redis_show,
+                                      sizeof conf.redis_show);
+        if (conf.raddr.username[0])
+            snprintf(conf.redis_show + n, sizeof conf.redis_show - (size_t) n,
+                     " username=%s", conf.raddr.username);
     }
     if (conf.retry_max < conf.retry_base) conf.retry_max = conf.retry_base;
     if (conf.breaker_max < conf.breaker_pause) conf.breaker_max = conf.breaker_pause;
