@@ -32,7 +32,7 @@ static opt_t opts[] = {
     { "redis-username",    O_STR,  &conf.redis_username,    NULL, 0, 0, 0 },
     { "redis-password",    O_STR,  &conf.redis_password,    NULL, 0, 0, 0 },
     { "redis-db",          O_INT,  &conf.redis_db,          "-1", -1, MDM_REDIS_DB_MAX, 0 },
-    { "max-outcomes",      O_INT,  &conf.max_outcomes,      "100000", 100, 100000000, 0 },
+    { "max-outcomes",      O_INT,  &conf.max_outcomes,      "100000", 1, 100000000, 0 },
     { "redis-timeout",     O_MS,   &conf.redis_timeout,     "5s", 10, D, 0 },
     { "apns",              O_STR,  &conf.apns,              "production", 0, 0, 0 },
     { "ca-file",           O_STR,  &conf.ca_file,           NULL, 0, 0, 0 },

@@ -73,12 +73,20 @@ static int n_dones;                 /* queued, not sent */
 static int n_dones_out;             /* sent, not answered */
 static unsigned long long dones_seq;
 
-/* At max-outcomes nothing new is started or claimed: the outcomes wait for
- * Redis in memory, none is dropped (in-flight answers may add up to
- * connections x streams per topic beyond the bound). */
+/* Outcomes waiting for Redis plus requests in flight (each brings one) stay
+ * within max-outcomes: at the bound nothing new is started or claimed, the
+ * outcomes wait for Redis in memory, none is dropped. */
 static int outcomes_full(void)
 {
-    return n_dones + n_dones_out >= conf.max_outcomes;
+    static int warned;
+    int full = n_dones + n_dones_out + n_flight >= conf.max_outcomes;
+    if (full && !warned)
+        log_warn("%d outcomes wait for Redis (max-outcomes): no push is sent and "
+                 "nothing claimed until Redis takes them", n_dones + n_dones_out);
+    else if (!full && warned)
+        log_notice("outcomes below max-outcomes again: sending resumes");
+    warned = full;
+    return full;
 }
 
 /* An occurrence finished here but still in our list in Redis: an LRANGE on
@@ -1075,7 +1083,8 @@ static void dispatch(int64_t now)
          * streams (APNs starts new connections with a low limit). */
         int64_t lim = cap;
         if (!t->m->warm) lim = t->m->inflight ? 0 : t->inflight + 1;
-        while (t->nready && t->inflight < lim && !(t->open == 2 && t->probe_out)) {
+        while (t->nready && t->inflight < lim && !(t->open == 2 && t->probe_out)
+               && !outcomes_full()) {
             item_t *it = ql_entry(t->ready.next, item_t, link);
             ql_remove(&it->link);
             t->nready--;

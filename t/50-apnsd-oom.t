@@ -85,6 +85,40 @@ $t->enroll('AFTER1', topic => $T);
 $t->produce('AFTER1');
 ok $t->wait_for(sub { $t->enr('AFTER1')->{push_ms} }, 10), 'new pushes go out';
 
+is $t->stop_apnsd($p), 0, 'stopped';
+
+# ---- the bound: max-outcomes ----------------------------------------------------------------
+# APNs answers 503 (each retry is an outcome to write) while Redis refuses
+# writes. Backing off already slows the sender (one round of enrollment
+# reads per backoff step), yet each round adds outcomes; at max-outcomes it
+# stops sending instead of growing.
+$t->rules({ default => { status => 503 } });
+my @b = map { "MAX$_" } 1 .. 20;
+$t->enroll_many($T, @b);
+$p = $t->start_apnsd(cert => [$c->{pem}], name => 'b1',
+                     opts => { 'max-outcomes' => 10, 'breaker-threshold' => 1000000,
+                               'retry-base' => '50ms', 'retry-max' => '100ms' });
+my %bt = map { $t->token_of($_) => 1 } @b;
+sub breqs { scalar grep { $bt{ $_->{token} } } $t->requests }
+$t->produce_many(@b);
+ok $t->wait_for(sub { breqs() >= 40 }, 15), 'retrying against a 503';
+$r->config('SET', 'maxmemory', '1');
+ok $t->wait_for(sub { $t->apnsd_log('b1') =~ /\[warn\] \d+ outcomes wait for Redis \(max-outcomes\)/ }, 15),
+    'the bound is reached and logged';
+my $n0 = breqs();
+# a window longer than the largest backoff step (5 s + 25 %), in which a
+# sender without the bound sends another round of 20
+$until = time + 7;
+$t->wait_for(sub { breqs() > $n0 + 10 || time >= $until }, 9);
+my $grown = breqs() - $n0;
+ok $grown <= 10, "at the bound nothing new is sent ($grown requests in 7 s, 20 ids)";
+$r->config('SET', 'maxmemory', '0');
+$t->rules({ default => { status => 200 } });
+ok $t->wait_for(sub { !grep { !$t->enr($_)->{push_ms} } @b }, 20),
+    'memory back: the outcomes are written and the pushes delivered';
+like $t->apnsd_log('b1'), qr/outcomes below max-outcomes again: sending resumes/,
+    'resuming is logged';
+
 $t->finish_apnsd;
 $t->finish;
 done_testing;
