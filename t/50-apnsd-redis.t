@@ -88,7 +88,12 @@ is $? >> 8, 2, 'a username without a password is refused';
 
 # ---- username= : an ACL user of its own ------------------------------------------------------------
 my $r = $t->redis;
-$r->acl('SETUSER', 'pusher', 'on', '>pusher-pw', '~mdm:*', '&*', '+@all');
+# the least privilege of apnsd/README.md: its own commands and those its
+# Functions call (Redis checks those against the caller's ACL too)
+my @acl = split ' ', '-@all +fcall +fcall_ro +hmget +hset +llen +lrange +smembers +blmove'
+    . ' +select +ping +del +exists +get +hget +hgetall +hincrby +lpop +lpush +lrem +rpush'
+    . ' +sadd +scard +set +srem +time +type +xadd';
+$r->acl('SETUSER', 'pusher', 'reset', 'on', '>pusher-pw', '~mdm:*', 'resetchannels', @acl);
 my $sock = $t->redis_sock;
 $p = $t->start_apnsd(cert => [$c->{pem}], name => 'acl',
                      opts => { redis => "unix:$sock username=pusher password=pusher-pw" });
@@ -100,7 +105,12 @@ $t->produce('ACL1');
 ok $t->wait_for(sub { $t->enr('ACL1')->{push_ms} }, 10), 'pushes as the ACL user';
 ok((grep { /user=pusher/ } split /\n/, $r->client('LIST')) >= 2,
    'both connections (commands and waiter) authenticated as pusher');
+$t->enroll('ACL2', topic => $T);
+$t->produce('ACL2');
+ok $t->wait_for(sub { $t->enr('ACL2')->{push_ms} }, 10), 'and again (the waiter woke up)';
 is $t->stop_apnsd($p), 0, 'stopped';
+like $t->apnsd_log('acl'), qr/stopped \(sent=2 /, 'a clean stop (held pushes returned)';
+unlike $t->apnsd_log('acl'), qr/NOPERM/, 'no command refused by the ACL';
 $p = $t->start_apnsd(cert => [$c->{pem}], name => 'badpw',
                      opts => { redis => "unix:$sock username=pusher password=wrong" });
 ok $t->wait_for(sub { $t->apnsd_log('badpw') =~ /\[error\] redis: unix:\S+ username=pusher: AUTH: WRONGPASS/ }, 5),
