@@ -14,7 +14,12 @@
 #include <string.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include <hiredis/hiredis.h>
@@ -114,13 +119,53 @@ static void store_ok(void)
     pause_until = 0;
 }
 
+/* A non-blocking TCP connect to the IP literal: no getaddrinfo at all. */
+static int tcp_connect(const char *ip, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof ss);
+    if (strchr(ip, ':')) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) &ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t) port);
+        if (inet_pton(AF_INET6, ip, &s6->sin6_addr) != 1) return -1;
+        len = sizeof *s6;
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *) &ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t) port);
+        if (inet_pton(AF_INET, ip, &s4->sin_addr) != 1) return -1;
+        len = sizeof *s4;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (struct sockaddr *) &ss, len) != 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 static redisContext *open_ctx(void)
 {
     const mdm_redis_addr_t *a = &conf.raddr;
     redisContext *c;
-    /* non-blocking; the address is a literal, so no DNS on the loop */
-    if (a->type == MDM_REDIS_ADDR_UNIX) c = redisConnectUnixNonBlock(a->host);
-    else c = redisConnectNonBlock(a->host, a->port);
+    if (a->type == MDM_REDIS_ADDR_UNIX) {
+        c = redisConnectUnixNonBlock(a->host);
+    } else {
+        int fd = tcp_connect(a->host, a->port);
+        if (fd < 0) {
+            snprintf(last_err, sizeof last_err, "connect: %s", strerror(errno));
+            return NULL;
+        }
+        c = redisConnectFd(fd);
+        if (!c) close(fd);
+    }
     if (!c) {
         snprintf(last_err, sizeof last_err, "out of memory");
         return NULL;
@@ -130,6 +175,8 @@ static redisContext *open_ctx(void)
         redisFree(c);
         return NULL;
     }
+    /* hiredis 0.14: without REDIS_BLOCK, EAGAIN means "later" */
+    c->flags &= ~REDIS_BLOCK;
     if (a->type == MDM_REDIS_ADDR_TCP) redisEnableKeepAlive(c);
     return c;
 }

@@ -137,6 +137,22 @@ ok $t->wait_for(sub { $t->apnsd_log('refused') =~ /\[error\] redis: 127\.0\.0\.1
 ok $t->wait_for(sub { (() = $t->apnsd_log('refused') =~ /\[debug\] redis: 127\.0\.0\.1:$port:/g) >= 3 }, 10),
     '... and retried';
 is $t->stop_apnsd($p), 0, 'stops promptly without Redis';
+$p = $t->start_apnsd(cert => [$c->{pem}], name => 'refused6',
+                     opts => { redis => "[::1]:$port" });
+ok $t->wait_for(sub { $t->apnsd_log('refused6') =~ /\[error\] redis: \[::1\]:$port: .*Connection refused.*\(retrying\)/ }, 5),
+    'TCP over IPv6, nothing listening: logged';
+is $t->stop_apnsd($p), 0, 'stopped';
+# a real Redis over TCP (IPv4 literal), connected without blocking
+my $tport = $t->port('redis-tcp');
+$r->config('SET', 'port', $tport);
+$p = $t->start_apnsd(cert => [$c->{pem}], name => 'tcp', opts => { redis => "127.0.0.1:$tport" });
+ok $t->wait_for(sub { $t->apnsd_log('tcp') =~ /redis: connected to 127\.0\.0\.1:$tport/ }, 5),
+    'TCP: connected';
+$t->enroll('TCP1', topic => $T);
+$t->produce('TCP1');
+ok $t->wait_for(sub { $t->enr('TCP1')->{push_ms} }, 10), 'TCP: pushes';
+is $t->stop_apnsd($p), 0, 'stopped';
+$r->config('SET', 'port', '0');
 # a listener that never answers: the loop keeps running while the setup
 # waits, and the setup gives up after redis-timeout
 my $silent = IO::Socket::INET->new(Listen => 16, LocalAddr => '127.0.0.1:0', ReuseAddr => 1)
