@@ -1159,6 +1159,10 @@ static void finalize(void)
     if (!ok)
         log_err("could not return held pushes to %s; they stay in %s and are taken over "
                 "when this name restarts or its heartbeat expires", MDM_KEY_PUSH_Q, k_proc);
+    if (n_dones)
+        log_err("%d outcomes not written (Redis refused them until the end): "
+                "those pushes stay in %s and are sent again after a restart",
+                n_dones, k_proc);
     log_notice("stopped (sent=%llu ok=%llu failed=%llu retried=%llu)", st.sent, st.ok,
                st.failed, st.retried);
     log_info("loop: %llu iterations, %llu ms waiting; %llu Redis pipelines, %llu commands",
