@@ -461,6 +461,7 @@ void store_event(uint32_t events)
         return;
     }
     unsigned gen = rc_gen;
+    int oks = 0, errs = 0;
     while (rc && gen == rc_gen && fifo_len()) {
         void *r = NULL;
         if (redisGetReplyFromReader(rc, &r) != REDIS_OK) {
@@ -471,15 +472,22 @@ void store_event(uint32_t events)
         pcmd_t cmd = fifo[fhead++ % fcap];
         redisReply *rep = r;
         if (rep->type == REDIS_REPLY_ERROR && cmd.cb != hs_cb) {
-            /* a data problem (WRONGTYPE) or a name conflict is no outage */
-            if (strncmp(rep->str, "WRONGTYPE", 9) && strncmp(rep->str, "NAMECONFLICT", 12))
+            /* an enrollment key of the wrong type is skipped, a name
+             * conflict ends the process: every other error backs off */
+            if ((cmd.write || strncmp(rep->str, "WRONGTYPE", 9))
+                && strncmp(rep->str, "NAMECONFLICT", 12)) {
                 store_error("command refused", rep->str);
+                errs++;
+            }
         } else if (cmd.write) {
-            store_ok();
+            oks++;
         }
         if (cmd.cb) cmd.cb(r, cmd.ctx);   /* may disconnect: checked above */
         freeReplyObject(r);
     }
+    /* only replies without any refusal end an outage: one record Redis keeps
+     * refusing among accepted ones must not hold the backoff at its minimum */
+    if (oks && !errs && gen == rc_gen) store_ok();
 }
 
 /* Sends everything and waits for every reply (shutdown). 0 = all answered. */

@@ -119,6 +119,34 @@ ok $t->wait_for(sub { !grep { !$t->enr($_)->{push_ms} } @b }, 20),
 like $t->apnsd_log('b1'), qr/outcomes below max-outcomes again: sending resumes/,
     'resuming is logged';
 
+is $t->stop_apnsd($p), 0, 'stopped';
+
+# ---- an error Redis keeps answering for one outcome (a damaged data set) ------------
+# mdm:events is not a stream: every mdm_push_done fails with WRONGTYPE. The
+# outcome is kept and retried with backoff, not dropped (which would push
+# the id again at the next re-read of the processing list) and not resent
+# in a loop.
+sub errstat {
+    my $s = $r->info('errorstats')->{errorstat_WRONGTYPE} // '';
+    return $s =~ /count=(\d+)/ ? $1 : 0;
+}
+$r->del('mdm:events');
+$r->set('mdm:events', 'not a stream');
+$t->enroll('DMG1', topic => $T);
+$p = $t->start_apnsd(cert => [$c->{pem}], name => 'd1');
+my $dt = $t->token_of('DMG1');
+$t->produce('DMG1');
+ok $t->wait_for(sub { errstat() >= 1 }, 10), 'the outcome is refused (WRONGTYPE)';
+my $e0 = errstat();
+$until = time + 3;          # a measurement window, as above
+$t->wait_for(sub { errstat() > $e0 + 10 || time >= $until }, 5);
+my $de = errstat() - $e0;
+ok $de <= 10, "refused outcome retried with backoff ($de attempts in 3 s)";
+is scalar(grep { $_->{token} eq $dt } $t->requests), 1, 'and not pushed again';
+$r->del('mdm:events');
+ok $t->wait_for(sub { $t->enr('DMG1')->{push_ms} }, 10), 'written once the data set is repaired';
+is scalar(grep { $_->{token} eq $dt } $t->requests), 1, 'pushed once';
+
 $t->finish_apnsd;
 $t->finish;
 done_testing;
