@@ -178,7 +178,8 @@ static void pipe_dones(void)
         ql_remove(&d->link);
         n_dones--;
         const char *argv[3 + 5 + D_N] = { "FCALL", "mdm_push_done", "5", k_proc,
-                                          d->enr, MDM_KEY_EVENTS, MDM_KEY_PUSH_STATS, MDM_KEY_CONF };
+                                          d->enr, MDM_KEY_EVENTS, MDM_KEY_PUSH_STATS,
+                                          MDM_KEY_CONF };
         for (int i = 0; i < D_N; i++) argv[8 + i] = d->a[i];
         pipe_cmd(done_cb, d, 8 + D_N, argv, NULL);
         n_dones_out++;
@@ -263,8 +264,8 @@ static void topic_event(topic_t *t, const char *state, const char *reason,
                         const char *detail)
 {
     if (!store_connected()) return;
-    pipe_cmdf(NULL, NULL, "FCALL", "mdm_push_topic", "3", MDM_KEY_PUSH_STATS, MDM_KEY_EVENTS,
-              MDM_KEY_CONF, t->name, state, reason ? reason : "", conf.name,
+    pipe_cmdf(NULL, NULL, "FCALL", "mdm_push_topic", "3", MDM_KEY_PUSH_STATS,
+              MDM_KEY_EVENTS, MDM_KEY_CONF, t->name, state, reason ? reason : "", conf.name,
               detail ? detail : "", (char *) NULL);
 }
 
@@ -960,9 +961,9 @@ static void senders_cb(redisReply *r, void *ctx)
         if (!name || !strcmp(name, conf.name)) continue;
         char *proc = xasprintf(MDM_KEY_PUSH_PROC, name),
              *alive = xasprintf(MDM_KEY_PUSH_ALIVE, name);
-        pipe_cmdf(recover_cb, xstrdup(name), "FCALL", "mdm_push_recover", "6", MDM_KEY_PUSH_Q,
-                  MDM_KEY_PUSH_PENDING, proc, alive, MDM_KEY_PUSH_STATS, MDM_KEY_PUSH_SENDERS, "dead", name,
-                  (char *) NULL);
+        pipe_cmdf(recover_cb, xstrdup(name), "FCALL", "mdm_push_recover", "6",
+                  MDM_KEY_PUSH_Q, MDM_KEY_PUSH_PENDING, proc, alive, MDM_KEY_PUSH_STATS,
+                  MDM_KEY_PUSH_SENDERS, "dead", name, (char *) NULL);
         free(proc);
         free(alive);
     }
@@ -1030,9 +1031,9 @@ static void redis_cycle(int64_t now)
         claim_inflight = 1;
         claim_want = (int) (r < conf.batch ? r : conf.batch);
         snprintf(n, sizeof n, "%d", claim_want);
-        pipe_cmdf(claim_cb, NULL, "FCALL", "mdm_push_claim", "5", MDM_KEY_PUSH_Q, MDM_KEY_PUSH_PENDING,
-                  k_proc, k_alive, MDM_KEY_PUSH_SENDERS, n, ttl, nonce, conf.name,
-                  beat_ok ? "0" : "1", (char *) NULL);
+        pipe_cmdf(claim_cb, NULL, "FCALL", "mdm_push_claim", "5", MDM_KEY_PUSH_Q,
+                  MDM_KEY_PUSH_PENDING, k_proc, k_alive, MDM_KEY_PUSH_SENDERS, n, ttl,
+                  nonce, conf.name, beat_ok ? "0" : "1", (char *) NULL);
         more_in_q = 0;          /* set again by a full reply */
         next_beat = now + conf.alive_ttl / 3;
     }
@@ -1148,8 +1149,9 @@ static void finalize(void)
     while (!ok && mono_ms() < until) {
         if (store_wait_ready(until) == 0) {
             while (n_dones) pipe_dones();
-            pipe_cmdf(leave_cb, &ok, "FCALL", "mdm_push_recover", "6", MDM_KEY_PUSH_Q, MDM_KEY_PUSH_PENDING,
-                      k_proc, k_alive, MDM_KEY_PUSH_STATS, MDM_KEY_PUSH_SENDERS, "leave", conf.name,
+            pipe_cmdf(leave_cb, &ok, "FCALL", "mdm_push_recover", "6", MDM_KEY_PUSH_Q,
+                      MDM_KEY_PUSH_PENDING, k_proc, k_alive, MDM_KEY_PUSH_STATS,
+                      MDM_KEY_PUSH_SENDERS, "leave", conf.name,
                       (char *) NULL);
             pipe_flush_sync(until - mono_ms());
             if (ok && n_dones) ok = 0;      /* should not happen: keep trying */

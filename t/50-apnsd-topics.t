@@ -147,7 +147,9 @@ for my $x ([$E, 'BadTopic'], [$F, 'TopicDisallowed']) {
     my ($X, $why) = @$x;
     ok $t->wait_for(sub { $t->apnsd_log =~ /\[crit\] topic \Q$X->{topic}\E STOPPED: .*\($why\)/ }, 10),
         "400 $why: the topic is stopped";
-    my ($ev) = $t->events(type => 'push_topic', topic => $X->{topic}, result => 'stopped');
+    my $ev;
+    $t->wait_for(sub { ($ev) = $t->events(type => 'push_topic', topic => $X->{topic},
+                                          result => 'stopped'); $ev }, 5);
     is $ev && $ev->{reason}, $why, "push_topic event says $why";
 }
 ok $t->wait_for(sub { $t->llen('mdm:push:proc:a1') == 10 }, 5),
