@@ -87,7 +87,7 @@ sim_add_ext(X509 *x, X509 *ca, int nid, const char *value)
 
 
 static void
-sim_mint(X509 *ca, EVP_PKEY *ca_key, sim_device_t *dev)
+sim_mint(X509 *ca, EVP_PKEY *ca_key, sim_device_t *dev, int rsa)
 {
     X509          *x;
     EVP_PKEY      *k;
@@ -95,7 +95,7 @@ sim_mint(X509 *ca, EVP_PKEY *ca_key, sim_device_t *dev)
     unsigned char  serial[8];
     BIGNUM        *bn;
 
-    k = EVP_EC_gen("P-256");
+    k = rsa ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
     x = X509_new();
     if (k == NULL || x == NULL) {
         sim_ssl_die("keygen");
@@ -204,7 +204,7 @@ sim_pki_init(sim_t *sim)
             }
         }
 
-        sim_mint(ca, ca_key, dev);
+        sim_mint(ca, ca_key, dev, cf->rsa);
 
         if (cf->certs_dir != NULL) {
             sim_save(path, dev);
