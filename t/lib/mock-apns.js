@@ -11,7 +11,7 @@
 // --goaway-after N: on each session (the first K with --goaway-sessions)
 // the N-th request is answered by a GOAWAY whose last_stream_id is the
 // stream before it; that stream and every later one are not processed
-// (logged as "refused", closed with REFUSED_STREAM), earlier ones are
+// (logged as "refused", never answered), earlier ones are
 // answered as usual. --goaway-reason puts {"reason":R} in the GOAWAY (as
 // APNs does). --summary writes {"requests","tokens","duplicates",
 // "refused","sessions","goaways"} as JSON on SIGTERM (processed requests;
@@ -144,8 +144,7 @@ server.on('stream', (stream, headers) => {
     if (m.goawayLast !== undefined && stream.id > m.goawayLast) {
       summary.refused++;
       record({ event: 'refused', conn: m.conn, stream: stream.id, token, t: Date.now() });
-      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
-      return;
+      return;         // the client has closed it (GOAWAY); no answer
     }
     if (token) {
       const n = (perToken.get(token) || 0) + 1;
