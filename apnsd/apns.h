@@ -10,7 +10,7 @@
 #define EV_SIGNAL 2
 /* EV_WAITER 3 is in store.c */
 
-#define APNS_MAX_CONNS 8         /* per topic context, whatever --connections */
+#define APNS_MAX_CONNS 64        /* per topic context (--connections max) */
 
 /* Outcome of a request besides the HTTP status. */
 enum apns_res {
