@@ -11,6 +11,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(sleep time);
 use POSIX qw(:sys_wait_h);
+use IO::Socket::INET;
 use ApnsTest;
 
 my $t = ApnsTest->new;
@@ -180,6 +181,61 @@ like $t->slurp('proxy.log'), qr/^127\.0\.0\.1:\d+ Basic dTE6cCUyMHc=$/m,
 is $t->stop_apnsd($a), 0, 'stopped';
 kill 'TERM', $ppid;
 waitpid $ppid, 0;
+
+# ---- nghttpd: another HTTP/2 server; a server refusing our certificate in TLS ----
+SKIP: {
+    my ($ng) = grep { -x $_ } map { "$_/nghttpd" } split(/:/, $ENV{PATH}), '/usr/sbin';
+    skip 'nghttpd (Debian nghttp2-server) not installed', 5 unless $ng;
+    $t->stop_mock;
+    my $port = $t->port('apns');
+    my @ng = map { sprintf 'NGHD%03d', $_ } 1 .. 200;
+    mkdir "$d/htdocs";
+    mkdir "$d/htdocs/3";
+    mkdir "$d/htdocs/3/device";
+    $t->spew("htdocs/3/device/" . $t->token_of($_), '') for @ng, 'NGREJ';
+    my $start_ng = sub {
+        my @opt = @_;
+        my $pid = fork // die;
+        if (!$pid) {
+            open STDOUT, '>', "$d/nghttpd.out";
+            open STDERR, '>&', \*STDOUT;
+            exec $ng, @opt, '-d', "$d/htdocs", '-a', '127.0.0.1', $port,
+                "$d/server.key", "$d/server.crt" or die;
+        }
+        $t->wait_for(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") }, 10);
+        return $pid;
+    };
+    my $ngpid = $start_ng->('-m', 7);
+    $a = $t->start_apnsd(name => 'ng', cert => [$c->{pem}]);
+    $t->enroll_many($T, @ng);
+    $t->produce_many(@ng);
+    ok $t->wait_for(sub { !(grep { !$t->enr($_)->{push_ms} } @ng) }, 30),
+        'nghttpd (7 streams per connection): 200 pushes answered';
+    is $t->stop_apnsd($a), 0, 'stopped';
+    kill 'TERM', $ngpid;
+    waitpid $ngpid, 0;
+
+    # a TLS server that checks client certificates against another CA
+    $ngpid = fork // die;
+    if (!$ngpid) {
+        open STDOUT, '>', "$d/s_server.out";
+        open STDERR, '>&', \*STDOUT;
+        open STDIN, '<', '/dev/null';
+        exec 'openssl', 's_server', '-quiet', '-accept', "127.0.0.1:$port",
+            '-cert', "$d/server.crt", '-key', "$d/server.key", '-alpn', 'h2',
+            '-Verify', '2', '-CAfile', "$d/rogueca.crt", '-verify_return_error' or die;
+    }
+    $t->wait_for(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") }, 10);
+    $a = $t->start_apnsd(name => 'ngrej', cert => [$c->{pem}], opts => { 'stopped-retry' => 0 });
+    $t->enroll('NGREJ', topic => $T);
+    $t->produce('NGREJ');
+    ok $t->wait_for(sub { $t->apnsd_log('ngrej') =~ /\[crit\] topic \Q$T\E STOPPED: .*\(TLS: .*alert/ }, 10),
+        'a TLS alert about our certificate stops the topic';
+    is $t->enr('NGREJ')->{push_error} =~ /^TLS: / ? 1 : 0, 1, '... push_error says TLS';
+    is $t->stop_apnsd($a), 0, 'stopped';
+    kill 'TERM', $ngpid;
+    waitpid $ngpid, 0;
+}
 
 $t->finish_apnsd(allow => qr/STOPPED|still STOPPED/);
 $t->finish;
