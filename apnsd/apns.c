@@ -279,7 +279,6 @@ static void pump(mctx_t *m)
             if (!live) fail_pending(m, APNS_ENET, err);
         }
     }
-    for (int i = 0; i < m->nconns; i++) h2conn_flush(m->conns[i]);
 }
 
 static void mctx_free(mctx_t *m)
@@ -318,6 +317,9 @@ void apns_reap(void)
         }
         conns_check(m);
         if (m->dirty) pump(m);
+        /* one write per connection and loop iteration: the answers read
+         * and the requests dispatched since the last one, in few records */
+        for (int i = 0; i < m->nconns; i++) h2conn_flush(m->conns[i]);
     }
 }
 

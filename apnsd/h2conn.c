@@ -738,7 +738,8 @@ void h2conn_event(h2conn_t *c, uint32_t events)
         if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)
             || (c->read_wants_write && events & EPOLLOUT))
             conn_read(c);
-        h2conn_flush(c);
+        /* otherwise apns_reap writes, after this loop iteration */
+        if (c->out_blocked && events & EPOLLOUT) h2conn_flush(c);
     }
     if (!c->dead) update_interest(c);
 }
