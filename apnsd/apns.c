@@ -100,9 +100,12 @@ static char *mdm_body(const char *magic)
     return b;
 }
 
+static void unlink_xfer(xfer_t *x);
+
 void xfer_free(xfer_t *x)
 {
     if (!x) return;
+    if (x->all.next && x->all.next != &x->all) unlink_xfer(x);   /* in flight */
     free(x->body);
     free(x->resp);
     free(x);
