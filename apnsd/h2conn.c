@@ -213,10 +213,11 @@ static void fail_tls(h2conn_t *c, int ret, const char *what)
             fail(c, APNS_ENET, "%s: %s", what, strerror(en));
         return;
     }
-    if (e == SSL_ERROR_ZERO_RETURN) {
+    if (e == SSL_ERROR_ZERO_RETURN
+        || ERR_GET_REASON(le) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
         ERR_clear_error();
         fail(c, c->goaway ? APNS_ESTREAM : APNS_ENET,
-             "Connection closed by %s (TLS close_notify)", host);
+             "Connection closed by %s during %s", host, what);
         return;
     }
     switch (ERR_GET_REASON(le)) {
