@@ -272,9 +272,12 @@ static void pump(mctx_t *m)
                      "or topic stopped)");
     } else if (m->npending && !opening && live < conf.connections
                && m->nconns < APNS_MAX_CONNS && mono_ms() >= m->next_connect) {
-        h2conn_t *c = setup_ok ? h2conn_open(m, err, sizeof err) : NULL;
+        int later = 0;
+        h2conn_t *c = setup_ok ? h2conn_open(m, &later, err, sizeof err) : NULL;
         if (c) {
             m->conns[m->nconns++] = c;
+        } else if (later) {
+            m->next_connect = mono_ms() + 5;       /* poll the lookup */
         } else {
             if (!setup_ok) snprintf(err, sizeof err, "%s", setup_err);
             m->fails++;

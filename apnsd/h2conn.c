@@ -10,6 +10,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -482,32 +483,81 @@ static int start_session(h2conn_t *c)
 
 /* ---- opening ----------------------------------------------------------------- */
 
+static void dns_store(struct addrinfo *res)
+{
+    int n = 0;
+    for (struct addrinfo *a = res; a && n < 4; a = a->ai_next) {
+        if (a->ai_addrlen > sizeof dns_addr[0]) continue;
+        memcpy(&dns_addr[n], a->ai_addr, a->ai_addrlen);
+        dns_len[n++] = a->ai_addrlen;
+    }
+    if (n) {
+        dns_n = n;
+        dns_until = mono_ms() + DNS_TTL_MS;
+    }
+}
+
+/* 0: addresses in dns_*, 1: lookup under way (try again), -1: error. A
+ * name is looked up with getaddrinfo_a (glibc's resolver thread), polled
+ * from the loop; an expired entry is used while it is refreshed. */
 static int resolve(char *err, size_t errlen)
 {
-    struct addrinfo hints = { 0 }, *res = NULL, *a;
+    static struct gaicb gcb;
+    static struct addrinfo ghints;
+    static int gbusy;
+    static int64_t gstart;
     const char *h = use_proxy ? phost : host, *p = use_proxy ? pport : port;
     int rc;
     if (dns_n && mono_ms() < dns_until) return 0;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG | (host_is_ip && !use_proxy ? AI_NUMERICHOST : 0);
-    /* blocking, but cached for a minute and only when a connection opens */
-    if ((rc = getaddrinfo(h, p, &hints, &res)) != 0) {
-        snprintf(err, errlen, "Could not resolve host: %s (%s)", h, gai_strerror(rc));
-        return -1;
+    if (host_is_ip && !use_proxy) {
+        struct addrinfo hints = { 0 }, *res = NULL;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+        if ((rc = getaddrinfo(h, p, &hints, &res)) != 0) {
+            snprintf(err, errlen, "bad address %s (%s)", h, gai_strerror(rc));
+            return -1;
+        }
+        dns_store(res);
+        freeaddrinfo(res);
+        return dns_n ? 0 : -1;
     }
-    dns_n = 0;
-    for (a = res; a && dns_n < 4; a = a->ai_next) {
-        if (a->ai_addrlen > sizeof dns_addr[0]) continue;
-        memcpy(&dns_addr[dns_n], a->ai_addr, a->ai_addrlen);
-        dns_len[dns_n++] = a->ai_addrlen;
+    if (!gbusy) {
+        struct gaicb *list[1] = { &gcb };
+        struct sigevent sev;
+        memset(&gcb, 0, sizeof gcb);
+        memset(&ghints, 0, sizeof ghints);
+        memset(&sev, 0, sizeof sev);
+        ghints.ai_socktype = SOCK_STREAM;
+        ghints.ai_flags = AI_ADDRCONFIG;
+        gcb.ar_name = h;
+        gcb.ar_service = p;
+        gcb.ar_request = &ghints;
+        sev.sigev_notify = SIGEV_NONE;
+        if ((rc = getaddrinfo_a(GAI_NOWAIT, list, 1, &sev)) != 0) {
+            snprintf(err, errlen, "Could not resolve host: %s (%s)", h, gai_strerror(rc));
+            return dns_n ? 0 : -1;
+        }
+        gbusy = 1;
+        gstart = mono_ms();
     }
-    freeaddrinfo(res);
-    dns_until = mono_ms() + DNS_TTL_MS;
-    if (!dns_n) {
-        snprintf(err, errlen, "Could not resolve host: %s", h);
-        return -1;
+    rc = gai_error(&gcb);
+    if (rc == EAI_INPROGRESS) {
+        if (dns_n) return 0;                   /* stale, refreshed meanwhile */
+        if (mono_ms() - gstart < conf.connect_timeout) return 1;
+        snprintf(err, errlen, "Could not resolve host: %s (no answer in %lld ms)", h,
+                 (long long) conf.connect_timeout);
+        return -1;                            /* the lookup goes on */
     }
-    return 0;
+    gbusy = 0;
+    if (rc == 0) {
+        dns_store(gcb.ar_result);
+        freeaddrinfo(gcb.ar_result);
+        gcb.ar_result = NULL;
+        if (dns_n) return 0;
+        rc = EAI_NONAME;
+    }
+    snprintf(err, errlen, "Could not resolve host: %s (%s)", h, gai_strerror(rc));
+    return dns_n ? 0 : -1;
 }
 
 static int tcp_start(h2conn_t *c)
@@ -534,14 +584,19 @@ static int tcp_start(h2conn_t *c)
     return -1;
 }
 
-h2conn_t *h2conn_open(mctx_t *m, char *err, size_t errlen)
+h2conn_t *h2conn_open(mctx_t *m, int *later, char *err, size_t errlen)
 {
     h2conn_t *c;
+    int r;
+    *later = 0;
     if (!m->ssl_ctx) {
         snprintf(err, errlen, "client certificate unusable");
         return NULL;
     }
-    if (resolve(err, errlen)) return NULL;
+    if ((r = resolve(err, errlen)) != 0) {
+        *later = r == 1;
+        return NULL;
+    }
     c = xcalloc(1, sizeof *c);
     c->m = m;
     c->fd = -1;

@@ -47,7 +47,8 @@ int h2_setup(char *err, size_t errlen);          /* parses conf.apns_url */
 const char *h2_authority(void);
 void *h2_ssl_ctx(ident_t *id, char *err, size_t errlen);
 void h2_ssl_ctx_free(void *ctx);
-h2conn_t *h2conn_open(mctx_t *m, char *err, size_t errlen);
+h2conn_t *h2conn_open(mctx_t *m, int *later, char *err, size_t errlen);
+                                                /* later: DNS under way */
 void h2conn_event(h2conn_t *c, uint32_t events);
 int h2conn_submit(h2conn_t *c, xfer_t *x);      /* 0 = stream started */
 void h2conn_cancel(h2conn_t *c, xfer_t *x);     /* RST_STREAM CANCEL */

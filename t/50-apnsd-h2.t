@@ -3,7 +3,9 @@
 # connection churn against a server with rapid-reset protection), a GOAWAY
 # refuses only the streams above its last_stream_id (those are sent again,
 # the others answered once), a GOAWAY with a certificate reason stops the
-# topic, PING finds a dead connection, a CONNECT proxy is used.
+# topic, PING finds a dead connection, a host name is resolved, a CONNECT
+# proxy is used, nghttpd works, a TLS alert about our certificate stops the
+# topic.
 use strict;
 use warnings;
 use FindBin;
@@ -147,6 +149,15 @@ kill 'CONT', $t->{mock_pid};
 $t->produce_many(@ids[10 .. 19]);
 ok $t->wait_for(sub { all_pushed(@ids) }, 15), 'later pushes go out on a new connection';
 ok scalar($t->sessions) >= 2, 'reconnected';
+is $t->stop_apnsd($a), 0, 'stopped';
+
+# ---- a host name: looked up without blocking the loop (getaddrinfo_a) ------------
+$a = $t->start_apnsd(cert => [$c->{pem}],
+                     opts => { apns => 'https://localhost:' . $t->port('apns') });
+$t->enroll('BYNAME', topic => $T);
+$t->produce('BYNAME');
+ok $t->wait_for(sub { $t->enr('BYNAME')->{push_ms} }, 10),
+    'pushed to https://localhost:PORT (name resolved, certificate name checked)';
 is $t->stop_apnsd($a), 0, 'stopped';
 
 # ---- CONNECT proxy --------------------------------------------------------------
