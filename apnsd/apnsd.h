@@ -2,9 +2,10 @@
  * mdm-apnsd: APNs sender for the nginx MDM module.
  *
  * One process, one thread, one epoll loop: per push topic a few HTTP/2
- * connections (libnghttp2 over OpenSSL, apns.c, h2conn.c) are driven by
- * their socket events and timers; Redis is spoken to synchronously with pipelined batches, plus
- * one non-blocking connection that waits on the push list while idle.
+ * connections (libnghttp2 over OpenSSL: apns.c, h2conn.c) driven by their
+ * socket events and timers; Redis is spoken to with pipelined batches on a
+ * non-blocking connection (connect and setup included), plus one that waits
+ * on the push list while idle.
  */
 #ifndef MDM_APNSD_H
 #define MDM_APNSD_H
@@ -12,6 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "mdm_keys.h"
+#include "mdm_redis_addr.h"
 
 #define APNSD_VERSION     "1.0.0"
 #define PUSH_LIB_VERSION  "1"          /* redis-scripts/push.lua VERSION */
@@ -61,9 +65,13 @@ typedef struct strlist { char **v; int n; } strlist_t;
 typedef struct conf {
     char *config_file;
     char *name;                 /* instance name (mdm:push:proc:NAME) */
-    char *redis;                /* unix:/path | host:port */
+    char *redis;                /* the mdm_redis_addr grammar */
+    char *redis_username;       /* override the spec's options */
     char *redis_password;
-    int64_t redis_db;
+    int64_t redis_db;           /* -1: the spec's db= (default 0) */
+    mdm_redis_addr_t raddr;     /* parsed, overrides applied */
+    char redis_show[160];       /* for log lines, no password */
+    int64_t max_outcomes;
     int64_t redis_timeout;      /* all durations in ms */
     char *apns;                 /* production | development | https://... */
     char *apns_url;             /* derived base URL, no trailing slash */
@@ -191,10 +199,14 @@ typedef struct topic {
 
 typedef struct redisReply redisReply_t;
 
-int store_connected(void);
-int store_connect(void);                 /* 0 ok */
+int store_connected(void);               /* setup done, commands go out */
+int store_connect(void);                 /* non-blocking step; 0 = ready */
+int store_wait_ready(int64_t until);     /* check mode, shutdown: 0 = ready */
+int store_take_fresh(void);              /* 1 once after each (re)connect */
 void store_disconnect(const char *why);
-int64_t store_next_connect(void);        /* monotonic ms, 0 if connected */
+void store_error(const char *what, const char *err);   /* backs off */
+int store_paused(int64_t now);           /* backing off after an error */
+int64_t store_next_event(int64_t now);   /* monotonic ms, -1 = none */
 
 /* Pipeline: commands are queued (pipe_cmd), written by pipe_send, and the
  * callbacks run in order as replies arrive (store_event on the epoll loop).
@@ -232,17 +244,8 @@ static inline item_t *heap_top(heap_t *h) { return h->n ? h->v[0] : NULL; }
 #define EV_WAITER 3              /* epoll tag of the waiter connection */
 #define EV_REDIS  4              /* epoll tag of the main Redis connection */
 
-/* ---- keys -------------------------------------------------------------- */
+/* ---- keys (common/mdm_keys.h, generated from redis-scripts/keys.def) --- */
 
-#define K_Q        "mdm:push:q"
-#define K_PENDING  "mdm:push:pending"
-#define K_PROC     "mdm:push:proc:"
-#define K_ALIVE    "mdm:push:alive:"
-#define K_STATS    "mdm:push:stats"
-#define K_SENDERS  "mdm:push:senders"
-#define K_EVENTS   "mdm:events"
-#define K_CONF     "mdm:conf"
-
-char *enr_key(const char *id);   /* mdm:{D}:enr:E, malloc'ed */
+char *enr_key(const char *id);   /* MDM_KEY_ENR of id "D:E", malloc'ed */
 
 #endif

@@ -29,8 +29,10 @@ static opt_t opts[] = {
     { "config",            O_STR,  &conf.config_file,       NULL, 0, 0, 0 },
     { "name",              O_STR,  &conf.name,              NULL, 0, 0, 0 },
     { "redis",             O_STR,  &conf.redis,             "127.0.0.1:6379", 0, 0, 0 },
+    { "redis-username",    O_STR,  &conf.redis_username,    NULL, 0, 0, 0 },
     { "redis-password",    O_STR,  &conf.redis_password,    NULL, 0, 0, 0 },
-    { "redis-db",          O_INT,  &conf.redis_db,          "0", 0, 1000, 0 },
+    { "redis-db",          O_INT,  &conf.redis_db,          "-1", -1, MDM_REDIS_DB_MAX, 0 },
+    { "max-outcomes",      O_INT,  &conf.max_outcomes,      "100000", 1, 100000000, 0 },
     { "redis-timeout",     O_MS,   &conf.redis_timeout,     "5s", 10, D, 0 },
     { "apns",              O_STR,  &conf.apns,              "production", 0, 0, 0 },
     { "ca-file",           O_STR,  &conf.ca_file,           NULL, 0, 0, 0 },
@@ -128,14 +130,27 @@ static const char help_text[] =
 "              Configuration file. Default: none.\n"
 "       --name NAME\n"
 "              Instance name, unique per running instance. Default: host name.\n"
-"       --redis unix:PATH | HOST:PORT\n"
-"              Redis server. Default: 127.0.0.1:6379.\n"
+"       --redis \"unix:/PATH | IPv4:PORT | [IPv6]:PORT [username=U]\n"
+"               [password=P] [db=N]\"\n"
+"              Redis server, in the grammar of the module's mdm_redis and\n"
+"              mdmctl --redis. Host names are refused (no DNS on the event\n"
+"              loop). Default: 127.0.0.1:6379.\n"
+"       --redis-username USER\n"
+"              ACL user for AUTH (needs a password). Overrides username=.\n"
 "       --redis-password PASSWORD\n"
-"              AUTH password (prefer MDM_APNSD_REDIS_PASSWORD). Default: none.\n"
+"              AUTH password (prefer MDM_APNSD_REDIS_PASSWORD). Overrides\n"
+"              password=. Default: none.\n"
 "       --redis-db N\n"
-"              Database number. Default: 0.\n"
+"              Database number (0..9999). Overrides db=. Default: 0.\n"
 "       --redis-timeout MS\n"
-"              Connect and command timeout. Default: 5s.\n"
+"              Bound of a connect and its setup (AUTH, SELECT, version\n"
+"              check), done without blocking the loop. Default: 5s.\n"
+"       --max-outcomes N\n"
+"              Outcomes (results to write back) kept in memory while Redis\n"
+"              refuses them (OOM, LOADING, ...), requests in flight\n"
+"              included. At the bound no new push is started and nothing is\n"
+"              claimed until Redis takes them: nothing is dropped.\n"
+"              Default: 100000.\n"
 "       --apns production | development | https://HOST[:PORT]\n"
 "              production = api.push.apple.com, development =\n"
 "              api.sandbox.push.apple.com, or any HTTP/2 TLS server (tests).\n"
@@ -424,6 +439,38 @@ static int finish(void)
     if (conf.priority != 10 && conf.priority != 5 && conf.priority != 1) {
         fprintf(stderr, "mdm-apnsd: priority: APNs accepts 10, 5 or 1\n");
         bad = 1;
+    }
+    {
+        char err[256];
+        if (mdm_redis_addr_spec(&conf.raddr, conf.redis, err, sizeof err) != 0) {
+            fprintf(stderr, "mdm-apnsd: redis: %s\n", err);
+            bad = 1;
+        }
+        if (conf.redis_username
+            && strlen(conf.redis_username) >= sizeof conf.raddr.username) {
+            fprintf(stderr, "mdm-apnsd: redis-username: too long\n");
+            bad = 1;
+        } else if (conf.redis_username) {
+            strcpy(conf.raddr.username, conf.redis_username);
+        }
+        if (conf.redis_password
+            && strlen(conf.redis_password) >= sizeof conf.raddr.password) {
+            fprintf(stderr, "mdm-apnsd: redis-password: too long\n");
+            bad = 1;
+        } else if (conf.redis_password) {
+            strcpy(conf.raddr.password, conf.redis_password);
+        }
+        if (conf.redis_db >= 0) conf.raddr.db = (int) conf.redis_db;
+        if (conf.raddr.username[0] && !conf.raddr.password[0]) {
+            fprintf(stderr, "mdm-apnsd: redis: a username needs a password\n");
+            bad = 1;
+        }
+        /* log lines show the address, never the password */
+        int n = mdm_redis_addr_format(&conf.raddr, conf.redis_show,
+                                      sizeof conf.redis_show);
+        if (conf.raddr.username[0])
+            snprintf(conf.redis_show + n, sizeof conf.redis_show - (size_t) n,
+                     " username=%s", conf.raddr.username);
     }
     if (conf.retry_max < conf.retry_base) conf.retry_max = conf.retry_base;
     if (conf.breaker_max < conf.breaker_pause) conf.breaker_max = conf.breaker_pause;

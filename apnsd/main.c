@@ -63,12 +63,46 @@ enum { D_ID, D_COUNT, D_TOKEN, D_RESULT, D_REASON, D_STATUS, D_APNSID, D_TS,
 
 typedef struct drec {
     qlink_t link;
+    unsigned long long seq;         /* queue order, kept when Redis refuses */
     char *enr;
     char *a[D_N];
 } drec_t;
 
 static qlink_t dones;
-static int n_dones;
+static int n_dones;                 /* queued, not sent */
+static int n_dones_out;             /* sent, not answered */
+static unsigned long long dones_seq;
+
+/* Outcomes waiting for Redis plus requests in flight (each brings one) stay
+ * within max-outcomes: at the bound nothing new is started or claimed, the
+ * outcomes wait for Redis in memory, none is dropped. */
+static int outcomes_full(void)
+{
+    static int warned;
+    int full = n_dones + n_dones_out + n_flight >= conf.max_outcomes;
+    if (full && !warned)
+        log_warn("%d outcomes wait for Redis (max-outcomes): no push is sent and "
+                 "nothing claimed until Redis takes them", n_dones + n_dones_out);
+    else if (!full && warned)
+        log_notice("outcomes below max-outcomes again: sending resumes");
+    warned = full;
+    return full;
+}
+
+/* An occurrence finished here but still in our list in Redis: an LRANGE on
+ * its way must not adopt it again. */
+static void fin_add(const char *id, int count)
+{
+    if (!adopt_inflight || count <= 0) return;
+    fin_t *f = ht_get(&adopt_fin, id);
+    if (!f) {
+        size_t l = strlen(id);
+        f = xcalloc(1, sizeof *f + l + 1);
+        memcpy(f->id, id, l + 1);
+        ht_put(&adopt_fin, f->id, f);
+    }
+    f->n += count;
+}
 
 static void drec_free(drec_t *d)
 {
@@ -94,19 +128,11 @@ static void queue_done(item_t *it, int count, const char *result,
     d->a[D_TOPIC] = xstrdup(it->topic ? it->topic : "");
     d->a[D_ATTEMPT] = it->attempts ? xasprintf("%d", it->attempts) : xstrdup("");
     d->a[D_DETAIL] = xstrdup(detail ? detail : "");
+    d->seq = ++dones_seq;
     ql_push(&dones, &d->link);
     n_dones++;
     /* the LRANGE answer on its way still lists these occurrences */
-    if (adopt_inflight && count > 0) {
-        fin_t *f = ht_get(&adopt_fin, it->id);
-        if (!f) {
-            size_t l = strlen(it->id);
-            f = xcalloc(1, sizeof *f + l + 1);
-            memcpy(f->id, it->id, l + 1);
-            ht_put(&adopt_fin, f->id, f);
-        }
-        f->n += count;
-    }
+    fin_add(it->id, count);
 }
 
 static void adopt_fin_clear(void)
@@ -124,24 +150,24 @@ static void adopt_fin_clear(void)
 static void done_cb(redisReply *r, void *ctx)
 {
     drec_t *d = ctx;
-    if (!r) {                       /* connection lost: keep it */
-        ql_push(&dones, &d->link);
-        n_dones++;
+    n_dones_out--;
+    if (r && r->type != REDIS_REPLY_ERROR) {
+        drec_free(d);
         return;
     }
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (strstr(r->str, "Function not found") || strstr(r->str, "NOSCRIPT")
-            || strstr(r->str, "LOADING") || strstr(r->str, "READONLY")) {
-            /* the library went away or Redis is not writable: retry later */
-            ql_push(&dones, &d->link);
-            n_dones++;
-            store_disconnect(r->str);
-            return;
-        }
-        log_err("redis: mdm_push_done id=%s result=%s: %s (outcome dropped)",
-                d->a[D_ID], d->a[D_RESULT], r->str);
-    }
-    drec_free(d);
+    /* Lost, or refused (OOM, LOADING, READONLY, the library gone...): the
+     * outcome waits for Redis in its place, never dropped, so the id is
+     * not adopted and pushed again meanwhile. The store backs off. */
+    qlink_t *p = dones.next;
+    while (p != &dones && ql_entry(p, drec_t, link)->seq < d->seq) p = p->next;
+    d->link.next = p;
+    d->link.prev = p->prev;
+    p->prev->next = &d->link;
+    p->prev = &d->link;
+    n_dones++;
+    fin_add(d->a[D_ID], atoi(d->a[D_COUNT]));
+    if (r && (strstr(r->str, "Function not found") || strstr(r->str, "NOSCRIPT")))
+        store_disconnect(r->str);   /* the version is checked on reconnect */
 }
 
 static void pipe_dones(void)
@@ -152,9 +178,11 @@ static void pipe_dones(void)
         ql_remove(&d->link);
         n_dones--;
         const char *argv[3 + 5 + D_N] = { "FCALL", "mdm_push_done", "5", k_proc,
-                                          d->enr, K_EVENTS, K_STATS, K_CONF };
+                                          d->enr, MDM_KEY_EVENTS, MDM_KEY_PUSH_STATS,
+                                          MDM_KEY_CONF };
         for (int i = 0; i < D_N; i++) argv[8 + i] = d->a[i];
         pipe_cmd(done_cb, d, 8 + D_N, argv, NULL);
+        n_dones_out++;
         n++;
     }
 }
@@ -236,8 +264,8 @@ static void topic_event(topic_t *t, const char *state, const char *reason,
                         const char *detail)
 {
     if (!store_connected()) return;
-    pipe_cmdf(NULL, NULL, "FCALL", "mdm_push_topic", "3", K_STATS, K_EVENTS,
-              K_CONF, t->name, state, reason ? reason : "", conf.name,
+    pipe_cmdf(NULL, NULL, "FCALL", "mdm_push_topic", "3", MDM_KEY_PUSH_STATS,
+              MDM_KEY_EVENTS, MDM_KEY_CONF, t->name, state, reason ? reason : "", conf.name,
               detail ? detail : "", (char *) NULL);
 }
 
@@ -693,6 +721,15 @@ static void on_complete(item_t *it, xfer_t *x, mctx_t *m, int res, long status,
             retry_item(it, reason, status, "", x->apns_id);
             return;
         }
+        /* the topic, not the item: every push of it would fail alike */
+        if (!strcmp(reason, "BadTopic") || !strcmp(reason, "TopicDisallowed")) {
+            log_err("push id=%s topic=%s status=400 reason=%s", it->id, t->name,
+                    reason);
+            topic_stop(t, reason, NULL);
+            queue_done(it, 0, "stopped", reason, status, x->apns_id, NULL, NULL);
+            park(it, t);
+            return;
+        }
         /* fallthrough */
     default:
         st.failed++;
@@ -817,7 +854,8 @@ static void claim_cb(redisReply *r, void *ctx)
     if (!r) { more_in_q = 1; return; }
     if (r->type == REDIS_REPLY_ERROR) {
         if (!strncmp(r->str, "NAMECONFLICT", 12)) fatal_conflict(r->str);
-        log_err("redis: mdm_push_claim: %s", r->str);
+        log_debug("redis: mdm_push_claim: %s", r->str);   /* store backs off */
+        more_in_q = 1;
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY) return;
@@ -842,7 +880,7 @@ static void beat_cb(redisReply *r, void *ctx)
     (void) ctx;
     if (r && r->type == REDIS_REPLY_ERROR) {
         if (!strncmp(r->str, "NAMECONFLICT", 12)) fatal_conflict(r->str);
-        log_err("redis: mdm_push_beat: %s", r->str);
+        log_debug("redis: mdm_push_beat: %s", r->str);    /* store backs off */
     } else if (r) {
         beat_ok = 1;
     }
@@ -918,10 +956,11 @@ static void senders_cb(redisReply *r, void *ctx)
     for (size_t i = 0; i < r->elements; i++) {
         const char *name = r->element[i]->str;
         if (!name || !strcmp(name, conf.name)) continue;
-        char *proc = xasprintf(K_PROC "%s", name), *alive = xasprintf(K_ALIVE "%s", name);
-        pipe_cmdf(recover_cb, xstrdup(name), "FCALL", "mdm_push_recover", "6", K_Q,
-                  K_PENDING, proc, alive, K_STATS, K_SENDERS, "dead", name,
-                  (char *) NULL);
+        char *proc = xasprintf(MDM_KEY_PUSH_PROC, name),
+             *alive = xasprintf(MDM_KEY_PUSH_ALIVE, name);
+        pipe_cmdf(recover_cb, xstrdup(name), "FCALL", "mdm_push_recover", "6",
+                  MDM_KEY_PUSH_Q, MDM_KEY_PUSH_PENDING, proc, alive, MDM_KEY_PUSH_STATS,
+                  MDM_KEY_PUSH_SENDERS, "dead", name, (char *) NULL);
         free(proc);
         free(alive);
     }
@@ -934,7 +973,7 @@ static void stats_cb(redisReply *r, void *ctx)
     if (q >= 0) {                   /* queue depth as this sender last saw it */
         char v[32];
         snprintf(v, sizeof v, "%lld", q);
-        pipe_cmdf(NULL, NULL, "HSET", K_STATS, "queue", v, (char *) NULL);
+        pipe_cmdf(NULL, NULL, "HSET", MDM_KEY_PUSH_STATS, "queue", v, (char *) NULL);
     }
     char tl[512] = "";
     size_t o = 0;
@@ -965,11 +1004,12 @@ static void redis_cycle(int64_t now)
         stats_cb(NULL, NULL);
         next_stats = now + conf.stats_interval;
     }
-    if (!store_connected()) {
-        if (store_connect() != 0) return;
+    if (store_connect() != 0) return;       /* non-blocking, driven by the loop */
+    if (store_take_fresh()) {
         need_adopt = 1;
         more_in_q = 1;
     }
+    if (store_paused(now)) return;          /* Redis refused: back off */
     if (n_dones) pipe_dones();
     /* Our list in Redis is the truth: read it on (re)connect and now and
      * then, after all outcomes are out, and hold whatever we do not know
@@ -983,25 +1023,25 @@ static void redis_cycle(int64_t now)
     char ttl[32], n[32];
     snprintf(ttl, sizeof ttl, "%lld", (long long) conf.alive_ttl);
     int64_t r = room();
-    if (!shutting && more_in_q && !claim_inflight
+    if (!shutting && more_in_q && !claim_inflight && !outcomes_full()
         && (r >= (conf.batch + 1) / 2 || (r > 0 && !n_local))) {
         claim_inflight = 1;
         claim_want = (int) (r < conf.batch ? r : conf.batch);
         snprintf(n, sizeof n, "%d", claim_want);
-        pipe_cmdf(claim_cb, NULL, "FCALL", "mdm_push_claim", "5", K_Q, K_PENDING,
-                  k_proc, k_alive, K_SENDERS, n, ttl, nonce, conf.name,
-                  beat_ok ? "0" : "1", (char *) NULL);
+        pipe_cmdf(claim_cb, NULL, "FCALL", "mdm_push_claim", "5", MDM_KEY_PUSH_Q,
+                  MDM_KEY_PUSH_PENDING, k_proc, k_alive, MDM_KEY_PUSH_SENDERS, n, ttl,
+                  nonce, conf.name, beat_ok ? "0" : "1", (char *) NULL);
         more_in_q = 0;          /* set again by a full reply */
         next_beat = now + conf.alive_ttl / 3;
     }
     if (!shutting && now >= next_beat) {
         pipe_cmdf(beat_cb, NULL, "FCALL", "mdm_push_beat", "2", k_alive,
-                  K_SENDERS, nonce, ttl, conf.name, beat_ok ? "0" : "1", (char *) NULL);
+                  MDM_KEY_PUSH_SENDERS, nonce, ttl, conf.name, beat_ok ? "0" : "1", (char *) NULL);
         next_beat = now + conf.alive_ttl / 3;
     }
     if (!shutting && !ql_empty(&lookup_q)) pipe_lookups();
     if (!shutting && now >= next_recover) {
-        pipe_cmdf(senders_cb, NULL, "SMEMBERS", K_SENDERS, (char *) NULL);
+        pipe_cmdf(senders_cb, NULL, "SMEMBERS", MDM_KEY_PUSH_SENDERS, (char *) NULL);
         next_recover = now + conf.recover_interval;
     }
     if (now >= next_stats) {
@@ -1012,8 +1052,8 @@ static void redis_cycle(int64_t now)
         snprintf(v1, sizeof v1, "%d", n_flight);
         snprintf(v2, sizeof v2, "%d", n_local);
         snprintf(v3, sizeof v3, "%d", n_parked);
-        pipe_cmdf(NULL, NULL, "HSET", K_STATS, a, v1, b, v2, c, v3, (char *) NULL);
-        pipe_cmdf(stats_cb, NULL, "LLEN", K_Q, (char *) NULL);
+        pipe_cmdf(NULL, NULL, "HSET", MDM_KEY_PUSH_STATS, a, v1, b, v2, c, v3, (char *) NULL);
+        pipe_cmdf(stats_cb, NULL, "LLEN", MDM_KEY_PUSH_Q, (char *) NULL);
         next_stats = now + conf.stats_interval;
     }
     st.cmds += (unsigned long long) pipe_pending();
@@ -1025,7 +1065,7 @@ static void redis_cycle(int64_t now)
 
 static void dispatch(int64_t now)
 {
-    if (shutting) return;
+    if (shutting || outcomes_full()) return;
     int64_t cap = conf.connections * conf.streams;
     for (topic_t *t = topics; t; t = t->next) {
         if (t->state != T_ACTIVE || !t->nready) continue;
@@ -1040,7 +1080,8 @@ static void dispatch(int64_t now)
          * wait for the server's SETTINGS before they open streams). */
         int64_t lim = cap;
         if (!t->m->warm) lim = t->m->inflight ? 0 : t->inflight + 1;
-        while (t->nready && t->inflight < lim && !(t->open == 2 && t->probe_out)) {
+        while (t->nready && t->inflight < lim && !(t->open == 2 && t->probe_out)
+               && !outcomes_full()) {
             item_t *it = ql_entry(t->ready.next, item_t, link);
             ql_remove(&it->link);
             t->nready--;
@@ -1090,7 +1131,7 @@ static void leave_cb(redisReply *r, void *ctx)
     if (r && r->type == REDIS_REPLY_INTEGER) {
         *ok = 1;
         if (r->integer > 0)
-            log_notice("%lld held pushes put back at the head of %s", r->integer, K_Q);
+            log_notice("%lld held pushes put back at the head of %s", r->integer, MDM_KEY_PUSH_Q);
     } else if (r && r->type == REDIS_REPLY_ERROR) {
         log_err("redis: mdm_push_recover (leave): %s", r->str);
     }
@@ -1102,10 +1143,11 @@ static void finalize(void)
     int64_t until = mono_ms() + conf.redis_timeout * 2;
     /* Outcomes first, then the rest of our list goes back to the queue */
     while (!ok && mono_ms() < until) {
-        if (store_connect() == 0) {
+        if (store_wait_ready(until) == 0) {
             while (n_dones) pipe_dones();
-            pipe_cmdf(leave_cb, &ok, "FCALL", "mdm_push_recover", "6", K_Q, K_PENDING,
-                      k_proc, k_alive, K_STATS, K_SENDERS, "leave", conf.name,
+            pipe_cmdf(leave_cb, &ok, "FCALL", "mdm_push_recover", "6", MDM_KEY_PUSH_Q,
+                      MDM_KEY_PUSH_PENDING, k_proc, k_alive, MDM_KEY_PUSH_STATS,
+                      MDM_KEY_PUSH_SENDERS, "leave", conf.name,
                       (char *) NULL);
             pipe_flush_sync(until - mono_ms());
             if (ok && n_dones) ok = 0;      /* should not happen: keep trying */
@@ -1114,7 +1156,11 @@ static void finalize(void)
     }
     if (!ok)
         log_err("could not return held pushes to %s; they stay in %s and are taken over "
-                "when this name restarts or its heartbeat expires", K_Q, k_proc);
+                "when this name restarts or its heartbeat expires", MDM_KEY_PUSH_Q, k_proc);
+    if (n_dones)
+        log_err("%d outcomes not written (Redis refused them until the end): "
+                "those pushes stay in %s and are sent again after a restart",
+                n_dones, k_proc);
     log_notice("stopped (sent=%llu ok=%llu failed=%llu retried=%llu)", st.sent, st.ok,
                st.failed, st.retried);
     log_info("loop: %llu iterations, %llu ms waiting; %llu Redis pipelines, %llu commands",
@@ -1192,10 +1238,11 @@ static int check_mode(void)
                t->state == T_STOPPED ? "  EXPIRED" : "");
         if (t->state == T_STOPPED) bad = 1;
     }
-    if (store_connect() == 0) {
-        printf("redis %s: ok, function library mdm_push %s\n", conf.redis, PUSH_LIB_VERSION);
+    if (store_wait_ready(mono_ms() + conf.redis_timeout) == 0) {
+        printf("redis %s: ok, function library mdm_push %s\n", conf.redis_show,
+               PUSH_LIB_VERSION);
     } else {
-        printf("redis %s: not usable (see log)\n", conf.redis);
+        printf("redis %s: not usable (see log)\n", conf.redis_show);
         bad = 1;
     }
     printf("apns %s\n", conf.apns_url);
@@ -1210,8 +1257,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     ql_init(&lookup_q);
     ql_init(&dones);
-    k_proc = xasprintf(K_PROC "%s", conf.name);
-    k_alive = xasprintf(K_ALIVE "%s", conf.name);
+    k_proc = xasprintf(MDM_KEY_PUSH_PROC, conf.name);
+    k_alive = xasprintf(MDM_KEY_PUSH_ALIVE, conf.name);
     {
         char host[128] = "?";
         gethostname(host, sizeof host - 1);
@@ -1248,7 +1295,7 @@ int main(int argc, char **argv)
     next_cert = now + conf.cert_check;
     log_notice("mdm-apnsd %s started: name %s, %d topic(s), apns %s, redis %s, "
                "%lld connections x %lld streams per topic", APNSD_VERSION, conf.name,
-               ntopics, conf.apns_url, conf.redis, (long long) conf.connections,
+               ntopics, conf.apns_url, conf.redis_show, (long long) conf.connections,
                (long long) conf.streams);
 
     struct epoll_event evs[256];
@@ -1262,7 +1309,8 @@ int main(int argc, char **argv)
             }
         }
         redis_cycle(now);
-        if (store_connected() && !shutting && !more_in_q && !waiter_armed) {
+        if (store_connected() && !store_paused(now) && !shutting && !more_in_q
+            && !waiter_armed) {
             if (waiter_arm(epfd) == 0) waiter_armed = 1;
             else next_poll = now + 1000;
         }
@@ -1270,10 +1318,10 @@ int main(int argc, char **argv)
         apns_reap();
 
         int64_t dl = -1;
-        int busy = store_connected()
+        int busy = store_connected() && !store_paused(now)
             && (n_dones || (!shutting && !ql_empty(&lookup_q)) || pipe_pending()
                 || (need_adopt && !adopt_inflight)
-                || (!shutting && more_in_q && !claim_inflight
+                || (!shutting && more_in_q && !claim_inflight && !outcomes_full()
                     && room() >= (conf.batch + 1) / 2));
         if (!busy) {
             dl = min_t(dl, apns_next_timer());
@@ -1282,7 +1330,7 @@ int main(int argc, char **argv)
             dl = min_t(dl, next_recover);
             dl = min_t(dl, next_stats);
             dl = min_t(dl, next_cert);
-            if (!store_connected()) dl = min_t(dl, store_next_connect());
+            dl = min_t(dl, store_next_event(now));
             if (!waiter_armed && !more_in_q) dl = min_t(dl, next_poll);
             if (shutting) dl = min_t(dl, shutdown_deadline);
             for (topic_t *t = topics; t; t = t->next) {

@@ -1,8 +1,12 @@
-/* Redis: the main connection is opened and checked synchronously (bounded by
- * redis-timeout), then driven non-blocking by the epoll loop: commands are
- * pipelined and their callbacks run in order as replies arrive. A second
- * non-blocking connection blocks in Redis (BLMOVE q q LEFT LEFT, which leaves
- * the list unchanged) while the sender is idle. */
+/* Redis: both connections are opened without blocking (an IP literal or a
+ * unix path, never a name to resolve) and driven by the epoll loop. Setup
+ * (AUTH, SELECT, the version check) is pipelined on the new connection and
+ * bounded by redis-timeout; commands queued meanwhile go out once it is
+ * done. Every error Redis answers (OOM under maxmemory, LOADING, READONLY,
+ * a failed setup step...) and every lost connection backs the sender off
+ * (exponential, capped, jittered) until a write goes through again. A
+ * second connection blocks in Redis (BLMOVE q q LEFT LEFT, which leaves the
+ * list unchanged) while the sender is idle. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,19 +14,33 @@
 #include <string.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include <hiredis/hiredis.h>
 
 #include "apnsd.h"
 
+#define BACKOFF_MIN  100
+#define BACKOFF_MAX  5000
+
 static redisContext *rc;
+static int rc_ready;               /* setup answered: commands may go out */
+static int rc_fresh;               /* became ready, not yet seen by main */
+static int64_t rc_deadline;        /* setup must be answered by then */
 static unsigned rc_gen;            /* bumped on every disconnect */
 static int epfd_ = -1;
-static int rc_out;                 /* EPOLLOUT registered */
-static int64_t next_try;           /* monotonic */
-static int64_t backoff = 0;
+static int rc_out;                 /* EPOLLOUT wanted */
+static int64_t next_try;           /* monotonic: next connect */
+static int64_t pause_until;        /* monotonic: no commands before */
+static int64_t backoff;            /* current step, 0 = no trouble */
+static unsigned long long n_errors; /* errors in the current outage */
+static int outage;                 /* a connect or a command failed */
 static char last_err[256];
 
 typedef struct pcmd {
@@ -30,6 +48,7 @@ typedef struct pcmd {
     void *ctx;
     char *buf;
     int len;
+    int write;                     /* FCALL: its success ends an outage */
 } pcmd_t;
 
 /* queued (not yet written) commands, and the ones awaiting replies */
@@ -38,133 +57,263 @@ static int npq, capq;
 static pcmd_t *fifo;
 static size_t fhead, ftail, fcap;   /* ring buffer [fhead, ftail) */
 
-int store_connected(void) { return rc != NULL; }
-int64_t store_next_connect(void) { return rc ? 0 : next_try; }
+static void drop(const char *why);
+static int write_out(void);
+
+int store_connected(void) { return rc_ready; }
 void store_set_epoll(int epfd) { epfd_ = epfd; }
 static size_t fifo_len(void) { return ftail - fhead; }
 
-static int parse_addr(char **host, int *port, char **path)
+int store_take_fresh(void)
 {
-    const char *a = conf.redis;
-    *host = *path = NULL;
-    *port = 6379;
-    if (!strncmp(a, "unix:", 5)) { *path = xstrdup(a + 5); return 0; }
-    if (a[0] == '/') { *path = xstrdup(a); return 0; }
-    if (a[0] == '[') {
-        const char *e = strchr(a, ']');
-        if (!e) return -1;
-        *host = xstrndup(a + 1, (size_t) (e - a - 1));
-        if (e[1] == ':') *port = atoi(e + 2);
-        return 0;
-    }
-    const char *c = strrchr(a, ':');
-    if (c) {
-        *host = xstrndup(a, (size_t) (c - a));
-        *port = atoi(c + 1);
-    } else {
-        *host = xstrdup(a);
-    }
-    return *port > 0 && *port < 65536 ? 0 : -1;
+    int f = rc_fresh;
+    rc_fresh = 0;
+    return f;
 }
 
-static redisContext *open_ctx(int blocking)
+int store_paused(int64_t now) { return now < pause_until; }
+
+/* The next time the store needs the loop: a connect, the setup deadline,
+ * the end of a pause; -1 if none. */
+int64_t store_next_event(int64_t now)
 {
-    char *host, *path;
-    int port;
-    if (parse_addr(&host, &port, &path)) {
-        snprintf(last_err, sizeof last_err, "bad redis address \"%s\"", conf.redis);
-        return NULL;
-    }
-    struct timeval tv = { conf.redis_timeout / 1000, (conf.redis_timeout % 1000) * 1000 };
-    redisContext *c;
-    if (path)
-        c = blocking ? redisConnectUnixWithTimeout(path, tv) : redisConnectUnixNonBlock(path);
+    if (!rc) return next_try;
+    if (!rc_ready) return rc_deadline;
+    return now < pause_until ? pause_until : -1;
+}
+
+static int64_t backoff_step(void)
+{
+    backoff = backoff ? backoff * 2 : BACKOFF_MIN;
+    if (backoff > BACKOFF_MAX) backoff = BACKOFF_MAX;
+    return jitter(backoff, 0.25);
+}
+
+/* Any error from Redis: one line per outage, then back off. */
+void store_error(const char *what, const char *err)
+{
+    int64_t now = mono_ms(), d;
+    n_errors++;
+    /* the other replies of a refused pipeline are the same attempt */
+    if (now < pause_until) return;
+    d = backoff_step();
+    pause_until = now + d;
+    if (!outage)
+        log_err("redis %s: %s: %s; backing off (up to %dms between attempts, "
+                "outcomes kept until Redis takes them)", conf.redis_show, what,
+                err, BACKOFF_MAX);
     else
-        c = blocking ? redisConnectWithTimeout(host, port, tv) : redisConnectNonBlock(host, port);
-    free(host);
-    free(path);
+        log_debug("redis: %s: %s (next attempt in %lldms)", what, err, (long long) d);
+    outage = 1;
+}
+
+/* A write went through: the outage, if any, is over. */
+static void store_ok(void)
+{
+    if (outage)
+        log_notice("redis %s: writes accepted again (%llu errors before)",
+                   conf.redis_show, n_errors);
+    outage = 0;
+    backoff = 0;
+    n_errors = 0;
+    pause_until = 0;
+}
+
+/* A non-blocking TCP connect to the IP literal: no getaddrinfo at all. */
+static int tcp_connect(const char *ip, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof ss);
+    if (strchr(ip, ':')) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) &ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t) port);
+        if (inet_pton(AF_INET6, ip, &s6->sin6_addr) != 1) return -1;
+        len = sizeof *s6;
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *) &ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t) port);
+        if (inet_pton(AF_INET, ip, &s4->sin_addr) != 1) return -1;
+        len = sizeof *s4;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, (struct sockaddr *) &ss, len) != 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static redisContext *open_ctx(void)
+{
+    const mdm_redis_addr_t *a = &conf.raddr;
+    redisContext *c;
+    if (a->type == MDM_REDIS_ADDR_UNIX) {
+        c = redisConnectUnixNonBlock(a->host);
+    } else {
+        int fd = tcp_connect(a->host, a->port);
+        if (fd < 0) {
+            snprintf(last_err, sizeof last_err, "connect: %s", strerror(errno));
+            return NULL;
+        }
+        c = redisConnectFd(fd);
+        if (!c) close(fd);
+    }
     if (!c) {
         snprintf(last_err, sizeof last_err, "out of memory");
         return NULL;
     }
     if (c->err) {
-        snprintf(last_err, sizeof last_err, "%s", c->errstr);
+        snprintf(last_err, sizeof last_err, "connect: %s", c->errstr);
         redisFree(c);
         return NULL;
     }
-    if (blocking) redisSetTimeout(c, tv);
-    if (!path) redisEnableKeepAlive(c);
+    /* hiredis 0.14: without REDIS_BLOCK, EAGAIN means "later" */
+    c->flags &= ~REDIS_BLOCK;
+    if (a->type == MDM_REDIS_ADDR_TCP) redisEnableKeepAlive(c);
     return c;
 }
 
-static int check_reply(redisReply *r, const char *what)
+/* AUTH [user] pass, SELECT: appended to a new connection's output */
+static int append_setup(redisContext *c)
 {
-    if (!r) {
-        snprintf(last_err, sizeof last_err, "%s: %s", what,
-                 rc && rc->err ? rc->errstr : "no reply");
-        return -1;
+    const mdm_redis_addr_t *a = &conf.raddr;
+    int n = 0;
+    if (a->password[0]) {
+        const char *argv[3];
+        int k = 0;
+        argv[k++] = "AUTH";
+        if (a->username[0]) argv[k++] = a->username;
+        argv[k++] = a->password;
+        redisAppendCommandArgv(c, k, argv, NULL);
+        n++;
     }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(last_err, sizeof last_err, "%s: %s", what, r->str);
-        freeReplyObject(r);
-        return -1;
+    if (a->db) {
+        redisAppendCommand(c, "SELECT %d", a->db);
+        n++;
     }
-    return 0;
+    return n;
 }
 
-int store_connect(void)
+static void fifo_room(size_t more)
 {
-    if (rc) return 0;
-    int64_t now = mono_ms();
-    if (now < next_try) return -1;
-    rc = open_ctx(1);
-    redisReply *r;
-    if (!rc) goto fail;
-    if (conf.redis_password) {
-        r = redisCommand(rc, "AUTH %s", conf.redis_password);
-        if (check_reply(r, "AUTH")) goto fail;
-        freeReplyObject(r);
+    if (fifo_len() + more <= fcap) return;
+    size_t ncap = fcap ? fcap : 512;
+    while (ncap < fifo_len() + more) ncap *= 2;
+    pcmd_t *nf = xmalloc(sizeof *nf * ncap);
+    size_t n = 0;
+    for (size_t i = fhead; i < ftail; i++) nf[n++] = fifo[i % fcap];
+    free(fifo);
+    fifo = nf;
+    fcap = ncap;
+    fhead = 0;
+    ftail = n;
+}
+
+enum { HS_AUTH = 1, HS_SELECT, HS_VERSION };
+
+static void hs_cb(redisReply *r, void *ctx)
+{
+    int step = (int) (intptr_t) ctx;
+    const char *what = step == HS_AUTH ? "AUTH" : step == HS_SELECT ? "SELECT"
+        : "FCALL mdm_push_version (is redis-scripts/push.lua loaded?)";
+    if (!r) return;                 /* lost: drop() reports it */
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(last_err, sizeof last_err, "%s: %s", what, r->str);
+        drop(NULL);
+        return;
     }
-    if (conf.redis_db) {
-        r = redisCommand(rc, "SELECT %d", (int) conf.redis_db);
-        if (check_reply(r, "SELECT")) goto fail;
-        freeReplyObject(r);
-    }
-    r = redisCommand(rc, "FCALL mdm_push_version 0");
-    if (check_reply(r, "FCALL mdm_push_version (is redis-scripts/push.lua loaded?)"))
-        goto fail;
+    if (step != HS_VERSION) return;
     if (r->type != REDIS_REPLY_STRING || strcmp(r->str, PUSH_LIB_VERSION) != 0) {
         snprintf(last_err, sizeof last_err, "function library mdm_push has version "
                  "%s, this sender needs %s: load redis-scripts/push.lua",
                  r->type == REDIS_REPLY_STRING ? r->str : "?", PUSH_LIB_VERSION);
-        freeReplyObject(r);
-        goto fail;
+        drop(NULL);
+        return;
     }
-    freeReplyObject(r);
-    /* from here on non-blocking, driven by the epoll loop (hiredis 0.14:
-     * without REDIS_BLOCK, EAGAIN means "later" in redisBuffer{Read,Write}) */
+    rc_ready = 1;
+    rc_fresh = 1;
+    if (outage) log_notice("redis: connected to %s again", conf.redis_show);
+    else log_info("redis: connected to %s", conf.redis_show);
+    last_err[0] = '\0';
+}
+
+static void hs_push(int step)
+{
+    fifo_room(1);
+    fifo[ftail++ % fcap] = (pcmd_t) { hs_cb, (void *) (intptr_t) step, NULL, 0, 0 };
+}
+
+static void start_connect(int64_t now)
+{
+    rc = open_ctx();
+    if (!rc) {
+        drop(NULL);
+        return;
+    }
+    rc_ready = 0;
+    rc_out = 0;
+    rc_deadline = now + conf.redis_timeout;
+    if (conf.raddr.password[0]) hs_push(HS_AUTH);
+    if (conf.raddr.db) hs_push(HS_SELECT);
+    append_setup(rc);
+    redisAppendCommand(rc, "FCALL mdm_push_version 0");
+    hs_push(HS_VERSION);
     if (epfd_ >= 0) {
-        int fl = fcntl(rc->fd, F_GETFL);
-        fcntl(rc->fd, F_SETFL, fl | O_NONBLOCK);
-        rc->flags &= ~REDIS_BLOCK;
-        struct epoll_event ev = { .events = EPOLLIN,
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT,
                                   .data.u64 = ((uint64_t) EV_REDIS << 32) | (uint32_t) rc->fd };
         epoll_ctl(epfd_, EPOLL_CTL_ADD, rc->fd, &ev);
-        rc_out = 0;
     }
-    if (backoff) log_notice("redis: connected to %s again", conf.redis);
-    else log_info("redis: connected to %s", conf.redis);
-    backoff = 0;
-    last_err[0] = '\0';
-    return 0;
-fail:
-    if (!backoff) log_err("redis: %s: %s (retrying)", conf.redis, last_err);
-    else log_debug("redis: %s: %s", conf.redis, last_err);
-    if (rc) { redisFree(rc); rc = NULL; }
-    backoff = backoff ? backoff * 2 : 100;
-    if (backoff > 5000) backoff = 5000;
-    next_try = now + jitter(backoff, 0.2);
+    rc_out = 1;                     /* the connect completes with EPOLLOUT */
+}
+
+/* Starts a connect when due and checks the setup deadline; never blocks.
+ * 0 = ready. */
+int store_connect(void)
+{
+    int64_t now = mono_ms();
+    if (rc_ready) return 0;
+    if (rc) {
+        if (now >= rc_deadline) {
+            snprintf(last_err, sizeof last_err, "no answer to the connect and setup "
+                     "within %lldms (redis-timeout)", (long long) conf.redis_timeout);
+            drop(NULL);
+        }
+        return -1;
+    }
+    if (now < next_try) return -1;
+    start_connect(now);
     return -1;
+}
+
+/* Check mode and shutdown only: drives the connect until ready or until. */
+int store_wait_ready(int64_t until)
+{
+    for (;;) {
+        int64_t now = mono_ms();
+        if (store_connect() == 0) return 0;
+        if (now >= until) return -1;
+        int64_t t = rc ? rc_deadline : next_try;
+        if (t > until) t = until;
+        int ms = t > now ? (int) (t - now) : 0;
+        if (!rc) {
+            poll(NULL, 0, ms);
+            continue;
+        }
+        struct pollfd p = { .fd = rc->fd, .events = POLLIN | (rc_out ? POLLOUT : 0) };
+        int n = poll(&p, 1, ms);
+        if (n > 0)
+            store_event((p.revents & POLLIN ? EPOLLIN : 0)
+                        | (p.revents & POLLOUT ? EPOLLOUT : 0)
+                        | (p.revents & (POLLERR | POLLHUP) ? EPOLLERR : 0));
+    }
 }
 
 static void fail_all(void)
@@ -187,17 +336,43 @@ static void fail_all(void)
     free(q);
 }
 
+/* Closes the connection (lost, or a setup step failed) and schedules the
+ * next connect after a backoff step. */
+static void drop(const char *why)
+{
+    int64_t d = backoff_step();
+    int was_ready = rc_ready;
+    if (rc) {
+        if (!why) why = last_err[0] ? last_err : rc->err ? rc->errstr : "?";
+        if (was_ready) {
+            log_err("redis: connection lost: %s (reconnecting in %lldms)", why,
+                    (long long) d);
+        } else if (!outage) {
+            log_err("redis: %s: %s (retrying)", conf.redis_show, why);
+        } else {
+            log_debug("redis: %s: %s", conf.redis_show, why);
+        }
+        if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, rc->fd, NULL);
+        redisFree(rc);
+        rc = NULL;
+    } else {
+        if (!outage) log_err("redis: %s: %s (retrying)", conf.redis_show, last_err);
+        else log_debug("redis: %s: %s", conf.redis_show, last_err);
+    }
+    outage = 1;
+    n_errors++;
+    rc_ready = 0;
+    rc_fresh = 0;
+    rc_gen++;
+    last_err[0] = '\0';
+    next_try = mono_ms() + d;
+    fail_all();
+}
+
 void store_disconnect(const char *why)
 {
     if (!rc) return;
-    log_err("redis: connection lost: %s", why ? why : (rc->err ? rc->errstr : "?"));
-    if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, rc->fd, NULL);
-    redisFree(rc);
-    rc = NULL;
-    rc_gen++;
-    backoff = 100;
-    next_try = mono_ms() + jitter(backoff, 0.2);
-    fail_all();
+    drop(why);
 }
 
 void pipe_cmd(reply_cb cb, void *ctx, int argc, const char **argv, const size_t *lens)
@@ -210,6 +385,7 @@ void pipe_cmd(reply_cb cb, void *ctx, int argc, const char **argv, const size_t 
     c->cb = cb;
     c->ctx = ctx;
     c->buf = NULL;
+    c->write = !strcmp(argv[0], "FCALL");
     c->len = redisFormatCommandArgv(&c->buf, argc, argv, lens);
     if (c->len < 0) abort();
 }
@@ -235,18 +411,19 @@ int pipe_pending(void) { return npq; }
 
 static void want_out(int on)
 {
-    if (epfd_ < 0 || !rc || on == rc_out) return;
+    if (!rc || on == rc_out) return;
+    rc_out = on;
+    if (epfd_ < 0) return;
     struct epoll_event ev = { .events = EPOLLIN | (on ? EPOLLOUT : 0),
                               .data.u64 = ((uint64_t) EV_REDIS << 32) | (uint32_t) rc->fd };
     epoll_ctl(epfd_, EPOLL_CTL_MOD, rc->fd, &ev);
-    rc_out = on;
 }
 
 static int write_out(void)
 {
     int done = 0;
     if (redisBufferWrite(rc, &done) != REDIS_OK) {
-        store_disconnect(NULL);
+        drop(NULL);
         return -1;
     }
     want_out(!done);
@@ -261,18 +438,8 @@ int pipe_send(void)
         fail_all();
         return -1;
     }
-    if (fifo_len() + (size_t) npq > fcap) {
-        size_t ncap = fcap ? fcap : 512;
-        while (ncap < fifo_len() + (size_t) npq) ncap *= 2;
-        pcmd_t *nf = xmalloc(sizeof *nf * ncap);
-        size_t n = 0;
-        for (size_t i = fhead; i < ftail; i++) nf[n++] = fifo[i % fcap];
-        free(fifo);
-        fifo = nf;
-        fcap = ncap;
-        fhead = 0;
-        ftail = n;
-    }
+    if (!rc_ready) return 0;        /* sent once the setup is answered */
+    fifo_room((size_t) npq);
     for (int i = 0; i < npq; i++) {
         redisAppendFormattedCommand(rc, pq[i].buf, (size_t) pq[i].len);
         free(pq[i].buf);
@@ -290,21 +457,37 @@ void store_event(uint32_t events)
     if ((events & EPOLLOUT) && write_out()) return;
     if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP))) return;
     if (redisBufferRead(rc) != REDIS_OK) {
-        store_disconnect(NULL);
+        drop(NULL);
         return;
     }
     unsigned gen = rc_gen;
+    int oks = 0, errs = 0;
     while (rc && gen == rc_gen && fifo_len()) {
         void *r = NULL;
         if (redisGetReplyFromReader(rc, &r) != REDIS_OK) {
-            store_disconnect(NULL);
+            drop(NULL);
             return;
         }
         if (!r) break;
         pcmd_t cmd = fifo[fhead++ % fcap];
+        redisReply *rep = r;
+        if (rep->type == REDIS_REPLY_ERROR && cmd.cb != hs_cb) {
+            /* an enrollment key of the wrong type is skipped, a name
+             * conflict ends the process: every other error backs off */
+            if ((cmd.write || strncmp(rep->str, "WRONGTYPE", 9))
+                && strncmp(rep->str, "NAMECONFLICT", 12)) {
+                store_error("command refused", rep->str);
+                errs++;
+            }
+        } else if (cmd.write) {
+            oks++;
+        }
         if (cmd.cb) cmd.cb(r, cmd.ctx);   /* may disconnect: checked above */
         freeReplyObject(r);
     }
+    /* only replies without any refusal end an outage: one record Redis keeps
+     * refusing among accepted ones must not hold the backoff at its minimum */
+    if (oks && !errs && gen == rc_gen) store_ok();
 }
 
 /* Sends everything and waits for every reply (shutdown). 0 = all answered. */
@@ -347,9 +530,8 @@ static int w_write(int epfd)
 {
     int done = 0;
     if (redisBufferWrite(wc, &done) != REDIS_OK) return -1;
-    int want = done ? EPOLLIN : EPOLLIN | EPOLLOUT;
-    if (want != (w_out ? (EPOLLIN | EPOLLOUT) : EPOLLIN)) {
-        struct epoll_event ev = { .events = (uint32_t) want,
+    if (w_out != !done) {
+        struct epoll_event ev = { .events = EPOLLIN | (done ? 0 : EPOLLOUT),
                                   .data.u64 = ((uint64_t) EV_WAITER << 32) | (uint32_t) wc->fd };
         epoll_ctl(epfd, EPOLL_CTL_MOD, wc->fd, &ev);
         w_out = !done;
@@ -357,40 +539,41 @@ static int w_write(int epfd)
     return 0;
 }
 
+/* Only while the main connection is ready and Redis is not refusing. */
 int waiter_arm(int epfd)
 {
     if (w_expect) return 0;
-    if (!rc) return -1;
+    if (!rc_ready || store_paused(mono_ms())) return -1;
     if (!wc) {
-        wc = open_ctx(0);
-        if (!wc) return -1;
-        struct epoll_event ev = { .events = EPOLLIN,
+        wc = open_ctx();
+        if (!wc) {
+            store_error("waiter", last_err);
+            return -1;
+        }
+        /* EPOLLOUT: the non-blocking connect completes */
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT,
                                   .data.u64 = ((uint64_t) EV_WAITER << 32) | (uint32_t) wc->fd };
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, wc->fd, &ev)) {
             redisFree(wc);
             wc = NULL;
             return -1;
         }
-        if (conf.redis_password) {
-            redisAppendCommand(wc, "AUTH %s", conf.redis_password);
-            w_expect++;
-        }
-        if (conf.redis_db) {
-            redisAppendCommand(wc, "SELECT %d", (int) conf.redis_db);
-            w_expect++;
-        }
+        w_out = 1;
+        w_expect += append_setup(wc);
     }
     /* the timeout only bounds how long a dead connection goes unnoticed */
-    redisAppendCommand(wc, "BLMOVE %s %s LEFT LEFT 30", K_Q, K_Q);
+    redisAppendCommand(wc, "BLMOVE %s %s LEFT LEFT 30", MDM_KEY_PUSH_Q, MDM_KEY_PUSH_Q);
     w_expect++;
     if (w_write(epfd)) {
+        store_error("waiter", wc->errstr);
         waiter_close(epfd);
         return -1;
     }
     return 0;
 }
 
-/* -1: still waiting; 0: BLMOVE timed out (queue empty); 1: the queue has
+/* -1: still waiting; 0: BLMOVE timed out (queue empty) or Redis refused
+ * (then the sender backs off before arming again); 1: the queue has
  * items, or the connection broke (then the caller just claims) */
 int waiter_event(int epfd, uint32_t events)
 {
@@ -405,16 +588,25 @@ int waiter_event(int epfd, uint32_t events)
             if (!r) break;
             redisReply *rep = r;
             w_expect--;
-            int err = rep->type == REDIS_REPLY_ERROR;
-            if (err) log_err("redis: waiter: %s", rep->str);
+            if (rep->type == REDIS_REPLY_ERROR) {
+                /* e.g. OOM: BLMOVE is denyoom. The connection stays; a
+                 * failed setup step closes it. */
+                store_error("waiter", rep->str);
+                freeReplyObject(rep);
+                if (w_expect) {
+                    waiter_close(epfd);
+                    return 0;
+                }
+                return 0;
+            }
             int got = rep->type == REDIS_REPLY_STRING;
             freeReplyObject(rep);
-            if (err) goto broken;
             if (!w_expect) return got;
         }
     }
     return -1;
 broken:
+    store_error("waiter", wc->err ? wc->errstr : "connection lost");
     waiter_close(epfd);
     return 1;   /* let the main loop claim (and re-arm) */
 }

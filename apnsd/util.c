@@ -158,8 +158,10 @@ char *xasprintf(const char *fmt, ...)
 
 char *enr_key(const char *id)
 {
-    size_t d = strcspn(id, ":");
-    return xasprintf("mdm:{%.*s}:enr:%s", (int) d, id, id);
+    char *dev = xstrndup(id, strcspn(id, ":"));
+    char *k = xasprintf(MDM_KEY_ENR, dev, id);
+    free(dev);
+    return k;
 }
 
 /* ---- string-keyed hash table ------------------------------------------- */

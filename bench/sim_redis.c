@@ -11,7 +11,9 @@
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
 
+#include "mdm_keys.h"
 #include "mdm_sim.h"
+#include "../common/mdm_keys.h"
 
 
 static redisContext *
@@ -202,7 +204,7 @@ sim_redis_enroll_direct(sim_t *sim, redisContext *rc, int n, char **ids)
     for (i = 0; i < n; i++) {
         dev.index = i;
         snprintf(dev.udid, sizeof(dev.udid), "%s", ids[i]);
-        snprintf(enr, sizeof(enr), "mdm:{%s}:enr:%s", ids[i], ids[i]);
+        snprintf(enr, sizeof(enr), MDM_KEY_ENR, ids[i], ids[i]);
         snprintf(certkey, sizeof(certkey), "cert/%s", ids[i]);
         SHA256((unsigned char *) certkey, strlen(certkey), h);
         for (j = 0; j < 32; j++) {
@@ -210,7 +212,7 @@ sim_redis_enroll_direct(sim_t *sim, redisContext *rc, int n, char **ids)
             sha[2 * j + 1] = digits[h[j] & 0xf];
         }
         sha[64] = '\0';
-        snprintf(certkey, sizeof(certkey), "mdm:cert:%s", sha);
+        snprintf(certkey, sizeof(certkey), MDM_KEY_CERT, sha);
 
         sim_body_device(sim, &dev, SIM_RQ_AUTHENTICATE, &body);
         argv[0] = "FCALL";
@@ -218,7 +220,7 @@ sim_redis_enroll_direct(sim_t *sim, redisContext *rc, int n, char **ids)
         argv[2] = "3";
         argv[3] = enr;
         argv[4] = certkey;
-        argv[5] = "mdm:events";
+        argv[5] = MDM_KEY_EVENTS;
         argv[6] = "Authenticate";
         argv[7] = ids[i];
         argv[8] = ids[i];

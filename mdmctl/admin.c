@@ -1,7 +1,7 @@
 /*
  * Admin commands over the mdm Redis Functions (redis-scripts/mdm.lua):
- * enqueue, push, queue, cancel, clear, results, status, devices, show and
- * events. Tables for people, --json for scripts; Redis errors are passed
+ * enqueue, push, queue, cancel, clear, results, status, devices, show,
+ * escrow, unbind, conf and events. Tables for people, --json for scripts; Redis errors are passed
  * through as the one error line.
  */
 
@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "mdmctl.h"
+#include "mdm_keys.h"
 #include "mdm_redis_addr.h"
 #include "mdm_secret.h"
 
@@ -25,6 +26,7 @@
 
 #define MDM_REDIS_OPTS                                                      \
     { "redis", required_argument, NULL, 'R' },                              \
+    { "user", required_argument, NULL, 'U' },                               \
     { "password", required_argument, NULL, 'P' },                           \
     { "db", required_argument, NULL, 'D' },                                 \
     { "json", no_argument, NULL, 'j' },                                     \
@@ -34,6 +36,8 @@
     "  --redis SPEC      ADDR [username=U] [password=P] [db=N]; ADDR is\n"  \
     "                    unix:/path, IPv4:port or [IPv6]:port (default:\n" \
     "                    $MDM_REDIS or unix:/run/redis/redis-server.sock)\n" \
+    "  --user NAME       Redis ACL user (default: username= of --redis,\n"  \
+    "                    else $MDM_REDIS_USER; needs a password)\n"        \
     "  --password SPEC   Redis password: pass:X, env:VAR, file:PATH\n"      \
     "                    (default: $MDM_REDIS_PASSWORD)\n"                 \
     "  --db N            Redis database number\n"                           \
@@ -42,6 +46,7 @@
 
 typedef struct {
     const char  *redis;
+    const char  *user;
     const char  *password;
     long         db;
     int          json;
@@ -58,6 +63,9 @@ mdm_admin_opt(int ch)
     switch (ch) {
     case 'R':
         mdm_admin.redis = optarg;
+        return 1;
+    case 'U':
+        mdm_admin.user = optarg;
         return 1;
     case 'P':
         mdm_admin.password = optarg;
@@ -105,6 +113,7 @@ mdm_connect(int timeout)
 {
     int                n;
     char              *pass, err[256];
+    const char        *user;
     const char        *spec, *argv[3];
     struct timeval     tv;
     redisContext      *c;
@@ -157,11 +166,24 @@ mdm_connect(int timeout)
         pass = strdup(a.password);
     }
 
+    user = mdm_admin.user ? mdm_admin.user
+           : a.username[0] ? a.username : getenv("MDM_REDIS_USER");
+    if (user && user[0] == '\0') {
+        user = NULL;
+    }
+
+    if (user && pass == NULL) {
+        mdm_err("Redis user %s: give its password (--password, password= "
+                "or $MDM_REDIS_PASSWORD)", user);
+        redisFree(c);
+        return NULL;
+    }
+
     if (pass) {
         n = 0;
         argv[n++] = "AUTH";
-        if (a.username[0]) {
-            argv[n++] = a.username;
+        if (user) {
+            argv[n++] = user;
         }
         argv[n++] = pass;
         r = mdm_cmd(c, n, argv, NULL);
@@ -411,19 +433,20 @@ mdm_ids_unique(mdm_ids_t *ids)
 }
 
 
-/* mdm:{D}:enr:E (KEYS.md): D is the part of E before the first ':'. */
+/* MDM_KEY_ENR (KEYS.md): D is the part of E before the first ':'. */
 static char *
 mdm_enr_key(const char *id)
 {
-    size_t   n, dn;
-    char    *k;
+    size_t   n;
+    char    *k, *d;
 
-    dn = strcspn(id, ":");
-    n = strlen(id) * 2 + 16;
-    k = malloc(n);
+    d = strndup(id, strcspn(id, ":"));
+    n = strlen(id) * 2 + sizeof(MDM_KEY_ENR);
+    k = d ? malloc(n) : NULL;
     if (k != NULL) {
-        snprintf(k, n, "mdm:{%.*s}:enr:%s", (int) dn, id, id);
+        snprintf(k, n, MDM_KEY_ENR, d, id);
     }
+    free(d);
     return k;
 }
 
@@ -1611,6 +1634,136 @@ mdm_escrow_main(int argc, char **argv)
 }
 
 
+/* ---- unbind, conf --------------------------------------------------------- */
+
+static const char  mdm_unbind_usage[] =
+    "[options] <device id>\n"
+    "\n"
+    "Releases a device's certificate binding, so that its next Authenticate\n"
+    "may bind another certificate (a re-enrollment with a new identity).\n"
+    "Until then every request of the device is refused.\n"
+    "\n"
+    MDM_REDIS_HELP;
+
+
+int
+mdm_unbind_main(int argc, char **argv)
+{
+    redisReply  *r;
+
+    MDM_OPTS(mdm_unbind_usage, NULL, NULL);
+
+    if (argc != 1) {
+        mdm_err("give one device id");
+        return MDM_USAGE;
+    }
+
+    r = mdm_fcall_once(0, "mdm_unbind", argv[0], NULL);
+    if (r == NULL) {
+        return MDM_ERROR;
+    }
+
+    if (mdm_admin.json) {
+        mdm_json_out(json_pack("{s:s,s:o}", "id", argv[0],
+                               "cert", r->type == REDIS_REPLY_STRING
+                                       ? mdm_jreply(r) : json_null()));
+
+    } else if (r->type == REDIS_REPLY_STRING) {
+        printf("%s: certificate %s unbound\n", argv[0], r->str);
+
+    } else {
+        printf("%s: no certificate bound\n", argv[0]);
+    }
+
+    freeReplyObject(r);
+    return MDM_OK;
+}
+
+
+static const char  mdm_conf_usage[] =
+    "[options] get [<field>] | set <field> <value>\n"
+    "\n"
+    "Shows or changes a setting. Policy (mdm:policy, which nginx may only\n"
+    "read): allow_rebind 1|0 (re-Authenticate with another certificate\n"
+    "replaces a binding), migration 1|0 (enrollments without a binding bind\n"
+    "on their next request). Operation (mdm:conf): result_ttl (seconds),\n"
+    "events_maxlen, cert_warn_days.\n"
+    "\n"
+    MDM_REDIS_HELP;
+
+
+/* One { field, value, hash, set } row of mdm_conf_get/mdm_conf_set. */
+static void
+mdm_conf_row(json_t *out, redisReply *e)
+{
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 4) {
+        return;
+    }
+
+    if (out) {
+        json_object_set_new(out, mdm_rstr(e->element[0]), json_pack(
+            "{s:o,s:o,s:b}", "value", mdm_jreply(e->element[1]),
+            "hash", mdm_jreply(e->element[2]),
+            "set", mdm_rint(e->element[3]) == 1));
+        return;
+    }
+
+    printf("%-16s %-10s %s%s\n", mdm_rstr(e->element[0]),
+           mdm_rstr(e->element[1]), mdm_rstr(e->element[2]),
+           mdm_rint(e->element[3]) == 1 ? "" : " (default)");
+}
+
+
+int
+mdm_conf_main(int argc, char **argv)
+{
+    int            set;
+    size_t         i;
+    json_t        *out;
+    redisReply    *r;
+    redisContext  *c;
+
+    MDM_OPTS(mdm_conf_usage, NULL, NULL);
+
+    set = argc == 3 && strcmp(argv[0], "set") == 0;
+
+    if (!set && !(argc >= 1 && argc <= 2 && strcmp(argv[0], "get") == 0)) {
+        mdm_err("give get [<field>] or set <field> <value>");
+        return MDM_USAGE;
+    }
+
+    c = mdm_connect(120);
+    if (c == NULL) {
+        return MDM_ERROR;
+    }
+    r = mdm_fcall(c, !set, set ? "mdm_conf_set" : "mdm_conf_get", argc - 1,
+                  (const char **) argv + 1, NULL);
+    redisFree(c);
+
+    if (r == NULL) {
+        return MDM_ERROR;
+    }
+    if (!mdm_is_array(r, set ? 4 : 0)) {
+        freeReplyObject(r);
+        return MDM_ERROR;
+    }
+
+    out = mdm_admin.json ? json_object() : NULL;
+
+    if (set) {
+        mdm_conf_row(out, r);
+
+    } else {
+        for (i = 0; i < r->elements; i++) {
+            mdm_conf_row(out, r->element[i]);
+        }
+    }
+
+    freeReplyObject(r);
+    return out ? mdm_json_out(out) : MDM_OK;
+}
+
+
 /* ---- status -------------------------------------------------------------- */
 
 static int  mdm_summary_only;
@@ -1957,8 +2110,8 @@ mdm_print_event(redisReply *ev)
 static const char  mdm_events_usage[] =
     "[options]\n"
     "\n"
-    "Follows the event stream (mdm:events): check-ins, reports, enqueues,\n"
-    "cancels. One line per event, or one JSON object per line.\n"
+    "Follows the event stream (" MDM_KEY_EVENTS "): check-ins, reports,\n"
+    "enqueues, cancels. One line per event, or one JSON object per line.\n"
     "\n"
     "  --from ID         start after stream id ID (0: the oldest kept;\n"
     "                    default $: new events only)\n"
@@ -2023,7 +2176,7 @@ mdm_events_main(int argc, char **argv)
         args[3] = "BLOCK";
         args[4] = block;
         args[5] = "STREAMS";
-        args[6] = "mdm:events";
+        args[6] = MDM_KEY_EVENTS;
         args[7] = last;
 
         r = mdm_cmd(c, 8, args, NULL);

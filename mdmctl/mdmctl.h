@@ -172,6 +172,8 @@ int mdm_status_main(int argc, char **argv);
 int mdm_devices_main(int argc, char **argv);
 int mdm_show_main(int argc, char **argv);
 int mdm_escrow_main(int argc, char **argv);
+int mdm_unbind_main(int argc, char **argv);
+int mdm_conf_main(int argc, char **argv);
 int mdm_events_main(int argc, char **argv);
 
 #endif /* MDMCTL_H */

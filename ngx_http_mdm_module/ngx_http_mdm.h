@@ -17,6 +17,8 @@
 #include "ngx_http_mdm_message.h"
 #include "ngx_http_mdm_verify.h"
 #include "mdm_secret.h"
+#include "mdm_redis_addr.h"
+#include "mdm_keys.h"
 
 
 /* The Redis Functions library version this module speaks. */
@@ -36,11 +38,14 @@
 
 #define NGX_HTTP_MDM_RETRY_AFTER      "5"
 
+/* mdm_max_body defaults: check-ins are a few KB, reports can be MBs */
+#define NGX_HTTP_MDM_MAX_CHECKIN      (64 * 1024)
+#define NGX_HTTP_MDM_MAX_REPORT       (2 * 1024 * 1024)
+
 
 typedef struct {
-    ngx_str_t                   addr;        /* unix:/path or ip:port */
-    ngx_str_t                   password;
-    ngx_int_t                   db;
+    mdm_redis_addr_t            addr;        /* common/mdm_redis_addr.h */
+    ngx_str_t                   name;        /* for log lines, no password */
     ngx_msec_t                  timeout;
     ngx_flag_t                  configured;
     mdm_secret_ring_t          *secrets;     /* mdm_secret_key, or NULL */
@@ -55,10 +60,23 @@ typedef struct {
     ngx_int_t                   header;      /* variable index, header mode */
     mdm_verifier_t             *verifier;    /* mdm_device_ca */
     ngx_array_t                *proxies;     /* of ngx_cidr_t */
-    ngx_flag_t                  allow_rebind;
-    ngx_flag_t                  migration;
     ngx_flag_t                  require_id_in_cert;
+    size_t                      max_checkin; /* mdm_max_body */
+    size_t                      max_report;
 } ngx_http_mdm_loc_conf_t;
+
+
+/* What became of a Redis call (ngx_http_mdm_redis_call). */
+#define NGX_HTTP_MDM_REDIS_REPLY      0   /* a reply, or an unexpected error */
+#define NGX_HTTP_MDM_REDIS_TIMEOUT    1   /* no reply in time; may still run */
+#define NGX_HTTP_MDM_REDIS_DOWN       2   /* connection lost before a reply */
+#define NGX_HTTP_MDM_REDIS_REFUSED    3   /* transient error: OOM, BUSY... */
+
+typedef struct ngx_http_mdm_redis_op_s  ngx_http_mdm_redis_op_t;
+
+/* reply: NULL unless REPLY or REFUSED; hiredis frees it on return */
+typedef void (*ngx_http_mdm_redis_handler_pt)(ngx_int_t rc,
+    redisReply *reply, void *data);
 
 
 /* Per-request state; also feeds the $mdm_* variables. */
@@ -75,12 +93,9 @@ typedef struct {
     u_char                      cert_sha256[65];
     time_t                      cert_not_after;
     X509                       *x509;        /* freed with the request */
+    ngx_http_mdm_redis_op_t    *op;          /* the FCALL in flight */
     ngx_uint_t                  kind;        /* mdm_msg_kind_e */
 } ngx_http_mdm_ctx_t;
-
-
-typedef void (*ngx_http_mdm_reply_pt)(ngx_http_request_t *r,
-    redisReply *reply);
 
 
 extern ngx_module_t  ngx_http_mdm_module;
@@ -92,6 +107,8 @@ void ngx_http_mdm_respond(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *ct, u_char *body, size_t len);
 void ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
+char *ngx_http_mdm_max_body_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* identity */
 ngx_int_t ngx_http_mdm_identify(ngx_http_request_t *r,
@@ -120,9 +137,11 @@ const char *ngx_http_mdm_secret_open(ngx_http_request_t *r, const char *field,
 ngx_int_t ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle);
 void ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_mdm_redis_ready(void);
-ngx_int_t ngx_http_mdm_redis_call(ngx_http_request_t *r, int argc,
-    const char **argv, const size_t *argvlen, ngx_msec_t timeout,
-    ngx_http_mdm_reply_pt handler);
+ngx_int_t ngx_http_mdm_redis_call(int argc, const char **argv,
+    const size_t *argvlen, ngx_msec_t timeout, ngx_log_t *log,
+    ngx_http_mdm_redis_handler_pt handler, void *data,
+    ngx_http_mdm_redis_op_t **op);
+void ngx_http_mdm_redis_cancel(ngx_http_mdm_redis_op_t *op);
 
 
 #endif /* _NGX_HTTP_MDM_H_INCLUDED_ */

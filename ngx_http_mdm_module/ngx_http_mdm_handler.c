@@ -2,9 +2,9 @@
 /*
  * Copyright (C) The MDM module authors
  *
- * The request: method and content type, body in memory, then identity,
- * message, store and response, in that order. Every refusal is one
- * error_log line and changes nothing in Redis.
+ * The request: method, size and content type, body in memory, then
+ * identity, message, store and response, in that order. Every refusal is
+ * one error_log line and changes nothing in Redis.
  */
 
 
@@ -12,7 +12,6 @@
 
 
 #define NGX_HTTP_MDM_CT_CHECKIN  "application/x-apple-aspen-mdm-checkin"
-#define NGX_HTTP_MDM_CT_COMMAND  "application/x-apple-aspen-mdm"
 
 
 static ngx_str_t  ngx_http_mdm_dash = ngx_string("-");
@@ -26,12 +25,17 @@ static ngx_int_t ngx_http_mdm_check_topic(ngx_http_request_t *r,
 static void ngx_http_mdm_message_cleanup(void *data);
 static ngx_int_t ngx_http_mdm_content_type(ngx_http_request_t *r,
     const char *prefix, size_t len);
+static const char *ngx_http_mdm_too_large(ngx_http_request_t *r,
+    ngx_http_mdm_ctx_t *ctx, off_t len);
+static void ngx_http_mdm_log_cuts(ngx_http_request_t *r,
+    ngx_http_mdm_ctx_t *ctx);
 
 
 ngx_int_t
 ngx_http_mdm_handler(ngx_http_request_t *r)
 {
     ngx_int_t                 rc;
+    const char               *reason;
     ngx_pool_cleanup_t       *cln;
     ngx_http_mdm_ctx_t       *ctx;
     ngx_http_mdm_loc_conf_t  *mlcf;
@@ -84,6 +88,30 @@ ngx_http_mdm_handler(ngx_http_request_t *r)
                     ? MDM_KIND_CHECKIN : MDM_KIND_REPORT;
     }
 
+    if (ctx->kind == MDM_KIND_CHECKIN) {
+        ngx_str_set(&ctx->message_type, "CheckIn");
+
+    } else {
+        ngx_str_set(&ctx->message_type, "Report");
+    }
+
+    /* refused before it is read; a chunked body is checked once read */
+    reason = ngx_http_mdm_too_large(r, ctx, r->headers_in.content_length_n);
+
+    if (reason) {
+        r->keepalive = 0;
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        r->main->count++;
+
+        ngx_http_mdm_refuse(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, reason);
+        return NGX_DONE;
+    }
+
     r->request_body_in_single_buf = 1;
 
     rc = ngx_http_read_client_request_body(r, ngx_http_mdm_body_handler);
@@ -100,31 +128,35 @@ static void
 ngx_http_mdm_body_handler(ngx_http_request_t *r)
 {
     ngx_int_t            rc;
-    const char          *reason, *ct;
+    const char          *reason;
     ngx_http_mdm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
 
-    if (ctx->kind == MDM_KIND_CHECKIN) {
-        ngx_str_set(&ctx->message_type, "CheckIn");
-        ct = NGX_HTTP_MDM_CT_CHECKIN;
+    /*
+     * Reports are told by their endpoint and checked by their content
+     * (method, body, identity, plist): clients in use send them without a
+     * Content-Type or with another one, and NanoMDM and MicroMDM take them.
+     */
 
-    } else {
-        ngx_str_set(&ctx->message_type, "Report");
-        ct = NGX_HTTP_MDM_CT_COMMAND;
-    }
-
-    if (!ngx_http_mdm_content_type(r, ct, ngx_strlen(ct))) {
+    if (ctx->kind == MDM_KIND_CHECKIN
+        && !ngx_http_mdm_content_type(r, NGX_HTTP_MDM_CT_CHECKIN,
+                                      sizeof(NGX_HTTP_MDM_CT_CHECKIN) - 1))
+    {
         ngx_http_mdm_refuse(r, NGX_HTTP_BAD_REQUEST,
-                            ctx->kind == MDM_KIND_CHECKIN
-                            ? "Content-Type is not " NGX_HTTP_MDM_CT_CHECKIN
-                            : "Content-Type is not " NGX_HTTP_MDM_CT_COMMAND);
+                            "Content-Type is not " NGX_HTTP_MDM_CT_CHECKIN);
         return;
     }
 
     rc = ngx_http_mdm_read_body(r, ctx, &reason);
     if (rc != NGX_OK) {
         ngx_http_mdm_refuse(r, rc, reason);
+        return;
+    }
+
+    reason = ngx_http_mdm_too_large(r, ctx, ctx->body.len);
+    if (reason) {
+        ngx_http_mdm_refuse(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, reason);
         return;
     }
 
@@ -163,6 +195,8 @@ ngx_http_mdm_body_handler(ngx_http_request_t *r)
         ngx_http_mdm_refuse(r, rc, reason);
         return;
     }
+
+    ngx_http_mdm_log_cuts(r, ctx);
 
     if (ngx_http_mdm_check_cert_names(r, ctx) != NGX_OK) {
         ngx_http_mdm_refuse(r, NGX_HTTP_FORBIDDEN,
@@ -254,8 +288,12 @@ ngx_http_mdm_read_body(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
         ctx->body.data = p;
         ctx->body.len = len;
 
+        /* a chunked body ends with an empty buffer whose pos is NULL */
         for (cl = r->request_body->bufs; cl; cl = cl->next) {
-            p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+            if (cl->buf->last != cl->buf->pos) {
+                p = ngx_cpymem(p, cl->buf->pos,
+                               cl->buf->last - cl->buf->pos);
+            }
         }
     }
 
@@ -265,6 +303,105 @@ ngx_http_mdm_read_body(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
     }
 
     return NGX_OK;
+}
+
+
+/* mdm_max_body: NULL when len is within the endpoint's limit. */
+
+static const char *
+ngx_http_mdm_too_large(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx,
+    off_t len)
+{
+    u_char                   *p;
+    size_t                    max;
+    ngx_http_mdm_loc_conf_t  *mlcf;
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_mdm_module);
+    max = ctx->kind == MDM_KIND_CHECKIN ? mlcf->max_checkin
+                                        : mlcf->max_report;
+
+    if (len <= (off_t) max) {
+        return NULL;
+    }
+
+    p = ngx_pnalloc(r->pool, 80 + 2 * NGX_OFF_T_LEN);
+    if (p == NULL) {
+        return "body over mdm_max_body";
+    }
+
+    *ngx_sprintf(p, "body of %O bytes is over \"mdm_max_body %s=%uz\"",
+                 len, ctx->kind == MDM_KIND_CHECKIN ? "checkin" : "report",
+                 max) = '\0';
+
+    return (char *) p;
+}
+
+
+/* One line for each device-chosen name that was cut to its limit. */
+
+static void
+ngx_http_mdm_log_cuts(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
+{
+    int  i;
+
+    for (i = 0; i < ctx->msg.ntrunc; i++) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mdm: %V id=\"%V\": %s of %uz bytes cut to %d bytes",
+                      &ctx->message_type, &ctx->enrollment_id,
+                      ctx->msg.trunc[i].key, ctx->msg.trunc[i].len,
+                      MDM_NAME_MAX);
+    }
+}
+
+
+/* mdm_max_body [checkin=size] [report=size] */
+
+char *
+ngx_http_mdm_max_body_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_mdm_loc_conf_t  *mlcf = conf;
+
+    size_t      *sp;
+    ngx_str_t   *value, s;
+    ngx_uint_t   i;
+
+    if (mlcf->max_checkin != NGX_CONF_UNSET_SIZE
+        || mlcf->max_report != NGX_CONF_UNSET_SIZE)
+    {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "checkin=", 8) == 0) {
+            sp = &mlcf->max_checkin;
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+        } else if (ngx_strncmp(value[i].data, "report=", 7) == 0) {
+            sp = &mlcf->max_report;
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+        } else {
+            goto invalid;
+        }
+
+        *sp = ngx_parse_size(&s);
+        if (*sp == (size_t) NGX_ERROR || *sp == 0) {
+            goto invalid;
+        }
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "mdm_max_body: invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
 }
 
 

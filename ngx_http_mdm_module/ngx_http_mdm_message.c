@@ -4,6 +4,7 @@
  */
 
 
+#include <stdio.h>
 #include <string.h>
 #include <stdint.h>
 #include "ngx_http_mdm_message.h"
@@ -23,6 +24,8 @@ typedef enum {
 typedef struct {
     const char         *key;
     mdm_key_type_e      type;
+    size_t              max;            /* bytes */
+    int                 cut;            /* free text: cut, not refused */
 } mdm_key_t;
 
 
@@ -37,6 +40,10 @@ static const char *mdm_string(plist_t dict, const char *key, size_t *len,
 static int mdm_valid_id(const char *s, size_t len);
 static int mdm_resolve_ids(mdm_message_t *m, const char **err);
 static int mdm_collect(mdm_message_t *m, const char **err);
+static int mdm_cut(mdm_message_t *m, plist_t node, const mdm_key_t *k,
+    const char **err);
+static void mdm_too_long(mdm_message_t *m, const mdm_key_t *k,
+    const char **err);
 static void mdm_hex(const char *in, size_t len, char *out);
 
 
@@ -55,76 +62,40 @@ static const mdm_type_name_t  mdm_types[] = {
 
 /*
  * The keys the store receives, with their schema types (Apple's
- * mdm/checkin YAML files). Unknown keys are ignored, as the protocol asks.
+ * mdm/checkin YAML files) and size limits: what a device chose as a name
+ * is cut to MDM_NAME_MAX, anything longer than an identifier or token can
+ * be is refused. Unknown keys are ignored, as the protocol asks (they stay
+ * in the raw message, which the check-in body limit bounds).
  */
 static const mdm_key_t  mdm_keys[] = {
-    { "Topic", MDM_T_STRING },
-    { "Token", MDM_T_TOKEN },
-    { "PushMagic", MDM_T_STRING },
-    { "UnlockToken", MDM_T_DATA },
-    { "AwaitingConfiguration", MDM_T_BOOL },
-    { "UserShortName", MDM_T_STRING },
-    { "UserLongName", MDM_T_STRING },
-    { "NotOnConsole", MDM_T_BOOL },
-    { "BootstrapToken", MDM_T_DATA },
-    { "SerialNumber", MDM_T_STRING },
-    { "Model", MDM_T_STRING },
-    { "ModelName", MDM_T_STRING },
-    { "ProductName", MDM_T_STRING },
-    { "OSVersion", MDM_T_STRING },
-    { "BuildVersion", MDM_T_STRING },
-    { "DeviceName", MDM_T_STRING },
-    { "IMEI", MDM_T_STRING },
-    { "MEID", MDM_T_STRING },
-    { "DigestResponse", MDM_T_STRING },
-    { "TokenServiceType", MDM_T_STRING },
-    { "Endpoint", MDM_T_STRING },
-    { NULL, 0 }
+    { "Topic", MDM_T_STRING, MDM_LABEL_MAX, 0 },
+    { "Token", MDM_T_TOKEN, MDM_TOKEN_MAX, 0 },
+    { "PushMagic", MDM_T_STRING, MDM_ID_MAX, 0 },
+    { "UnlockToken", MDM_T_DATA, MDM_BLOB_MAX, 0 },
+    { "AwaitingConfiguration", MDM_T_BOOL, 0, 0 },
+    { "UserShortName", MDM_T_STRING, MDM_LABEL_MAX, 0 },
+    { "UserLongName", MDM_T_STRING, MDM_NAME_MAX, 1 },
+    { "NotOnConsole", MDM_T_BOOL, 0, 0 },
+    { "BootstrapToken", MDM_T_DATA, MDM_BLOB_MAX, 0 },
+    { "SerialNumber", MDM_T_STRING, MDM_FACT_MAX, 0 },
+    { "Model", MDM_T_STRING, MDM_FACT_MAX, 0 },
+    { "ModelName", MDM_T_STRING, MDM_NAME_MAX, 1 },
+    { "ProductName", MDM_T_STRING, MDM_FACT_MAX, 0 },
+    { "OSVersion", MDM_T_STRING, MDM_FACT_MAX, 0 },
+    { "BuildVersion", MDM_T_STRING, MDM_FACT_MAX, 0 },
+    { "DeviceName", MDM_T_STRING, MDM_NAME_MAX, 1 },
+    { "IMEI", MDM_T_STRING, MDM_FACT_MAX, 0 },
+    { "MEID", MDM_T_STRING, MDM_FACT_MAX, 0 },
+    { "DigestResponse", MDM_T_STRING, 4096, 0 },
+    { "TokenServiceType", MDM_T_STRING, MDM_LABEL_MAX, 0 },
+    { "Endpoint", MDM_T_STRING, 1024, 0 },
+    { NULL, 0, 0, 0 }
 };
 
 
 static const char  *mdm_statuses[] = {
     "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow", NULL
 };
-
-
-int
-mdm_message_too_deep(const char *body, size_t len, int max)
-{
-    int          depth;
-    const char  *p, *end;
-
-    /*
-     * libplist's XML reader recurses once per level; refuse absurd nesting
-     * before it runs. Self-closing <array/> and <dict/> do not nest.
-     */
-
-    depth = 0;
-    end = body + len;
-
-    for (p = body; p + 6 < end; p++) {
-        p = memchr(p, '<', end - p - 6);
-        if (p == NULL) {
-            break;
-        }
-
-        if ((memcmp(p + 1, "dict", 4) == 0 && (p[5] == '>' || p[5] == ' '))
-            || (p + 7 < end && memcmp(p + 1, "array", 5) == 0
-                && (p[6] == '>' || p[6] == ' ')))
-        {
-            if (++depth > max) {
-                return 1;
-            }
-
-        } else if (memcmp(p + 1, "/dict", 5) == 0
-                   || (p + 7 < end && memcmp(p + 1, "/array", 6) == 0))
-        {
-            depth--;
-        }
-    }
-
-    return 0;
-}
 
 
 int
@@ -148,10 +119,19 @@ mdm_message_parse(mdm_message_t *m, mdm_msg_kind_e kind, const char *body,
         return 400;
     }
 
-    if (!plist_is_binary(body, len)
-        && mdm_message_too_deep(body, len, MDM_NEST_MAX))
-    {
-        *err = "plist nested too deeply";
+    /*
+     * Devices send XML (Apple's protocol reference, every capture). A
+     * binary plist can share objects and nest without end, and libplist
+     * 2.2 expands and recurses through all of it: refuse it.
+     */
+    if (plist_is_binary(body, len)) {
+        *err = "binary property list (devices send XML plists)";
+        return 400;
+    }
+
+    s = mdm_plist_scan(body, len, MDM_NEST_MAX, MDM_ELEMENTS_MAX);
+    if (s != NULL) {
+        *err = s;
         return 400;
     }
 
@@ -420,6 +400,13 @@ mdm_collect(mdm_message_t *m, const char **err)
             if (pt != PLIST_STRING) {
                 goto bad_type;
             }
+
+            plist_get_string_ptr(node, &l);
+
+            if (l > k->max && mdm_cut(m, node, k, err) != 0) {
+                return 400;
+            }
+
             kv->val = plist_get_string_ptr(node, &l);
             kv->len = (size_t) l;
             break;
@@ -430,6 +417,11 @@ mdm_collect(mdm_message_t *m, const char **err)
                 goto bad_type;
             }
             v = plist_get_data_ptr(node, &l);
+
+            if (l > k->max) {
+                mdm_too_long(m, k, err);
+                return 400;
+            }
 
             if (k->type == MDM_T_TOKEN) {
                 if (l == 0 || l > MDM_TOKEN_MAX) {
@@ -478,6 +470,55 @@ mdm_collect(mdm_message_t *m, const char **err)
     }
 
     return 0;
+}
+
+
+/*
+ * A name over its limit is cut at a UTF-8 character boundary, in the tree
+ * too (the raw message is stored from it); the caller logs it. Anything
+ * else over its limit is refused.
+ */
+
+static int
+mdm_cut(mdm_message_t *m, plist_t node, const mdm_key_t *k, const char **err)
+{
+    size_t       n;
+    uint64_t     l;
+    const char  *s;
+    char         buf[MDM_NAME_MAX + 1];
+
+    s = plist_get_string_ptr(node, &l);
+
+    if (!k->cut || k->max > MDM_NAME_MAX) {
+        mdm_too_long(m, k, err);
+        return 400;
+    }
+
+    /* back off continuation bytes: the cut is before a lead byte */
+    for (n = k->max; n > 0 && ((unsigned char) s[n] & 0xc0) == 0x80; n--) {
+        /* void */
+    }
+
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    plist_set_string_val(node, buf);
+
+    if (m->ntrunc < MDM_TRUNC_MAX) {
+        m->trunc[m->ntrunc].key = k->key;
+        m->trunc[m->ntrunc].len = (size_t) l;
+        m->ntrunc++;
+    }
+
+    return 0;
+}
+
+
+static void
+mdm_too_long(mdm_message_t *m, const mdm_key_t *k, const char **err)
+{
+    snprintf(m->reason, sizeof(m->reason), "%s longer than %zu bytes",
+             k->key, k->max);
+    *err = m->reason;
 }
 
 

@@ -15,11 +15,21 @@
 #include <stddef.h>
 #include <plist/plist.h>
 
+#include "ngx_http_mdm_plist_scan.h"
+
 
 #define MDM_ID_MAX        128
 #define MDM_TOKEN_MAX     128         /* APNs token bytes we accept */
 #define MDM_NEST_MAX      32          /* dict/array nesting we accept */
+#define MDM_ELEMENTS_MAX  100000      /* XML elements in one body */
 #define MDM_KV_MAX        32
+#define MDM_TRUNC_MAX     4
+
+/* Stored device facts (bytes): names are cut, the others refused (400). */
+#define MDM_NAME_MAX      256         /* DeviceName, UserLongName, ... */
+#define MDM_FACT_MAX      64          /* SerialNumber, OSVersion, ... */
+#define MDM_LABEL_MAX     256         /* Topic, UserShortName, ... */
+#define MDM_BLOB_MAX      16384       /* UnlockToken, BootstrapToken */
 
 
 typedef enum {
@@ -50,6 +60,13 @@ typedef struct {
 } mdm_kv_t;
 
 
+/* A free-text value cut to its limit, for the caller's log line. */
+typedef struct {
+    const char         *key;
+    size_t              len;            /* as sent */
+} mdm_trunc_t;
+
+
 typedef struct {
     plist_t             root;
     mdm_msg_type_e      type;
@@ -73,6 +90,11 @@ typedef struct {
     mdm_kv_t            kv[MDM_KV_MAX];
     int                 nkv;
 
+    mdm_trunc_t         trunc[MDM_TRUNC_MAX];
+    int                 ntrunc;
+
+    char                reason[80];     /* a refusal naming its key */
+
     char                token_hex[2 * MDM_TOKEN_MAX + 1];
 } mdm_message_t;
 
@@ -85,9 +107,6 @@ typedef struct {
 int mdm_message_parse(mdm_message_t *m, mdm_msg_kind_e kind,
     const char *body, size_t len, const char **err);
 void mdm_message_free(mdm_message_t *m);
-
-/* Whether the body looks like an XML plist nested deeper than allowed. */
-int mdm_message_too_deep(const char *body, size_t len, int max);
 
 
 #endif /* _NGX_HTTP_MDM_MESSAGE_H_INCLUDED_ */

@@ -19,6 +19,8 @@ static char *ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_mdm_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_mdm_policy_moved(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_mdm_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_mdm_init_process(ngx_cycle_t *cycle);
@@ -85,10 +87,10 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
 
     { ngx_string("mdm_allow_rebind"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
-      ngx_conf_set_flag_slot,
+      ngx_http_mdm_policy_moved,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_mdm_loc_conf_t, allow_rebind),
-      NULL },
+      0,
+      "allow_rebind" },
 
     { ngx_string("mdm_identity"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
@@ -118,12 +120,19 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
       offsetof(ngx_http_mdm_loc_conf_t, require_id_in_cert),
       NULL },
 
+    { ngx_string("mdm_max_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_mdm_max_body_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("mdm_migration"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
-      ngx_conf_set_flag_slot,
+      ngx_http_mdm_policy_moved,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_mdm_loc_conf_t, migration),
-      NULL },
+      0,
+      "migration" },
 
       ngx_null_command
 };
@@ -288,9 +297,9 @@ ngx_http_mdm_create_loc_conf(ngx_conf_t *cf)
     mlcf->header = NGX_CONF_UNSET;
     mlcf->verifier = NGX_CONF_UNSET_PTR;
     mlcf->proxies = NGX_CONF_UNSET_PTR;
-    mlcf->allow_rebind = NGX_CONF_UNSET;
-    mlcf->migration = NGX_CONF_UNSET;
     mlcf->require_id_in_cert = NGX_CONF_UNSET;
+    mlcf->max_checkin = NGX_CONF_UNSET_SIZE;
+    mlcf->max_report = NGX_CONF_UNSET_SIZE;
 
     return mlcf;
 }
@@ -312,10 +321,12 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->header, prev->header, NGX_ERROR);
     ngx_conf_merge_ptr_value(conf->verifier, prev->verifier, NULL);
     ngx_conf_merge_ptr_value(conf->proxies, prev->proxies, NULL);
-    ngx_conf_merge_value(conf->allow_rebind, prev->allow_rebind, 0);
-    ngx_conf_merge_value(conf->migration, prev->migration, 0);
     ngx_conf_merge_value(conf->require_id_in_cert, prev->require_id_in_cert,
                          0);
+    ngx_conf_merge_size_value(conf->max_checkin, prev->max_checkin,
+                              NGX_HTTP_MDM_MAX_CHECKIN);
+    ngx_conf_merge_size_value(conf->max_report, prev->max_report,
+                              NGX_HTTP_MDM_MAX_REPORT);
 
     if (conf->endpoint == 0) {
         return NGX_CONF_OK;
@@ -340,27 +351,25 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return "needs \"mdm_trusted_proxy\" with \"mdm_identity header\"";
     }
 
-    if (conf->migration) {
-        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
-                           "mdm: migration mode is ON: enrollments without "
-                           "a certificate binding bind on their next "
-                           "request; turn it off after the migration");
-    }
-
     return NGX_CONF_OK;
 }
 
 
-/* mdm_redis unix:/path | ip:port [timeout=3s] [password=..] [db=N] */
+/*
+ * mdm_redis unix:/path | IPv4:port | [IPv6]:port [timeout=3s]
+ *           [username=..] [password=..] [db=N]
+ *
+ * The grammar of common/mdm_redis_addr.c, shared with mdm-apnsd and mdmctl.
+ */
 
 static char *
 ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_mdm_main_conf_t  *mmcf = conf;
 
-    u_char      *p;
+    int          rc;
+    char         err[256], name[256];
     ngx_str_t   *value, s;
-    ngx_int_t    port;
     ngx_uint_t   i;
 
     if (mmcf->configured) {
@@ -368,28 +377,13 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     value = cf->args->elts;
-    mmcf->addr = value[1];
 
-    if (mmcf->addr.len > 5 && ngx_strncmp(mmcf->addr.data, "unix:", 5) == 0) {
-        /* a unix socket path */
-
-    } else {
-        p = ngx_strlchr(mmcf->addr.data, mmcf->addr.data + mmcf->addr.len,
-                        ':');
-        port = p ? ngx_atoi(p + 1, mmcf->addr.data + mmcf->addr.len - p - 1)
-                 : NGX_ERROR;
-
-        if (p == NULL || port < 1 || port > 65535
-            || ngx_inet_addr(mmcf->addr.data, p - mmcf->addr.data)
-               == INADDR_NONE)
-        {
-            /* hiredis would resolve a name with blocking getaddrinfo() */
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "mdm_redis: \"%V\" is not unix:/path or "
-                               "IPv4:port (names are not resolved)",
-                               &mmcf->addr);
-            return NGX_CONF_ERROR;
-        }
+    if (mdm_redis_addr_parse(&mmcf->addr, (char *) value[1].data,
+                             value[1].len, err, sizeof(err))
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "mdm_redis: %s", err);
+        return NGX_CONF_ERROR;
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
@@ -401,37 +395,65 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             if (mmcf->timeout == (ngx_msec_t) NGX_ERROR
                 || mmcf->timeout == 0)
             {
-                goto invalid;
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "mdm_redis: invalid parameter \"%V\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
             }
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
-            mmcf->password.data = value[i].data + 9;
-            mmcf->password.len = value[i].len - 9;
+        rc = mdm_redis_addr_option(&mmcf->addr, (char *) value[i].data,
+                                   value[i].len, err, sizeof(err));
+        if (rc == 0) {
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
-            mmcf->db = ngx_atoi(value[i].data + 3, value[i].len - 3);
-            if (mmcf->db == NGX_ERROR) {
-                goto invalid;
-            }
-            continue;
+        if (rc == 1) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "mdm_redis: \"%V\" is not timeout=, "
+                               "username=, password= or db=", &value[i]);
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "mdm_redis: %s", err);
         }
 
-        goto invalid;
+        return NGX_CONF_ERROR;
     }
+
+    if (mmcf->addr.username[0] && mmcf->addr.password[0] == '\0') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "mdm_redis: username= needs password=");
+        return NGX_CONF_ERROR;
+    }
+
+    mmcf->name.len = mdm_redis_addr_format(&mmcf->addr, name, sizeof(name));
+    mmcf->name.data = ngx_pnalloc(cf->pool, mmcf->name.len);
+    if (mmcf->name.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(mmcf->name.data, name, mmcf->name.len);
 
     mmcf->configured = 1;
 
     return NGX_CONF_OK;
+}
 
-invalid:
 
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "mdm_redis: invalid parameter \"%V\"", &value[i]);
-    return NGX_CONF_ERROR;
+/* Policy is the administrator's, in Redis, out of reach of nginx's user. */
+
+static char *
+ngx_http_mdm_policy_moved(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                       "\"%V\" is ignored: the policy is now the field "
+                       "\"%s\" of the Redis hash " MDM_KEY_POLICY
+                       ", set by an administrator with "
+                       "\"mdmctl conf set %s 1\"",
+                       &cmd->name, (char *) cmd->post, (char *) cmd->post);
+
+    return NGX_CONF_OK;
 }
 
 

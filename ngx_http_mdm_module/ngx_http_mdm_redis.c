@@ -2,11 +2,19 @@
 /*
  * Copyright (C) The MDM module authors
  *
- * hiredis' async API on nginx's event loop: one pipelined connection per
- * worker, opened in init_process, reconnected with jittered backoff. hiredis
- * 0.14 has no timeouts: each request arms an nginx timer and answers 503 when
- * it fires; a late reply is dropped. The fd is registered level-triggered so
- * hiredis' 16 KB reads simply re-fire.
+ * The Redis transport: hiredis' async API on nginx's event loop, one
+ * pipelined connection per worker, opened in init_process and reconnected
+ * with jittered backoff. It knows nothing of HTTP: a call reports to its
+ * caller's handler exactly once (reply, transient refusal, timeout or lost
+ * connection) unless the caller cancels it first.
+ *
+ * Setup: AUTH, SELECT and the library version check, pipelined; any failure
+ * drops the connection. While connected the version is checked again every
+ * NGX_HTTP_MDM_RECHECK ms, each check with its own deadline.
+ *
+ * hiredis 0.14 has no timeouts: each call arms an nginx timer; a late reply
+ * only frees the op. The fd is registered level-triggered so hiredis' 16 KB
+ * reads simply re-fire.
  */
 
 
@@ -14,7 +22,7 @@
 
 
 #define NGX_HTTP_MDM_DISCONNECTED     0
-#define NGX_HTTP_MDM_CONNECTING       1
+#define NGX_HTTP_MDM_SETUP            1
 #define NGX_HTTP_MDM_MISMATCH         2
 #define NGX_HTTP_MDM_READY            3
 
@@ -23,18 +31,19 @@
 #define NGX_HTTP_MDM_RECHECK          5000
 
 
-typedef struct {
-    ngx_http_request_t         *request;
-    ngx_http_cleanup_t         *cleanup;
-    ngx_event_t                 timer;
-    ngx_http_mdm_reply_pt       handler;
-    ngx_msec_t                  sent;
-} ngx_http_mdm_op_t;
+struct ngx_http_mdm_redis_op_s {
+    ngx_event_t                     timer;
+    ngx_http_mdm_redis_handler_pt   handler;
+    void                           *data;
+    ngx_msec_t                      sent;
+    unsigned                        done:1;   /* reported or cancelled */
+};
 
 
 static void ngx_http_mdm_redis_connect(void);
 static void ngx_http_mdm_redis_schedule(void);
 static void ngx_http_mdm_redis_drop(const char *why);
+static void ngx_http_mdm_redis_reset(void);
 static void ngx_http_mdm_redis_check_version(void);
 static void ngx_http_mdm_redis_connected(const redisAsyncContext *ac,
     int status);
@@ -45,7 +54,7 @@ static void ngx_http_mdm_redis_setup_reply(redisAsyncContext *ac, void *rep,
 static void ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
     void *data);
 static void ngx_http_mdm_redis_reconnect_handler(ngx_event_t *ev);
-static void ngx_http_mdm_redis_handshake_handler(ngx_event_t *ev);
+static void ngx_http_mdm_redis_check_handler(ngx_event_t *ev);
 static void ngx_http_mdm_redis_read_handler(ngx_event_t *ev);
 static void ngx_http_mdm_redis_write_handler(ngx_event_t *ev);
 static void ngx_http_mdm_redis_add_read(void *data);
@@ -55,29 +64,53 @@ static void ngx_http_mdm_redis_del_write(void *data);
 static void ngx_http_mdm_redis_cleanup(void *data);
 static void ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep,
     void *data);
-static void ngx_http_mdm_op_cleanup(void *data);
 static void ngx_http_mdm_op_timeout(ngx_event_t *ev);
 
 
 static redisAsyncContext         *ngx_http_mdm_ac;
 static ngx_uint_t                 ngx_http_mdm_state;
 static ngx_uint_t                 ngx_http_mdm_exiting;
+static ngx_uint_t                 ngx_http_mdm_checking;
+static ngx_uint_t                 ngx_http_mdm_complained;
 static ngx_msec_t                 ngx_http_mdm_backoff;
 static ngx_msec_t                 ngx_http_mdm_last_reply;
 static ngx_log_t                 *ngx_http_mdm_log;
 static ngx_http_mdm_main_conf_t  *ngx_http_mdm_mcf;
 static ngx_event_t                ngx_http_mdm_reconnect_ev;
-static ngx_event_t                ngx_http_mdm_handshake_ev;
+static ngx_event_t                ngx_http_mdm_check_ev;
 static ngx_connection_t           ngx_http_mdm_dummy;
-static char                      *ngx_http_mdm_host;
-static int                        ngx_http_mdm_port;
+
+
+/*
+ * Errors Redis answers while it cannot run the call now but may soon: the
+ * caller answers 503 and the device retries. Anything else from our own
+ * functions is a bug (500).
+ */
+
+static ngx_str_t  ngx_http_mdm_transient[] = {
+    ngx_string("OOM "),
+    ngx_string("LOADING "),
+    ngx_string("READONLY "),
+    ngx_string("BUSY "),
+    ngx_string("MASTERDOWN "),
+    ngx_string("NOREPLICAS "),
+    ngx_string("TRYAGAIN "),
+    ngx_string("CLUSTERDOWN "),
+    ngx_string("MISCONF "),
+    ngx_string("NOSCRIPT "),
+    ngx_string("NOAUTH "),
+    ngx_string("NOPERM "),
+    ngx_string("ERR Function not found"),
+    ngx_string("ERR Library not found"),
+    /* an ACL that lets nginx's user FCALL but not what the function calls */
+    ngx_string("ERR The user executing the script can't run"),
+    ngx_null_string
+};
 
 
 ngx_int_t
 ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
 {
-    u_char                    *p;
-    ngx_str_t                 *a;
     ngx_http_mdm_main_conf_t  *mmcf;
 
     if (ngx_process != NGX_PROCESS_WORKER
@@ -93,27 +126,6 @@ ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
 
     ngx_http_mdm_mcf = mmcf;
     ngx_http_mdm_log = cycle->log;
-    a = &mmcf->addr;
-
-    /* addresses were checked at configuration time */
-
-    if (a->len > 5 && ngx_strncmp(a->data, "unix:", 5) == 0) {
-        ngx_http_mdm_host = ngx_pcalloc(cycle->pool, a->len - 4);
-        if (ngx_http_mdm_host == NULL) {
-            return NGX_ERROR;
-        }
-        ngx_memcpy(ngx_http_mdm_host, a->data + 5, a->len - 5);
-        ngx_http_mdm_port = -1;
-
-    } else {
-        p = ngx_strlchr(a->data, a->data + a->len, ':');
-        ngx_http_mdm_host = ngx_pcalloc(cycle->pool, p - a->data + 1);
-        if (ngx_http_mdm_host == NULL) {
-            return NGX_ERROR;
-        }
-        ngx_memcpy(ngx_http_mdm_host, a->data, p - a->data);
-        ngx_http_mdm_port = ngx_atoi(p + 1, a->data + a->len - p - 1);
-    }
 
     /* timers need a connection-like data pointer for their log */
     ngx_http_mdm_dummy.fd = (ngx_socket_t) -1;
@@ -123,10 +135,10 @@ ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
     ngx_http_mdm_reconnect_ev.data = &ngx_http_mdm_dummy;
     ngx_http_mdm_reconnect_ev.cancelable = 1;
 
-    ngx_http_mdm_handshake_ev.handler = ngx_http_mdm_redis_handshake_handler;
-    ngx_http_mdm_handshake_ev.log = cycle->log;
-    ngx_http_mdm_handshake_ev.data = &ngx_http_mdm_dummy;
-    ngx_http_mdm_handshake_ev.cancelable = 1;
+    ngx_http_mdm_check_ev.handler = ngx_http_mdm_redis_check_handler;
+    ngx_http_mdm_check_ev.log = cycle->log;
+    ngx_http_mdm_check_ev.data = &ngx_http_mdm_dummy;
+    ngx_http_mdm_check_ev.cancelable = 1;
 
     ngx_http_mdm_backoff = NGX_HTTP_MDM_BACKOFF_MIN;
 
@@ -147,8 +159,8 @@ ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle)
         ngx_del_timer(&ngx_http_mdm_reconnect_ev);
     }
 
-    if (ngx_http_mdm_handshake_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_handshake_ev);
+    if (ngx_http_mdm_check_ev.timer_set) {
+        ngx_del_timer(&ngx_http_mdm_check_ev);
     }
 
     ac = ngx_http_mdm_ac;
@@ -169,21 +181,27 @@ ngx_http_mdm_redis_ready(void)
 static void
 ngx_http_mdm_redis_connect(void)
 {
+    int                 n;
+    const char         *argv[3];
+    size_t              len[3];
     ngx_connection_t   *c;
     redisAsyncContext  *ac;
+    mdm_redis_addr_t   *a;
 
-    if (ngx_http_mdm_port == -1) {
-        ac = redisAsyncConnectUnix(ngx_http_mdm_host);
+    a = &ngx_http_mdm_mcf->addr;
+
+    if (a->type == MDM_REDIS_ADDR_UNIX) {
+        ac = redisAsyncConnectUnix(a->host);
 
     } else {
-        /* an IP literal: no resolver call, so this does not block */
-        ac = redisAsyncConnect(ngx_http_mdm_host, ngx_http_mdm_port);
+        /* an IP literal (checked at configuration): no DNS, no blocking */
+        ac = redisAsyncConnect(a->host, a->port);
     }
 
     if (ac == NULL || ac->err) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                       "mdm: cannot connect to redis \"%V\": %s",
-                      &ngx_http_mdm_mcf->addr,
+                      &ngx_http_mdm_mcf->name,
                       ac ? ac->errstr : "out of memory");
         if (ac) {
             redisAsyncFree(ac);
@@ -214,36 +232,60 @@ ngx_http_mdm_redis_connect(void)
     ac->ev.cleanup = ngx_http_mdm_redis_cleanup;
 
     ngx_http_mdm_ac = ac;
-    ngx_http_mdm_state = NGX_HTTP_MDM_CONNECTING;
+    ngx_http_mdm_state = NGX_HTTP_MDM_SETUP;
 
     redisAsyncSetConnectCallback(ac, ngx_http_mdm_redis_connected);
     redisAsyncSetDisconnectCallback(ac, ngx_http_mdm_redis_disconnected);
 
     /* commands queue up until the socket connects */
 
-    if (ngx_http_mdm_mcf->password.len) {
-        redisAsyncCommand(ac, ngx_http_mdm_redis_setup_reply, "AUTH",
-                          "AUTH %b", ngx_http_mdm_mcf->password.data,
-                          ngx_http_mdm_mcf->password.len);
+    if (a->password[0]) {
+        n = 0;
+        argv[n] = "AUTH";
+        len[n++] = 4;
+
+        if (a->username[0]) {
+            argv[n] = a->username;
+            len[n++] = ngx_strlen(a->username);
+        }
+
+        argv[n] = a->password;
+        len[n++] = ngx_strlen(a->password);
+
+        redisAsyncCommandArgv(ac, ngx_http_mdm_redis_setup_reply, "AUTH",
+                              n, argv, len);
     }
 
-    if (ngx_http_mdm_mcf->db > 0) {
+    if (a->db > 0) {
         redisAsyncCommand(ac, ngx_http_mdm_redis_setup_reply, "SELECT",
-                          "SELECT %d", (int) ngx_http_mdm_mcf->db);
+                          "SELECT %d", a->db);
     }
 
+    /* its deadline covers the connect and the steps before it */
     ngx_http_mdm_redis_check_version();
-
-    ngx_add_timer(&ngx_http_mdm_handshake_ev,
-                  ngx_max(ngx_http_mdm_mcf->timeout, 1000));
 }
 
+
+/* Asks for the library version, with a deadline for the answer. */
 
 static void
 ngx_http_mdm_redis_check_version(void)
 {
-    redisAsyncCommand(ngx_http_mdm_ac, ngx_http_mdm_redis_version_reply, NULL,
-                      "FCALL_RO mdm_version 0");
+    if (redisAsyncCommand(ngx_http_mdm_ac, ngx_http_mdm_redis_version_reply,
+                          NULL, "FCALL_RO mdm_version 0")
+        != REDIS_OK)
+    {
+        return;
+    }
+
+    ngx_http_mdm_checking = 1;
+
+    if (ngx_http_mdm_check_ev.timer_set) {
+        ngx_del_timer(&ngx_http_mdm_check_ev);
+    }
+
+    ngx_add_timer(&ngx_http_mdm_check_ev,
+                  ngx_max(ngx_http_mdm_mcf->timeout, 1000));
 }
 
 
@@ -254,11 +296,11 @@ ngx_http_mdm_redis_schedule(void)
 {
     ngx_msec_t  delay;
 
+    ngx_http_mdm_state = NGX_HTTP_MDM_DISCONNECTED;
+
     if (ngx_http_mdm_exiting || ngx_http_mdm_reconnect_ev.timer_set) {
         return;
     }
-
-    ngx_http_mdm_state = NGX_HTTP_MDM_DISCONNECTED;
 
     delay = ngx_http_mdm_backoff;
     delay += (ngx_msec_t) (ngx_random() % (delay / 2 + 1)) - delay / 4;
@@ -270,7 +312,26 @@ ngx_http_mdm_redis_schedule(void)
 }
 
 
-/* Closes the connection; pending callbacks see a NULL reply. */
+/* Forgets the connection's state; hiredis owns the context's end. */
+
+static void
+ngx_http_mdm_redis_reset(void)
+{
+    ngx_http_mdm_ac = NULL;
+    ngx_http_mdm_checking = 0;
+
+    if (ngx_http_mdm_check_ev.timer_set) {
+        ngx_del_timer(&ngx_http_mdm_check_ev);
+    }
+
+    ngx_http_mdm_redis_schedule();
+}
+
+
+/*
+ * Closes the connection (at once, or when the hiredis callback running now
+ * returns); pending calls report NGX_HTTP_MDM_REDIS_DOWN.
+ */
 
 static void
 ngx_http_mdm_redis_drop(const char *why)
@@ -282,24 +343,35 @@ ngx_http_mdm_redis_drop(const char *why)
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
-                  "mdm: redis \"%V\" %s, reconnecting",
-                  &ngx_http_mdm_mcf->addr, why);
+    if (why) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                      "mdm: redis \"%V\" %s, reconnecting",
+                      &ngx_http_mdm_mcf->name, why);
+    }
 
-    ngx_http_mdm_ac = NULL;
-    ngx_http_mdm_state = NGX_HTTP_MDM_DISCONNECTED;
+    ngx_http_mdm_redis_reset();
     redisAsyncFree(ac);
-    ngx_http_mdm_redis_schedule();
 }
 
+
+/*
+ * A failed connect: hiredis 0.14 frees the context when this returns,
+ * without calling the disconnect callback.
+ */
 
 static void
 ngx_http_mdm_redis_connected(const redisAsyncContext *ac, int status)
 {
-    if (status != REDIS_OK) {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
-                      "mdm: cannot connect to redis \"%V\": %s",
-                      &ngx_http_mdm_mcf->addr, ac->errstr);
+    if (status == REDIS_OK) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                  "mdm: cannot connect to redis \"%V\": %s",
+                  &ngx_http_mdm_mcf->name, ac->errstr);
+
+    if (ngx_http_mdm_ac == ac) {
+        ngx_http_mdm_redis_reset();
     }
 }
 
@@ -307,33 +379,43 @@ ngx_http_mdm_redis_connected(const redisAsyncContext *ac, int status)
 static void
 ngx_http_mdm_redis_disconnected(const redisAsyncContext *ac, int status)
 {
-    if (ngx_http_mdm_ac == ac) {
-        ngx_http_mdm_ac = NULL;
-
-        if (!ngx_http_mdm_exiting && status != REDIS_OK) {
-            ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
-                          "mdm: lost redis \"%V\": %s, reconnecting",
-                          &ngx_http_mdm_mcf->addr, ac->errstr);
-        }
+    if (ngx_http_mdm_ac != ac) {
+        /* dropped by us, or exiting */
+        return;
     }
 
-    if (ngx_http_mdm_handshake_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_handshake_ev);
+    if (status != REDIS_OK) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                      "mdm: lost redis \"%V\": %s, reconnecting",
+                      &ngx_http_mdm_mcf->name, ac->errstr);
     }
 
-    ngx_http_mdm_redis_schedule();
+    ngx_http_mdm_redis_reset();
 }
 
+
+/* AUTH or SELECT: a refusal is a configuration error, never ignored. */
 
 static void
 ngx_http_mdm_redis_setup_reply(redisAsyncContext *ac, void *rep, void *data)
 {
     redisReply  *reply = rep;
 
-    if (reply && reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
-                      "mdm: redis %s failed: %s", (char *) data, reply->str);
+    if (reply == NULL || ac != ngx_http_mdm_ac
+        || reply->type != REDIS_REPLY_ERROR)
+    {
+        return;
     }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                  "mdm: redis \"%V\": %s failed: %s; check mdm_redis %s; "
+                  "answering 503, reconnecting",
+                  &ngx_http_mdm_mcf->name, (char *) data, reply->str,
+                  ngx_strcmp(data, "AUTH") == 0 ? "username= and password="
+                                                 : "db=");
+
+    /* the version reply behind it is never seen: no database 0 by mistake */
+    ngx_http_mdm_redis_drop(NULL);
 }
 
 
@@ -348,47 +430,56 @@ ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
     }
 
     ngx_http_mdm_last_reply = ngx_current_msec;
+    ngx_http_mdm_checking = 0;
 
-    if (ngx_http_mdm_handshake_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_handshake_ev);
+    if (ngx_http_mdm_check_ev.timer_set) {
+        ngx_del_timer(&ngx_http_mdm_check_ev);
     }
+
+    ngx_add_timer(&ngx_http_mdm_check_ev, NGX_HTTP_MDM_RECHECK);
 
     if (reply->type == REDIS_REPLY_STRING
         && reply->len == sizeof(NGX_HTTP_MDM_LIB_VERSION) - 1
         && ngx_strncmp(reply->str, NGX_HTTP_MDM_LIB_VERSION, reply->len) == 0)
     {
+        if (ngx_http_mdm_state != NGX_HTTP_MDM_READY) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_http_mdm_log, 0,
+                          "mdm: redis ready \"%V\"", &ngx_http_mdm_mcf->name);
+        }
+
         ngx_http_mdm_state = NGX_HTTP_MDM_READY;
         ngx_http_mdm_backoff = NGX_HTTP_MDM_BACKOFF_MIN;
-
-        ngx_log_error(NGX_LOG_NOTICE, ngx_http_mdm_log, 0,
-                      "mdm: redis ready \"%V\"", &ngx_http_mdm_mcf->addr);
+        ngx_http_mdm_complained = 0;
         return;
-    }
-
-    if (ngx_http_mdm_state != NGX_HTTP_MDM_MISMATCH
-        && reply->type == REDIS_REPLY_ERROR)
-    {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
-                      "mdm: redis \"%V\": FCALL_RO mdm_version failed: %s; "
-                      "is redis-scripts/mdm.lua loaded and mdm_redis "
-                      "password= right? answering 503 until then",
-                      &ngx_http_mdm_mcf->addr, reply->str);
-
-    } else if (ngx_http_mdm_state != NGX_HTTP_MDM_MISMATCH) {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
-                      "mdm: redis \"%V\" has the wrong Functions library: "
-                      "mdm_version answered \"%*s\", need \"%s\"; load "
-                      "redis-scripts/mdm.lua with FUNCTION LOAD REPLACE; "
-                      "answering 503 until then",
-                      &ngx_http_mdm_mcf->addr,
-                      (size_t) (reply->str ? reply->len : 0),
-                      reply->str ? reply->str : "", NGX_HTTP_MDM_LIB_VERSION);
     }
 
     ngx_http_mdm_state = NGX_HTTP_MDM_MISMATCH;
 
-    /* ask again later on the same connection */
-    ngx_add_timer(&ngx_http_mdm_handshake_ev, NGX_HTTP_MDM_RECHECK);
+    /* one line per episode, not one per re-check */
+
+    if (ngx_http_mdm_complained) {
+        return;
+    }
+
+    ngx_http_mdm_complained = 1;
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                      "mdm: redis \"%V\": FCALL_RO mdm_version failed: %s; "
+                      "is redis-scripts/mdm.lua loaded and mdm_redis "
+                      "password= right? answering 503 until then",
+                      &ngx_http_mdm_mcf->name, reply->str);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                  "mdm: redis \"%V\" has the wrong Functions library: "
+                  "mdm_version answered \"%*s\", need \"%s\"; load "
+                  "redis-scripts/mdm.lua with FUNCTION LOAD REPLACE; "
+                  "answering 503 until then",
+                  &ngx_http_mdm_mcf->name,
+                  (size_t) (reply->str ? reply->len : 0),
+                  reply->str ? reply->str : "", NGX_HTTP_MDM_LIB_VERSION);
 }
 
 
@@ -403,21 +494,23 @@ ngx_http_mdm_redis_reconnect_handler(ngx_event_t *ev)
 }
 
 
-/* Connect or version check overdue, or time to re-check the version. */
+/* A version check overdue (drop), or the time for the next one. */
 
 static void
-ngx_http_mdm_redis_handshake_handler(ngx_event_t *ev)
+ngx_http_mdm_redis_check_handler(ngx_event_t *ev)
 {
     if (ngx_http_mdm_exiting || ngx_http_mdm_ac == NULL) {
         return;
     }
 
-    if (ngx_http_mdm_state == NGX_HTTP_MDM_MISMATCH) {
+    if (!ngx_http_mdm_checking) {
         ngx_http_mdm_redis_check_version();
         return;
     }
 
-    ngx_http_mdm_redis_drop("did not answer the handshake in time");
+    ngx_http_mdm_redis_drop(ngx_http_mdm_state == NGX_HTTP_MDM_SETUP
+                            ? "did not answer the handshake in time"
+                            : "did not answer the version check in time");
 }
 
 
@@ -506,26 +599,25 @@ ngx_http_mdm_redis_cleanup(void *data)
 }
 
 
+/*
+ * NGX_OK: the handler will be called once, unless the op is cancelled;
+ * NGX_DECLINED: no ready connection, nothing was sent.
+ */
+
 ngx_int_t
-ngx_http_mdm_redis_call(ngx_http_request_t *r, int argc, const char **argv,
-    const size_t *argvlen, ngx_msec_t timeout, ngx_http_mdm_reply_pt handler)
+ngx_http_mdm_redis_call(int argc, const char **argv, const size_t *argvlen,
+    ngx_msec_t timeout, ngx_log_t *log, ngx_http_mdm_redis_handler_pt handler,
+    void *data, ngx_http_mdm_redis_op_t **opp)
 {
-    ngx_http_cleanup_t  *cln;
-    ngx_http_mdm_op_t   *op;
+    ngx_http_mdm_redis_op_t  *op;
 
     if (ngx_http_mdm_state != NGX_HTTP_MDM_READY || ngx_http_mdm_ac == NULL) {
         return NGX_DECLINED;
     }
 
-    /* the op outlives the request when the client goes away */
-    op = ngx_calloc(sizeof(ngx_http_mdm_op_t), r->connection->log);
+    /* the op outlives its caller when the caller cancels */
+    op = ngx_calloc(sizeof(ngx_http_mdm_redis_op_t), log);
     if (op == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        ngx_free(op);
         return NGX_ERROR;
     }
 
@@ -537,36 +629,63 @@ ngx_http_mdm_redis_call(ngx_http_request_t *r, int argc, const char **argv,
         return NGX_DECLINED;
     }
 
-    cln->handler = ngx_http_mdm_op_cleanup;
-    cln->data = op;
-
-    op->request = r;
-    op->cleanup = cln;
     op->handler = handler;
+    op->data = data;
     op->sent = ngx_current_msec;
 
     /* not cancelable: a graceful quit waits for the reply */
     op->timer.handler = ngx_http_mdm_op_timeout;
     op->timer.data = op;
-    op->timer.log = r->connection->log;
+    op->timer.log = log;
     ngx_add_timer(&op->timer, timeout);
 
-    r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = ngx_http_request_empty_handler;
+    *opp = op;
 
     return NGX_OK;
+}
+
+
+/* The caller goes away: its handler is never called; the op is freed later. */
+
+void
+ngx_http_mdm_redis_cancel(ngx_http_mdm_redis_op_t *op)
+{
+    op->done = 1;
+
+    if (op->timer.timer_set) {
+        ngx_del_timer(&op->timer);
+    }
+}
+
+
+/* Whether an error reply means "not now" rather than "wrong". */
+
+static ngx_int_t
+ngx_http_mdm_redis_is_transient(redisReply *reply)
+{
+    ngx_str_t  *t;
+
+    for (t = ngx_http_mdm_transient; t->len; t++) {
+        if (reply->len >= t->len
+            && ngx_strncmp(reply->str, t->data, t->len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
 static void
 ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep, void *data)
 {
-    ngx_http_mdm_op_t      *op = data;
-    ngx_connection_t       *c;
-    ngx_http_request_t     *r;
-    ngx_http_mdm_reply_pt   handler;
+    ngx_http_mdm_redis_op_t  *op = data;
 
-    if (rep) {
+    ngx_int_t     rc;
+    redisReply   *reply = rep;
+
+    if (reply) {
         ngx_http_mdm_last_reply = ngx_current_msec;
     }
 
@@ -574,70 +693,49 @@ ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep, void *data)
         ngx_del_timer(&op->timer);
     }
 
-    r = op->request;
-    handler = op->handler;
+    if (!op->done && !ngx_http_mdm_exiting) {
+        op->done = 1;
 
-    if (op->cleanup) {
-        op->cleanup->handler = NULL;
+        if (reply == NULL) {
+            rc = NGX_HTTP_MDM_REDIS_DOWN;
+
+        } else if (reply->type == REDIS_REPLY_ERROR
+                   && ngx_http_mdm_redis_is_transient(reply))
+        {
+            rc = NGX_HTTP_MDM_REDIS_REFUSED;
+
+        } else {
+            rc = NGX_HTTP_MDM_REDIS_REPLY;
+        }
+
+        op->handler(rc, reply, op->data);
     }
 
     ngx_free(op);
-
-    if (r == NULL || ngx_http_mdm_exiting) {
-        return;
-    }
-
-    c = r->connection;
-    handler(r, rep);
-    ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_mdm_op_cleanup(void *data)
-{
-    ngx_http_mdm_op_t  *op = data;
-
-    if (op->timer.timer_set) {
-        ngx_del_timer(&op->timer);
-    }
-
-    op->request = NULL;
-    op->cleanup = NULL;
 }
 
 
 static void
 ngx_http_mdm_op_timeout(ngx_event_t *ev)
 {
-    ngx_http_mdm_op_t   *op = ev->data;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    ngx_http_mdm_redis_op_t  *op = ev->data;
 
-    r = op->request;
-    op->request = NULL;
-
-    if (op->cleanup) {
-        op->cleanup->handler = NULL;
-        op->cleanup = NULL;
-    }
-
-    if (r) {
-        c = r->connection;
-        ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                            "redis did not answer in time");
-        ngx_http_run_posted_requests(c);
-    }
+    ngx_uint_t  stuck;
 
     /*
      * Nothing came back since this command went out: the connection is
-     * stuck (Redis paused or a dead peer). Start over; pending callbacks
-     * get NULL and their requests a 503.
+     * stuck (Redis paused or a dead peer). Start over; pending calls
+     * report DOWN. The op itself is freed by its (NULL) reply callback.
      */
 
-    if ((ngx_msec_int_t) (ngx_http_mdm_last_reply - op->sent) < 0) {
-        ngx_http_mdm_redis_drop("did not answer in time");
+    stuck = (ngx_msec_int_t) (ngx_http_mdm_last_reply - op->sent) < 0;
+
+    if (!op->done) {
+        op->done = 1;
+        op->handler(NGX_HTTP_MDM_REDIS_TIMEOUT, NULL, op->data);
     }
 
-    /* the op itself is freed by its (NULL) reply callback */
+    if (stuck) {
+        ngx_http_mdm_redis_drop("did not answer in time");
+    }
 }

@@ -19,10 +19,13 @@
 #define NGX_HTTP_MDM_ARGS_MAX   (18 + 2 * MDM_KV_MAX)
 
 
+static void ngx_http_mdm_store_cleanup(void *data);
+static void ngx_http_mdm_store_done(ngx_int_t rc, redisReply *reply,
+    void *data);
 static void ngx_http_mdm_store_reply(ngx_http_request_t *r,
     redisReply *reply);
 static u_char *ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e,
-    size_t *len);
+    size_t *len, const char *prefix);
 static ngx_int_t ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r,
     u_char *token, size_t len, ngx_str_t *out);
 static ngx_int_t ngx_http_mdm_binary(ngx_http_request_t *r,
@@ -45,44 +48,39 @@ static u_char  ngx_http_mdm_digest[] =
 ngx_int_t
 ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
 {
-    int                       argc, i;
-    u_char                   *p, *flags, *enr, *cert, *na, *dl;
-    ngx_msec_t                margin;
-    ngx_time_t               *tp;
-    ngx_str_t                 raw, v;
-    size_t                    len[NGX_HTTP_MDM_ARGS_MAX];
-    const char               *argv[NGX_HTTP_MDM_ARGS_MAX];
-    mdm_message_t            *m;
-    ngx_http_mdm_loc_conf_t  *mlcf;
-    ngx_http_mdm_main_conf_t *mmcf;
+    int                        argc, i;
+    u_char                    *p, *flags, *enr, *cert, *na, *dl;
+    ngx_int_t                  rc;
+    ngx_msec_t                 margin;
+    ngx_time_t                *tp;
+    ngx_str_t                  raw, v;
+    size_t                     len[NGX_HTTP_MDM_ARGS_MAX];
+    const char                *argv[NGX_HTTP_MDM_ARGS_MAX];
+    mdm_message_t             *m;
+    ngx_http_cleanup_t        *cln;
+    ngx_http_mdm_loc_conf_t   *mlcf;
+    ngx_http_mdm_main_conf_t  *mmcf;
 
     m = &ctx->msg;
     mlcf = ngx_http_get_module_loc_conf(r, ngx_http_mdm_module);
     mmcf = ngx_http_get_module_main_conf(r, ngx_http_mdm_module);
 
-    /* mdm:{D}:enr:E */
-    len[3] = sizeof("mdm:{}:enr:") - 1 + m->device_id_len
-             + m->enrollment_id_len;
-    enr = ngx_pnalloc(r->pool, len[3] + sizeof("mdm:cert:") - 1 + 64
-                               + 4 + 2 * NGX_INT64_LEN);
+    len[3] = MDM_KEY_ENR_FIXED + m->device_id_len + m->enrollment_id_len;
+    enr = ngx_pnalloc(r->pool, len[3] + MDM_KEY_CERT_FIXED + 64
+                               + 1 + 2 * NGX_INT64_LEN);
     if (enr == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_sprintf(enr, "mdm:{%*s}:enr:%*s", m->device_id_len, m->device_id,
+    p = ngx_sprintf(enr, MDM_KEY_ENR_NGX, m->device_id_len, m->device_id,
                     m->enrollment_id_len, m->enrollment_id);
 
     cert = p;
-    p = ngx_sprintf(cert, "mdm:cert:%s", ctx->cert_sha256);
+    p = ngx_sprintf(cert, MDM_KEY_CERT_NGX, (size_t) 64, ctx->cert_sha256);
     len[4] = p - cert;
 
+    /* rebind and migration are policy in Redis (K_POLICY), not ARGV */
     flags = p;
-    if (mlcf->allow_rebind) {
-        *p++ = 'r';
-    }
-    if (mlcf->migration) {
-        *p++ = 'm';
-    }
     if (mlcf->user_auth == NGX_HTTP_MDM_UA_ACCEPT) {
         *p++ = 'a';
     }
@@ -121,8 +119,8 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     len[2] = 1;
     argv[3] = (char *) enr;
     argv[4] = (char *) cert;
-    argv[5] = "mdm:events";
-    len[5] = sizeof("mdm:events") - 1;
+    argv[5] = MDM_KEY_EVENTS;
+    len[5] = sizeof(MDM_KEY_EVENTS) - 1;
     argv[6] = m->type_name;
     len[6] = ngx_strlen(m->type_name);
     argv[7] = m->enrollment_id;
@@ -178,8 +176,82 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
         }
     }
 
-    return ngx_http_mdm_redis_call(r, argc, argv, len, mmcf->timeout,
-                                   ngx_http_mdm_store_reply);
+    /* a request that goes first detaches, so a late reply finds nothing */
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_mdm_redis_call(argc, argv, len, mmcf->timeout,
+                                 r->connection->log, ngx_http_mdm_store_done,
+                                 r, &ctx->op);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    cln->handler = ngx_http_mdm_store_cleanup;
+    cln->data = ctx;
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_mdm_store_cleanup(void *data)
+{
+    ngx_http_mdm_ctx_t  *ctx = data;
+
+    if (ctx->op) {
+        ngx_http_mdm_redis_cancel(ctx->op);
+        ctx->op = NULL;
+    }
+}
+
+
+/* The transport's report: the request's answer, then its posted work. */
+
+static void
+ngx_http_mdm_store_done(ngx_int_t rc, redisReply *reply, void *data)
+{
+    ngx_http_request_t  *r = data;
+
+    size_t               n;
+    u_char              *reason;
+    ngx_connection_t    *c;
+    ngx_http_mdm_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
+    ctx->op = NULL;
+
+    switch (rc) {
+
+    case NGX_HTTP_MDM_REDIS_TIMEOUT:
+        /* the call may still run: mdm.lua refuses it past our deadline */
+        ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                            "redis did not answer in time");
+        break;
+
+    case NGX_HTTP_MDM_REDIS_DOWN:
+        ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                            "redis connection lost");
+        break;
+
+    case NGX_HTTP_MDM_REDIS_REFUSED:
+        reason = ngx_http_mdm_copy(r, reply, &n, "redis refused the call, "
+                                   "retry later: ");
+        ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                            reason ? (char *) reason : "redis refused");
+        break;
+
+    default:
+        ngx_http_mdm_store_reply(r, reply);
+    }
+
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -195,14 +267,9 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
 
-    if (reply == NULL) {
-        ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                            "redis connection lost");
-        return;
-    }
-
     if (reply->type == REDIS_REPLY_ERROR) {
-        reason = ngx_http_mdm_copy(r, reply, &n);
+        reason = ngx_http_mdm_copy(r, reply, &n, "unexpected error from "
+                                   "mdm.lua: ");
         ngx_http_mdm_refuse(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
                             reason ? (char *) reason : "redis error");
         return;
@@ -223,13 +290,15 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
 
     if (reply->elements >= 6 && e[4]->len) {
         ctx->command_uuid.data = ngx_http_mdm_copy(r, e[4],
-                                                   &ctx->command_uuid.len);
+                                                   &ctx->command_uuid.len,
+                                                   NULL);
         ctx->request_type.data = ngx_http_mdm_copy(r, e[5],
-                                                   &ctx->request_type.len);
+                                                   &ctx->request_type.len,
+                                                   NULL);
     }
 
     if (status != NGX_HTTP_OK) {
-        reason = ngx_http_mdm_copy(r, e[3], &n);
+        reason = ngx_http_mdm_copy(r, e[3], &n, NULL);
         ngx_http_mdm_refuse(r, status, reason ? (char *) reason : "refused");
         return;
     }
@@ -239,7 +308,7 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
         return;
     }
 
-    payload = ngx_http_mdm_copy(r, e[2], &n);
+    payload = ngx_http_mdm_copy(r, e[2], &n, NULL);
     if (payload == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -345,12 +414,17 @@ ngx_http_mdm_adopt(ngx_http_request_t *r, char *buf, uint32_t n,
 }
 
 
-/* A NUL-terminated copy of a string reply element in the request pool. */
+/*
+ * A NUL-terminated copy of a string reply element in the request pool,
+ * after an optional prefix (*len counts the element alone).
+ */
 
 static u_char *
-ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e, size_t *len)
+ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e, size_t *len,
+    const char *prefix)
 {
-    u_char  *p;
+    u_char  *p, *q;
+    size_t   plen;
 
     *len = 0;
 
@@ -360,13 +434,16 @@ ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e, size_t *len)
         return NULL;
     }
 
-    p = ngx_pnalloc(r->pool, e->len + 1);
+    plen = prefix ? ngx_strlen(prefix) : 0;
+
+    p = ngx_pnalloc(r->pool, plen + e->len + 1);
     if (p == NULL) {
         return NULL;
     }
 
-    ngx_memcpy(p, e->str, e->len);
-    p[e->len] = '\0';
+    q = plen ? ngx_cpymem(p, prefix, plen) : p;
+    ngx_memcpy(q, e->str, e->len);
+    q[e->len] = '\0';
     *len = e->len;
 
     return p;

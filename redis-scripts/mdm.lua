@@ -79,15 +79,40 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- mdm:conf, read once per call (entry points reset it)
-local CONF_FIELDS = { 'result_ttl', 'events_maxlen', 'cert_warn_days' }
-local conf_cache
+--[[
+Settings. Operational ones live in mdm:conf, policy in mdm:policy: nginx's
+ACL user may read both but write neither (redis-scripts/users.acl), so a
+holder of its credential cannot turn a policy on. mdm_conf_get/mdm_conf_set
+know which hash each field lives in and what it may hold.
+]]
+local SETTINGS = {
+    result_ttl = { key = K_CONF, min = 60, max = 31536000,
+                   default = RESULT_TTL },
+    events_maxlen = { key = K_CONF, min = 100, max = 100000000,
+                      default = EVENTS_MAXLEN },
+    cert_warn_days = { key = K_CONF, min = 0, max = 3650,
+                       default = CERT_WARN_DAYS },
+    -- re-Authenticate with another certificate replaces a binding
+    allow_rebind = { key = K_POLICY, bool = true, default = '0' },
+    -- enrollments without a binding bind on their next request
+    migration = { key = K_POLICY, bool = true, default = '0' },
+}
+local SETTING_NAMES = { 'allow_rebind', 'migration', 'result_ttl',
+                        'events_maxlen', 'cert_warn_days' }
 
-local function conf_reset() conf_cache = nil end
+-- mdm:conf and mdm:policy, read once per call (entry points reset them)
+local CONF_FIELDS = { 'result_ttl', 'events_maxlen', 'cert_warn_days' }
+local POLICY_FIELDS = { 'allow_rebind', 'migration' }
+local conf_cache, policy_cache
+
+local function conf_reset()
+    conf_cache = nil
+    policy_cache = nil
+end
 
 local function conf(field, default)
     if not conf_cache then
-        local v = redis.call('HMGET', 'mdm:conf', unpack(CONF_FIELDS))
+        local v = redis.call('HMGET', K_CONF, unpack(CONF_FIELDS))
         conf_cache = {}
         for i, f in ipairs(CONF_FIELDS) do
             conf_cache[f] = tonumber(v[i])
@@ -96,10 +121,37 @@ local function conf(field, default)
     return conf_cache[field] or default
 end
 
+-- true when the mdm:policy field is "1"; anything else is off
+local function policy(field)
+    if not policy_cache then
+        local v = redis.call('HMGET', K_POLICY, unpack(POLICY_FIELDS))
+        policy_cache = {}
+        for i, f in ipairs(POLICY_FIELDS) do
+            policy_cache[f] = v[i] == '1'
+        end
+    end
+    return policy_cache[field]
+end
+
+--[[
+FCALL cannot be allowed per function name, so every credential that runs
+the device functions can call the admin ones too. Functions that change
+state on an operator's behalf therefore run only for a caller that may
+write mdm:policy, which nginx's and the sender's ACL users may not: Redis
+checks the caller's ACL, and so does redis.acl_check_cmd.
+]]
+local function not_admin(fn)
+    if redis.acl_check_cmd('HSET', K_POLICY, 'allow_rebind', '0') then
+        return nil
+    end
+    return redis.error_reply('NOPERM ' .. fn .. ' is an admin function: '
+        .. 'the caller\'s ACL user may not write ' .. K_POLICY)
+end
+
 local function int(n) return string.format('%d', n) end
 
 local function event(fields)
-    redis.call('XADD', 'mdm:events', 'MAXLEN', '~',
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~',
                conf('events_maxlen', EVENTS_MAXLEN), '*', unpack(fields))
 end
 
@@ -217,16 +269,18 @@ local function has(flags, f) return string.find(flags, f, 1, true) ~= nil end
 local function seen(d, e, ms, checkin)
     redis.call('HSET', k_enr(d, e), 'last_seen_ms', int(ms))
     if checkin then
-        redis.call('ZADD', 'mdm:enrollments', ms, e)
+        redis.call('ZADD', K_ENROLLMENTS, ms, e)
     end
 end
 
 --[[
 The certificate check every request but Authenticate passes: the device
 channel must be bound to this certificate. User channels ride on their
-device's binding. Returns nil when fine, else the reason.
+device's binding. Returns nil when fine, else the reason. mdm:policy
+migration = 1 lets an enrollment without a binding (imported from a server
+that kept none) bind on its next request.
 ]]
-local function check_binding(d, sha, certkey, flags, ms)
+local function check_binding(d, sha, certkey, ms)
     local dk = k_enr(d, d)
     local h = redis.call('HMGET', dk, 'cert', 'cert_expiring')
     local bound = h[1]
@@ -238,7 +292,7 @@ local function check_binding(d, sha, certkey, flags, ms)
         return 'certificate is bound to another device (' .. owner .. ')'
     end
     if not bound then
-        if has(flags, 'm') and not owner
+        if policy('migration') and not owner
            and redis.call('EXISTS', dk) == 1 then
             redis.call('HSET', dk, 'cert', sha)
             redis.call('SET', certkey, d)
@@ -294,8 +348,12 @@ end
 FCALL mdm_checkin 3 <enr key> <cert key> mdm:events
       <MessageType> <E> <D> <channel> <flags> <cert not-after s> <cert sha256>
       <deadline ms> [<Apple key> <value>]...
-flags: r = allow re-Authenticate with another certificate, m = migration
-(bind unbound enrollments), a = accept UserAuthenticate.
+flags: a = accept UserAuthenticate; other letters are ignored (rebind and
+migration are policy, in mdm:policy, out of the caller's reach).
+An Authenticate binds the certificate to the device channel id; the binding
+stays whatever the enrollment's state (before its TokenUpdate, enabled,
+checked out) until mdm_unbind, or an Authenticate with another certificate
+while mdm:policy allow_rebind is 1.
 ]]
 local function checkin(keys, args)
     conf_reset()
@@ -321,16 +379,18 @@ local function checkin(keys, args)
             return refuse(403, 'certificate is bound to another device ('
                                .. owner .. ')')
         end
-        local old = redis.call('HMGET', enr, 'cert', 'enabled')
-        if old[1] and old[1] ~= sha and old[2] == '1'
-           and not has(flags, 'r') then
-            event({ 'type', 'RebindRefused', 'id', d, 'ms', int(ms),
-                    'cert', sha, 'bound', old[1] })
-            return refuse(403, 'enabled enrollment re-authenticated with '
-                               .. 'another certificate (mdm_allow_rebind off)')
-        end
-        if old[1] and old[1] ~= sha then
-            redis.call('DEL', 'mdm:cert:' .. old[1])
+        local bound = redis.call('HGET', enr, 'cert')
+        if bound and bound ~= sha then
+            if not policy('allow_rebind') then
+                event({ 'type', 'RebindRefused', 'id', d, 'ms', int(ms),
+                        'cert', sha, 'bound', bound })
+                return refuse(403, 'device is bound to another certificate '
+                    .. '(mdm:policy allow_rebind off; mdmctl unbind '
+                    .. 'releases it)')
+            end
+            redis.call('DEL', k_cert(bound))
+            event({ 'type', 'Rebind', 'id', d, 'ms', int(ms), 'cert', sha,
+                    'old', bound })
         end
         redis.call('SET', certkey, d)
 
@@ -355,7 +415,7 @@ local function checkin(keys, args)
         return OK
     end
 
-    local why, was = check_binding(d, sha, certkey, flags, ms)
+    local why, was = check_binding(d, sha, certkey, ms)
     if why then
         return refuse(403, why)
     end
@@ -438,7 +498,7 @@ Stores the report and returns the next command, atomically.
 ]]
 local function report(keys, args)
     conf_reset()
-    local e, d, flags = args[2], args[3], args[5]
+    local e, d = args[2], args[3]
     local not_after, sha = tonumber(args[6]) or 0, args[7]
     local status, u, raw = args[9], args[10], args[11]
     local enr, certkey = keys[1], keys[2]
@@ -448,7 +508,7 @@ local function report(keys, args)
     end
     local ttl = conf('result_ttl', RESULT_TTL)
 
-    local why, was = check_binding(d, sha, certkey, flags, ms)
+    local why, was = check_binding(d, sha, certkey, ms)
     if why then
         return refuse(403, why)
     end
@@ -512,25 +572,411 @@ end
 
 -- admin API -----------------------------------------------------------------
 
+--[[
+A strict reader of the command's XML property list: the device acts on the
+top-level dict's CommandUUID and its Command dict's RequestType, so those
+two are read exactly where the device reads them; a CommandUUID or
+RequestType in a comment, a CDATA section or a nested dict is not taken.
+XML rules as the tokenizer applies them: comments, processing instructions
+and CDATA are skipped or read as text, entities decoded, attributes quoted.
+Bounded: PL_MAX_DEPTH nested containers, PL_MAX_ELEMENTS elements (the size
+is bounded by Redis' argument limit); text is jumped over with string.find.
+]]
+local PL_MAX_DEPTH = 64
+local PL_MAX_ELEMENTS = 50000
+
+local PL_SCALAR = { string = true, data = true, date = true, integer = true,
+                    real = true }
+local PL_ENTITY = { lt = '<', gt = '>', amp = '&', quot = '"', apos = "'" }
+
+local function pl_utf8(c)
+    if c < 0x80 then
+        return string.char(c)
+    elseif c < 0x800 then
+        return string.char(0xC0 + math.floor(c / 64), 0x80 + c % 64)
+    elseif c < 0x10000 then
+        return string.char(0xE0 + math.floor(c / 4096),
+                           0x80 + math.floor(c / 64) % 64, 0x80 + c % 64)
+    elseif c < 0x110000 then
+        return string.char(0xF0 + math.floor(c / 262144),
+                           0x80 + math.floor(c / 4096) % 64,
+                           0x80 + math.floor(c / 64) % 64, 0x80 + c % 64)
+    end
+    return nil
+end
+
+local function pl_entity(e, semi)
+    local c
+    if semi == ';' then
+        c = PL_ENTITY[e]
+        local n = string.match(e, '^#(%d+)$')
+        local x = string.match(e, '^#x(%x+)$')
+        if n or x then
+            c = pl_utf8(tonumber(n or x, n and 10 or 16))
+        end
+    end
+    if not c then
+        error('bad entity reference &' .. e .. semi, 0)
+    end
+    return c
+end
+
+-- Character data with its entities decoded; error() on a bad reference.
+local function pl_text(t)
+    if not string.find(t, '&', 1, true) then
+        return t
+    end
+    return (string.gsub(t, '&([^;&]*)(;?)', pl_entity))
+end
+
+local PL_NAME = '[%a_][%w_:%.%-]*'
+local PL_WS = '[ \t\r\n]'
+-- patterns built once: the common tag (no attributes) in one match
+local PL_TAG = '^<(/?)(' .. PL_NAME .. ')(/?)>()'
+local PL_END = '^(' .. PL_NAME .. ')' .. PL_WS .. '*>()'
+local PL_START = '^(' .. PL_NAME .. ')()'
+local PL_GT = '^' .. PL_WS .. '*>()'
+local PL_EMPTY_GT = '^' .. PL_WS .. '*/>()'
+local PL_ATTR2 = '^' .. PL_WS .. '+' .. PL_NAME .. PL_WS .. '*=' .. PL_WS
+                 .. '*"[^"<]*"()'
+local PL_ATTR1 = '^' .. PL_WS .. '+' .. PL_NAME .. PL_WS .. '*=' .. PL_WS
+                 .. "*'[^'<]*'()"
+local PL_NOT_WS = '[^ \t\r\n]'
+local PL_CLOSE = '^(' .. PL_NAME .. ')>()'
+local PL_OPEN = '^(' .. PL_NAME .. ')(/?)>()'
+local PL_SKIP_TO = '</?[!?ad]'
+
+--[[
+The markup starting at s[i] == '<'. Returns kind, name or text, and the
+index after it; kind is 'open', 'empty', 'close', 'cdata' (text), 'skip'
+(comment, processing instruction) or 'doctype'. error() when malformed.
+]]
+local function pl_markup(s, i)
+    local c = string.sub(s, i + 1, i + 1)
+    local e, name, _
+    if c == '!' then
+        if string.sub(s, i, i + 3) == '<!--' then
+            _, e = string.find(s, '-->', i + 4, true)
+            if not e then
+                error('unterminated comment', 0)
+            end
+            return 'skip', nil, e + 1
+        end
+        if string.sub(s, i, i + 8) == '<![CDATA[' then
+            local b
+            b, e = string.find(s, ']]>', i + 9, true)
+            if not b then
+                error('unterminated CDATA section', 0)
+            end
+            return 'cdata', string.sub(s, i + 9, b - 1), e + 1
+        end
+        if string.sub(s, i, i + 8) == '<!DOCTYPE' then
+            e = string.find(s, '[>%[]', i + 9)
+            if not e or string.sub(s, e, e) ~= '>' then
+                error('DOCTYPE with an internal subset', 0)
+            end
+            return 'doctype', nil, e + 1
+        end
+        error('unknown markup at byte ' .. i, 0)
+    elseif c == '?' then
+        _, e = string.find(s, '?>', i + 2, true)
+        if not e then
+            error('unterminated processing instruction', 0)
+        end
+        return 'skip', nil, e + 1
+    elseif c == '/' then
+        name, e = string.match(s, PL_END, i + 2)
+        if not name then
+            error('malformed end tag at byte ' .. i, 0)
+        end
+        return 'close', name, e
+    end
+    name, e = string.match(s, PL_START, i + 1)
+    if not name then
+        error('malformed tag at byte ' .. i, 0)
+    end
+    while true do
+        local j = string.match(s, PL_GT, e)
+        if j then
+            return 'open', name, j
+        end
+        j = string.match(s, PL_EMPTY_GT, e)
+        if j then
+            return 'empty', name, j
+        end
+        j = string.match(s, PL_ATTR2, e) or string.match(s, PL_ATTR1, e)
+        if not j then
+            error('malformed attributes in <' .. name .. '>', 0)
+        end
+        e = j
+    end
+end
+
+--[[
+The next element markup at or after pos; comments and PIs are skipped.
+text: nil = only white space may come first, 'keep' = character data and
+CDATA are returned (decoded), 'skip' = allowed and ignored.
+Returns kind, name, index after, text.
+]]
+local function pl_next(st, pos, text)
+    local s, t, parts = st.s
+    while true do
+        local lt = string.find(s, '<', pos, true)
+        if not lt then
+            error('unexpected end of the document', 0)
+        end
+        st.n = st.n + 1
+        if st.n > PL_MAX_ELEMENTS then
+            error('more than ' .. PL_MAX_ELEMENTS .. ' elements', 0)
+        end
+        if lt > pos then
+            if text == 'keep' then
+                local piece = pl_text(string.sub(s, pos, lt - 1))
+                if t then
+                    parts = parts or { t }
+                    parts[#parts + 1] = piece
+                else
+                    t = piece
+                end
+            elseif not text and string.find(s, PL_NOT_WS, pos) ~= lt then
+                error('text outside a string at byte ' .. pos, 0)
+            end
+        end
+        local slash, name, empty, j = string.match(s, PL_TAG, lt)
+        if name and not (slash == '/' and empty == '/') then
+            if parts then
+                t = table.concat(parts)
+            end
+            return slash == '/' and 'close' or empty == '/' and 'empty'
+                   or 'open', name, j, t or ''
+        end
+        local kind
+        kind, name, j = pl_markup(s, lt)
+        if kind == 'cdata' then
+            if not text then
+                error('CDATA outside a string at byte ' .. lt, 0)
+            end
+            if text == 'keep' then
+                if t then
+                    parts = parts or { t }
+                    parts[#parts + 1] = name
+                else
+                    t = name
+                end
+            end
+        elseif kind ~= 'skip' then
+            if parts then
+                t = table.concat(parts)
+            end
+            return kind, name, j, t or ''
+        end
+        pos = j
+    end
+end
+
+--[[
+Skips the rest of a container whose start tag <name> ends at pos, at
+nesting depth. Values below the two dicts the queue reads are the device's
+to check, so only what can hide or nest markup is read here: comments,
+CDATA, PIs, and the elements named a* or d* (array, dict, data, date),
+which must nest; the jump to the next of those is one string.find.
+Returns the index after its end tag.
+]]
+local function pl_skip(st, name, pos, depth)
+    local s, n = st.s, st.n
+    local find, match, byte = string.find, string.match, string.byte
+    local open, top, _ = { name }, 1
+    while true do
+        local lt = find(s, PL_SKIP_TO, pos)
+        if not lt then
+            error('unexpected end of the document', 0)
+        end
+        n = n + 1
+        if n > PL_MAX_ELEMENTS then
+            error('more than ' .. PL_MAX_ELEMENTS .. ' elements', 0)
+        end
+        local c = byte(s, lt + 1)
+        local nm, empty, j, kind
+        if c == 47 then                                 -- '/'
+            nm, j = match(s, PL_CLOSE, lt + 2)
+            kind = 'close'
+        elseif c == 33 and byte(s, lt + 2) == 45 then   -- '<!-'
+            if byte(s, lt + 3) ~= 45 then
+                error('malformed comment at byte ' .. lt, 0)
+            end
+            _, j = find(s, '-->', lt + 4, true)
+            if not j then
+                error('unterminated comment', 0)
+            end
+            kind, nm, j = 'skip', '', j + 1
+        elseif c ~= 33 and c ~= 63 then                 -- not '!' or '?'
+            nm, empty, j = match(s, PL_OPEN, lt + 1)
+            kind = empty == '/' and 'empty' or 'open'
+        end
+        if not nm then
+            kind, nm, j = pl_markup(s, lt)
+        end
+        if kind == 'open' then
+            top = top + 1
+            if depth + top > PL_MAX_DEPTH + 1 then
+                error('nested deeper than ' .. PL_MAX_DEPTH .. ' levels', 0)
+            end
+            open[top] = nm
+        elseif kind == 'close' then
+            if open[top] ~= nm then
+                error('</' .. nm .. '> closes <' .. open[top] .. '>', 0)
+            end
+            top = top - 1
+            if top == 0 then
+                st.n = n
+                return j
+            end
+        elseif kind == 'doctype' then
+            error('DOCTYPE inside the document', 0)
+        end
+        pos = j
+    end
+end
+
+--[[
+Reads the value whose start tag (kind, name) ends at pos. When collect is
+set and the value is a dict, returns its entries: key -> { element, string
+text, entries of a Command dict }; keys given twice are refused there.
+Returns the index after the value, the element name, the string text.
+]]
+local function pl_value(st, kind, name, pos, depth, collect)
+    if kind == 'close' or kind == 'doctype' then
+        error('unexpected ' .. (name and '</' .. name .. '>' or 'DOCTYPE'), 0)
+    end
+    if kind == 'empty' then
+        if PL_SCALAR[name] or name == 'true' or name == 'false'
+           or name == 'dict' or name == 'array' then
+            return pos, name, name == 'string' and '' or nil,
+                   name == 'dict' and collect and {} or nil
+        end
+        error('unknown element <' .. name .. '/>', 0)
+    end
+    local k, nm, j, t
+    if PL_SCALAR[name] or name == 'true' or name == 'false' then
+        k, nm, j, t = pl_next(st, pos, name == 'string' and 'keep'
+                              or PL_SCALAR[name] and 'skip' or nil)
+        if k ~= 'close' or nm ~= name then
+            error('<' .. nm .. '> inside <' .. name .. '>', 0)
+        end
+        return j, name, name == 'string' and t or nil
+    end
+    if name ~= 'dict' and name ~= 'array' then
+        error('unknown element <' .. name .. '>', 0)
+    end
+    if depth >= PL_MAX_DEPTH then
+        error('nested deeper than ' .. PL_MAX_DEPTH .. ' levels', 0)
+    end
+    if not collect then
+        return pl_skip(st, name, pos, depth), name
+    end
+    local entries = collect and name == 'dict' and {} or nil
+    while true do
+        k, nm, j = pl_next(st, pos)
+        if k == 'close' then
+            if nm ~= name then
+                error('</' .. nm .. '> closes <' .. name .. '>', 0)
+            end
+            return j, name, nil, entries
+        end
+        local key
+        if name == 'dict' then
+            if nm ~= 'key' or (k ~= 'open' and k ~= 'empty') then
+                error('<' .. nm .. '> where a dict expects <key>', 0)
+            end
+            if k == 'open' then
+                k, nm, j, key = pl_next(st, j, 'keep')
+                if k ~= 'close' or nm ~= 'key' then
+                    error('<' .. nm .. '> inside <key>', 0)
+                end
+            else
+                key = ''
+            end
+            k, nm, j = pl_next(st, j)
+        end
+        local sub = entries and key == 'Command' and depth == 1
+        local vname, vtext, ventries
+        pos, vname, vtext, ventries = pl_value(st, k, nm, j, depth + 1, sub)
+        if entries then
+            if entries[key] then
+                error('key ' .. key .. ' given twice in a dict', 0)
+            end
+            entries[key] = { vname, vtext, ventries }
+        end
+    end
+end
+
+-- The top-level dict's entries of an XML plist, or nil and why.
+local function pl_top(s)
+    local st = { s = s, n = 0 }
+    local ok, top = pcall(function()
+        local _
+        local pos = string.sub(s, 1, 3) == '\239\187\191' and 4 or 1
+        local k, nm, j = pl_next(st, pos)
+        if k == 'doctype' then
+            k, nm, j = pl_next(st, j)
+        end
+        if k ~= 'open' or nm ~= 'plist' then
+            error('not an XML property list', 0)
+        end
+        k, nm, j = pl_next(st, j)
+        if nm ~= 'dict' or (k ~= 'open' and k ~= 'empty') then
+            error('the plist is not a dict', 0)
+        end
+        local entries
+        j, _, _, entries = pl_value(st, k, nm, j, 1, true)
+        k, nm, j = pl_next(st, j)
+        if k ~= 'close' or nm ~= 'plist' then
+            error('more than one value in <plist>', 0)
+        end
+        -- only white space, comments and PIs after the document
+        while true do
+            local lt = string.find(s, '<', j, true)
+            if string.find(s, '[^ \t\r\n]', j) ~= lt then
+                error('text after </plist>', 0)
+            end
+            if not lt then
+                break
+            end
+            k, _, j = pl_markup(s, lt)
+            if k ~= 'skip' then
+                error('markup after </plist>', 0)
+            end
+        end
+        return entries
+    end)
+    if not ok then
+        return nil, top
+    end
+    return top
+end
+
 local function scan_command(body)
     if not string.find(body, '<plist', 1, true) then
         return nil, nil, 'the command is not an XML property list'
     end
-    local u = string.match(body,
-        '<key>%s*CommandUUID%s*</key>%s*<string>%s*([^<]-)%s*</string>')
-    local rt = string.match(body,
-        '<key>%s*RequestType%s*</key>%s*<string>%s*([^<]-)%s*</string>')
-    if not u or u == '' then
+    local top, err = pl_top(body)
+    if not top then
+        return nil, nil, 'the command is not a valid XML plist: ' .. err
+    end
+    local u = top.CommandUUID
+    if not u or u[1] ~= 'string' or u[2] == '' then
         return nil, nil, 'the command has no CommandUUID string'
     end
+    u = u[2]
     if not string.match(u, '^[%w%-%._]+$') or #u > 128 then
         return nil, nil, 'CommandUUID has invalid characters'
     end
-    if not rt or rt == '' or not string.find(body, '<key>Command</key>', 1,
-                                             true) then
+    local c = top.Command
+    local rt = c and c[3] and c[3].RequestType
+    if not rt or rt[1] ~= 'string' or rt[2] == '' then
         return nil, nil, 'the command has no Command.RequestType string'
     end
-    return u, rt
+    return u, rt[2]
 end
 
 -- Variadic calls go in slices: Lua's unpack() has a limit (~8000).
@@ -559,7 +1005,7 @@ end
 local function push_requests(ids)
     local n = 0
     for part in parts(ids) do
-        local pending = redis.call('SMISMEMBER', 'mdm:push:pending',
+        local pending = redis.call('SMISMEMBER', K_PUSH_PENDING,
                                    unpack(part))
         local new = {}
         for k, e in ipairs(part) do
@@ -568,8 +1014,8 @@ local function push_requests(ids)
             end
         end
         if #new > 0 then
-            redis.call('SADD', 'mdm:push:pending', unpack(new))
-            redis.call('RPUSH', 'mdm:push:q', unpack(new))
+            redis.call('SADD', K_PUSH_PENDING, unpack(new))
+            redis.call('RPUSH', K_PUSH_Q, unpack(new))
             n = n + #new
         end
     end
@@ -606,6 +1052,10 @@ Returns { CommandUUID, targets queued, push requests written }.
 ]]
 local function enqueue(keys, args)
     conf_reset()
+    local denied = not_admin('mdm_enqueue')
+    if denied then
+        return denied
+    end
     local body, prio, exp, nopush = args[1], tonumber(args[2]),
                                     tonumber(args[3]), args[4]
     if not body or #args < 5 then
@@ -657,7 +1107,7 @@ local function enqueue(keys, args)
 
     local ms = now_ms()
     local n = #ids
-    local seq = redis.call('INCR', 'mdm:seq')
+    local seq = redis.call('INCR', K_SEQ)
     local score = (9 - prio) * 1e13 + seq
     local m = meta('Queued', 0, 0, ms, exp > 0 and ms + exp * 1000 or 0)
 
@@ -691,6 +1141,10 @@ end
 
 -- FCALL mdm_push 0 <id>... : push requests only (coalesced).
 local function push(keys, args)
+    local denied = not_admin('mdm_push')
+    if denied then
+        return denied
+    end
     local bad = unknown_id(args)
     if bad then
         return redis.error_reply('unknown enrollment id ' .. bad)
@@ -730,6 +1184,10 @@ end
 -- FCALL mdm_cancel 0 <id> <uuid> : 1 when the item was queued.
 local function cancel(keys, args)
     conf_reset()
+    local denied = not_admin('mdm_cancel')
+    if denied then
+        return denied
+    end
     local e, d, err = id_arg(args, 'mdm_cancel 0 <id> <uuid>')
     local u = args[2]
     if err or not u then
@@ -747,6 +1205,10 @@ end
 -- FCALL mdm_clear 0 <id> : number of items removed.
 local function clear(keys, args)
     conf_reset()
+    local denied = not_admin('mdm_clear')
+    if denied then
+        return denied
+    end
     local e, d, err = id_arg(args, 'mdm_clear 0 <id>')
     if err then
         return err
@@ -797,7 +1259,7 @@ local function enrollments(keys, args)
     local off = tonumber(args[1]) or 0
     local count = tonumber(args[2]) or 100
     local out = {}
-    for _, e in ipairs(redis.call('ZREVRANGE', 'mdm:enrollments', off,
+    for _, e in ipairs(redis.call('ZREVRANGE', K_ENROLLMENTS, off,
                                   off + count - 1)) do
         local d = device_of(e)
         local h = redis.call('HMGET', k_enr(d, e), 'type', 'enabled', 'topic',
@@ -833,6 +1295,105 @@ local function enrollment(keys, args)
     return h
 end
 
+--[[
+FCALL mdm_unbind 0 <device id> : releases the device's certificate binding
+(the enrollment's cert field and its mdm:cert:<sha> owner key), so the next
+Authenticate may bind another certificate; until then the device's requests
+are refused. Returns the certificate hash that was bound, or nil.
+]]
+local function unbind(keys, args)
+    conf_reset()
+    local denied = not_admin('mdm_unbind')
+    if denied then
+        return denied
+    end
+    local d = args[1]
+    if not d or #args ~= 1 or d == '' then
+        return redis.error_reply('usage: mdm_unbind 0 <device id>')
+    end
+    if string.find(d, '[:{}]') then
+        return redis.error_reply('not a device id: ' .. d .. ' (user channels '
+                                 .. 'ride on their device\'s binding)')
+    end
+    local dk = k_enr(d, d)
+    if redis.call('EXISTS', dk) == 0 then
+        return redis.error_reply('unknown enrollment id ' .. d)
+    end
+    local sha = redis.call('HGET', dk, 'cert')
+    if not sha then
+        return nil
+    end
+    local ck = k_cert(sha)
+    if redis.call('GET', ck) == d then
+        redis.call('DEL', ck)
+    end
+    redis.call('HDEL', dk, 'cert', 'cert_expiring', 'cert_not_after_ms')
+    event({ 'type', 'Unbind', 'id', d, 'ms', int(now_ms()), 'cert', sha })
+    return sha
+end
+
+-- { field, value, hash, 1 when set there (0: the default) } for a setting
+local function setting_row(name, v)
+    local st = SETTINGS[name]
+    if v then
+        return { name, v, st.key, 1 }
+    end
+    return { name, tostring(st.default), st.key, 0 }
+end
+
+-- FCALL_RO mdm_conf_get 0 [field] : { field, value, hash, set }...
+local function conf_get(keys, args)
+    local names = SETTING_NAMES
+    if args[1] then
+        if not SETTINGS[args[1]] or #args > 1 then
+            return redis.error_reply('unknown setting ' .. args[1] .. ' (one of '
+                                     .. table.concat(SETTING_NAMES, ', ') .. ')')
+        end
+        names = { args[1] }
+    end
+    local out = {}
+    for _, name in ipairs(names) do
+        -- HMGET: the command nginx's ACL user may run on these hashes
+        out[#out + 1] = setting_row(name, redis.call('HMGET', SETTINGS[name].key,
+                                                     name)[1])
+    end
+    return out
+end
+
+-- FCALL mdm_conf_set 0 <field> <value> : the setting's new row.
+local function conf_set(keys, args)
+    conf_reset()
+    local denied = not_admin('mdm_conf_set')
+    if denied then
+        return denied
+    end
+    local name, v = args[1], args[2]
+    local st = name and SETTINGS[name]
+    if not v or #args ~= 2 then
+        return redis.error_reply('usage: mdm_conf_set 0 <field> <value>')
+    end
+    if not st then
+        return redis.error_reply('unknown setting ' .. name .. ' (one of '
+                                 .. table.concat(SETTING_NAMES, ', ') .. ')')
+    end
+    if st.bool then
+        if v ~= '1' and v ~= '0' then
+            return redis.error_reply(name .. ' must be 1 or 0')
+        end
+    else
+        local n = string.match(v, '^%d+$') and tonumber(v)
+        if not n or n < st.min or n > st.max then
+            return redis.error_reply(name .. ' must be an integer '
+                                     .. int(st.min) .. '-' .. int(st.max))
+        end
+        v = int(n)
+    end
+    redis.call('HSET', st.key, name, v)
+    event({ 'type', 'ConfSet', 'field', name, 'value', v, 'ms',
+            int(now_ms()) })
+    return setting_row(name, v)
+end
+
 redis.register_function{ function_name = 'mdm_version',
     callback = function() return VERSION end, flags = { 'no-writes' } }
 redis.register_function('mdm_checkin', checkin)
@@ -851,3 +1412,7 @@ redis.register_function{ function_name = 'mdm_enrollments',
     callback = enrollments, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'mdm_enrollment',
     callback = enrollment, flags = { 'no-writes' } }
+redis.register_function('mdm_unbind', unbind)
+redis.register_function('mdm_conf_set', conf_set)
+redis.register_function{ function_name = 'mdm_conf_get', callback = conf_get,
+    flags = { 'no-writes' } }

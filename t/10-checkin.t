@@ -68,14 +68,14 @@ is $h{model_name}, 'iMac', 'ModelName stored' or diag explain \%h;
 is $h{token}, unpack('H*', MIME::Base64::decode_base64(
     'G6fJAGbFD3domiTzpCXK9oowD3KeiORgqUFgItXWQsw=')), 'token hex matches';
 
-# binary plist body
+# binary plist body: devices send XML; binary is refused (t/19)
 my $bin = `plistutil -i @{[MdmTest::root()]}/t/data/TokenUpdate.2.plist -f bin -o - 2>/dev/null`
     || `plistutil -i @{[MdmTest::root()]}/t/data/TokenUpdate.2.plist -o /dev/stdout -f bin`;
 SKIP: {
     skip 'plistutil cannot write binary to stdout', 2 unless $bin =~ /^bplist/;
     $r = $t->put('/mdm/checkin', $bin, cert => 'mac');
-    is $r->{status}, 200, 'binary plist TokenUpdate';
-    is $redis->hget(enr($mac), 'token_updates'), 2, 'binary counted';
+    is $r->{status}, 400, 'binary plist TokenUpdate refused';
+    is $redis->hget(enr($mac), 'token_updates'), 1, 'binary not counted';
 }
 
 # --- macOS user channel -------------------------------------------------

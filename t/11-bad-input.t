@@ -52,8 +52,8 @@ my @rows = (
     ['plist that is not a dict', '/mdm/checkin',
      qq{<?xml version="1.0"?><plist version="1.0"><array><string>x</string>}
      . qq{</array></plist>}, {}, 400, qr/not a dictionary/],
-    ['binary plist with bad offsets', '/mdm/checkin', $bad_bin, {}, 400,
-     qr/body is not a property list/],
+    ['binary plist (devices send XML)', '/mdm/checkin', $bad_bin, {}, 400,
+     qr/binary property list \(devices send XML plists\)/],
     ['deeply nested plist', '/mdm/checkin', $deep, {}, 400,
      qr/nested too deeply/],
     ['huge plist (nginx limit)', '/mdm/checkin', $tu . (' ' x 70000), {}, 413,

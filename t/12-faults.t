@@ -16,6 +16,31 @@ $t->enroll('DEV1', 'dev1');
 my $tu = $t->token_update('DEV1');
 my $r;
 
+sub wait_until {
+    my ($cond, $timeout) = @_;
+    my $deadline = time + $timeout;
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.02;
+    }
+    return 0;
+}
+
+sub access_lines { scalar(() = $t->slurp('access.log') =~ /\n/g) }
+
+sub blocked {
+    return $t->rcli_raw('INFO', 'clients') =~ /blocked_clients:(\d+)/ ? $1 : 0;
+}
+
+sub stored_burst {
+    my $sum = 0;
+    for my $i (1 .. $_[0]) {
+        $sum += ($t->redis->hget("mdm:{BURST$i}:enr:BURST$i", 'token_updates')
+                 // 1) - 1;
+    }
+    return $sum;
+}
+
 sub wait_ok {
     my $deadline = time + 15;
     while (time < $deadline) {
@@ -55,6 +80,7 @@ is $r->{status}, 503, 'paused Redis: 503 at the timeout';
 close $sock;
 
 # --- client goes away while its reply is pending ---------------------------
+my $lines = access_lines();
 for (1 .. 3) {
     my $s = $t->connect(cert => 'dev1');
     print $s "PUT /mdm/checkin HTTP/1.1\r\nHost: localhost\r\n"
@@ -68,21 +94,25 @@ print $s "PUT /mdm/checkin HTTP/1.1\r\nHost: localhost\r\n"
     . "Content-Type: application/x-apple-aspen-mdm-checkin\r\n"
     . "Content-Length: " . length($tu) . "\r\n\r\n" . substr($tu, 0, 100);
 close $s;
-sleep 0.3;
+# each is logged once the module has answered it (503 at the timeout)
+ok wait_until(sub { access_lines() >= $lines + 4 }, 10),
+    'requests of departed clients finished';
 kill 'CONT', $t->{redis_pid};
 ok wait_ok(), 'service resumes after the pause, no crash';
 
 # --- graceful quit with a request in flight: the reply is delivered --------
+# Writes paused in Redis: the FCALL waits there, visibly (blocked_clients).
 my $before = $t->redis->hget('mdm:{DEV1}:enr:DEV1', 'token_updates') // 0;
-kill 'STOP', $t->{redis_pid};
+$t->rcli_raw('CLIENT', 'PAUSE', '10000', 'WRITE');
 $sock = $t->connect(cert => 'dev1');
 print $sock "PUT /mdm/checkin HTTP/1.1\r\nHost: localhost\r\n"
     . "Content-Type: application/x-apple-aspen-mdm-checkin\r\n"
     . "Content-Length: " . length($tu) . "\r\nConnection: close\r\n\r\n$tu";
-sleep 0.2;
+ok wait_until(sub { blocked() >= 1 }, 5), 'the FCALL is waiting in Redis';
+$t->mark_log;
 $t->signal_nginx('QUIT');
-sleep 0.3;
-kill 'CONT', $t->{redis_pid};
+ok $t->wait_for_log(qr/gracefully shutting down/, 5), 'worker shutting down';
+$t->rcli_raw('CLIENT', 'UNPAUSE');
 $r = $t->read_response($sock);
 is $r->{status}, 200, 'request pending at quit still answered';
 is $t->redis->hget('mdm:{DEV1}:enr:DEV1', 'token_updates'), $before + 1,
@@ -133,10 +163,18 @@ sub tally {
     return ($ok, $other, $lost, $stored);
 }
 
-my @kids = burst(2.5);
-sleep 0.5;
+# each signal once check-ins are flowing (and, after a reload, flowing
+# through the new workers)
+my @kids = burst(4);
+ok wait_until(sub { stored_burst($n) >= 3 }, 5), 'burst under way';
+$t->mark_log;
 $t->signal_nginx('HUP');
-sleep 0.7;
+ok wait_until(sub {
+        $t->log_since_mark =~ /mdm: redis ready/ }, 5),
+    'new workers ready after the reload';
+my $mid = stored_burst($n);
+ok wait_until(sub { stored_burst($n) >= $mid + 3 }, 5),
+    'check-ins stored after the reload';
 $t->signal_nginx('HUP');
 my ($ok, $other, $lost, $stored) = tally(@kids);
 ok $ok >= 3, "reload burst: $ok check-ins";
@@ -146,7 +184,7 @@ is $stored, $ok, 'reload: every accepted check-in stored';
 
 $t->redis->hset("mdm:{BURST$_}:enr:BURST$_", 'token_updates', 1) for 1 .. $n;
 @kids = burst(3);
-sleep 0.5;
+ok wait_until(sub { stored_burst($n) >= 3 }, 5), 'burst under way';
 $t->signal_nginx('QUIT');
 ($ok, $other, $lost, $stored) = tally(@kids);
 ok $ok >= 1, "quit burst: $ok check-ins before the quit";

@@ -364,6 +364,60 @@ is_deeply json_of($r), { ids => 2, pushes => 2 }, 'push --json';
 $r = ctl('push', 'DEV1');
 is $r->{out}, "0 push requests for 1 id\n", 'push coalesced';
 
+# --- unbind, conf ------------------------------------------------------------
+
+my $sha2 = $t->device_cert('dev2')->{sha256};
+$r = ctl('unbind', 'DEV2');
+is $r->{rc}, 0, 'unbind';
+is $r->{out}, "DEV2: certificate $sha2 unbound\n", 'unbind output';
+ok !$redis->hexists('mdm:{DEV2}:enr:DEV2', 'cert'), 'binding gone';
+ok !$redis->exists("mdm:cert:$sha2"), 'owner key gone';
+is +{ @{ $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 1)->[0][1] } }->{type},
+    'Unbind', 'Unbind event';
+is_deeply json_of(ctl('unbind', '--json', 'DEV2')), { id => 'DEV2', cert => undef },
+    'unbind --json, nothing bound';
+$r = ctl('unbind', 'NOPE');
+is_deeply [$r->{rc}, $r->{err}], [1, "mdmctl unbind: unknown enrollment id NOPE\n"],
+    'unbind of an unknown id: one line, exit 1';
+is $t->put('/mdm/checkin', $t->authenticate('DEV2'), cert => 'dev2')->{status}, 200,
+    'the device Authenticates again';
+is $t->put('/mdm/checkin', $t->token_update('DEV2'), cert => 'dev2')->{status}, 200,
+    'and is enrolled';
+
+$r = ctl('conf', 'get');
+is $r->{rc}, 0, 'conf get';
+is $r->{out}, <<'EOF', 'conf get: every setting, value, hash, default';
+allow_rebind     0          mdm:policy (default)
+migration        0          mdm:policy (default)
+result_ttl       604800     mdm:conf (default)
+events_maxlen    100000     mdm:conf (default)
+cert_warn_days   30         mdm:conf (default)
+EOF
+$r = ctl('conf', 'set', 'allow_rebind', '1');
+is $r->{out}, "allow_rebind     1          mdm:policy\n", 'conf set allow_rebind';
+is $redis->hget('mdm:policy', 'allow_rebind'), '1', 'in mdm:policy';
+ctl('conf', 'set', 'cert_warn_days', '14');
+is $redis->hget('mdm:conf', 'cert_warn_days'), '14', 'cert_warn_days in mdm:conf';
+is_deeply json_of(ctl('conf', '--json', 'get', 'allow_rebind')),
+    { allow_rebind => { value => '1', hash => 'mdm:policy', set => JSON::PP::true } },
+    'conf get --json';
+my $cstate = $t->redis_state;
+for my $bad ([['set', 'allow_rebind', 'yes'], 'allow_rebind must be 1 or 0'],
+             [['set', 'result_ttl', '5'], 'result_ttl must be an integer 60-31536000'],
+             [['set', 'events_maxlen', '1e6'], 'events_maxlen must be an integer'],
+             [['set', 'bogus', '1'], 'unknown setting bogus'],
+             [['get', 'bogus'], 'unknown setting bogus'],
+             [['set', 'migration'], 'give get'],
+             [['frob'], 'give get']) {
+    my ($args, $msg) = @$bad;
+    $r = ctl('conf', @$args);
+    ok $r->{rc} != 0 && $r->{err} =~ /^mdmctl conf: \Q$msg\E/ && $r->{err} =~ tr/\n// == 1,
+        "conf @$args refused: $msg" or diag explain $r;
+}
+$t->state_unchanged($cstate, 'refused conf changes changed nothing');
+ctl('conf', 'set', 'allow_rebind', '0');
+ctl('conf', 'set', 'cert_warn_days', '30');
+
 # --- bad input: one error line, non-zero exit, nothing changed --------------
 
 $t->spew('bad-type.plist', MdmTest::plist(CommandUUID => 'BAD-1',
@@ -600,6 +654,13 @@ is_deeply [map { $_->{id} } @{ json_of($r) // [] }], ['TCP1'],
 $r = ctl('devices', '--redis', "127.0.0.1:$port username=mdm-adm db=3",
          '--password', 'pass:sEcret');
 is $r->{rc}, 1, "username= with another user's password refused";
+$r = ctl('devices', '--json', '--redis', "127.0.0.1:$port db=3", '--user',
+         'mdm-adm', '--password', 'pass:pw2');
+is_deeply [map { $_->{id} } @{ json_of($r) // [] }], ['TCP1'], '--user';
+$r = ctl('devices', '--redis', "127.0.0.1:$port db=3", '--user', 'mdm-adm');
+is_deeply [$r->{rc}, $r->{err}], [1, "mdmctl devices: Redis user mdm-adm: give "
+    . "its password (--password, password= or \$MDM_REDIS_PASSWORD)\n"],
+    '--user without a password: one line';
 kill 'TERM', $rpid;
 waitpid $rpid, 0;
 

@@ -16,7 +16,7 @@ my $d = $t->dir;
 my $ca = "$d/ca.crt";
 
 $t->make_ca('otherca', 'Another CA');
-my %c = map { $_ => $t->device_cert($_) } qw(devA devB devC devM devN);
+my %c = map { $_ => $t->device_cert($_) } qw(devA devB devC devM devN devR devX devY);
 $c{other} = $t->device_cert('other', ca => 'otherca');
 $c{email} = $t->device_cert('email', ext => 'noclient');
 sub stamp { strftime('%y%m%d%H%M%SZ', gmtime(time + $_[0] * 86400)) }
@@ -84,20 +84,6 @@ $tls        ssl_verify_client on;
             proxy_set_header X-Client-Cert \$http_x_test_rfc9440;
         }
     }
-
-    # certificate renewal flows allowed
-    server {
-        listen 127.0.0.1:%%PORT_rebind%% ssl;
-$tls        ssl_verify_client optional;
-        mdm_allow_rebind on;
-$locs    }
-
-    # migration from a server without certificate bindings
-    server {
-        listen 127.0.0.1:%%PORT_migr%% ssl;
-$tls        ssl_verify_client optional;
-        mdm_migration on;
-$locs    }
 
     # the CA puts the device id in the certificate
     server {
@@ -229,36 +215,113 @@ $r = $t->put('/mdm/connect', MdmTest::plist(UDID => 'UDID-A', Status => 'Idle'),
 is $r->{status}, 403, 'forwarded certificate of another device refused';
 
 # --- re-Authenticate with a new certificate --------------------------------------
-my $n = $t->events_len;
-$t->mark_log;
+# The binding (enrollment cert + mdm:cert:<sha>) stays in every state; only
+# mdm:policy allow_rebind = 1 or an admin's mdm_unbind lets another
+# certificate Authenticate for a bound device.
+sub last_event { my $ev = $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 1);
+                 return { @{ $ev->[0][1] } } }
+sub bound { $redis->hget("mdm:{$_[0]}:enr:$_[0]", 'cert') // '' }
+
+# refused: 403, one line, a RebindRefused event, nothing else changed
+sub rebind_refused {
+    my ($name, $udid, $cert, $owner) = @_;
+    my $state = $t->redis_state;
+    my $n = $t->events_len;
+    $t->mark_log;
+    my $r = $t->put('/mdm/checkin', $t->authenticate($udid), cert => $c{$cert});
+    is $r->{status}, 403, "$name: 403";
+    ok $t->wait_for_log(qr/mdm: 403 Authenticate id="\Q$udid\E" .*bound to another certificate \(mdm:policy allow_rebind off/, 2),
+        "$name: logged" or diag $t->log_since_mark;
+    is $t->events_len, $n + 1, "$name: one event";
+    my $ev = last_event();
+    is_deeply [@$ev{qw(type id cert bound)}],
+        ['RebindRefused', $udid, $c{$cert}{sha256}, $c{$owner}{sha256}],
+        "$name: RebindRefused event names both certificates";
+    $t->state_unchanged($state, "$name: binding and enrollment unchanged");
+    is bound($udid), $c{$owner}{sha256}, "$name: still bound to $owner";
+    ok !$redis->exists("mdm:cert:$c{$cert}{sha256}"), "$name: $cert not bound";
+}
+
+# enabled enrollment
+rebind_refused('enabled enrollment', 'UDID-A', 'renewed', 'devA');
+
+# fresh Authenticate, before the TokenUpdate
+is $t->put('/mdm/checkin', $t->authenticate('UDID-R'), cert => 'devR')->{status},
+    200, 'UDID-R: Authenticate';
+is $redis->hget('mdm:{UDID-R}:enr:UDID-R', 'enabled'), '0', 'UDID-R not enabled yet';
+rebind_refused('between Authenticate and TokenUpdate', 'UDID-R', 'devX', 'devR');
+is $t->put('/mdm/checkin', $t->token_update('UDID-R'), cert => 'devR')->{status},
+    200, 'the real device completes its enrollment';
+rebind_refused('after TokenUpdate', 'UDID-R', 'devX', 'devR');
+
+# after a CheckOut
+is $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'CheckOut', UDID => 'UDID-R'),
+           cert => 'devR')->{status}, 200, 'UDID-R: CheckOut';
+is $redis->hget('mdm:{UDID-R}:enr:UDID-R', 'enabled'), '0', 'checked out';
+rebind_refused('after CheckOut', 'UDID-R', 'devX', 'devR');
+is $t->put('/mdm/checkin', $t->authenticate('UDID-R'), cert => 'devR')->{status},
+    200, 'the real device re-enrolls with its own certificate';
+is $t->put('/mdm/checkin', $t->token_update('UDID-R'), cert => 'devR')->{status},
+    200, 'and its TokenUpdate';
+
+# a caller with nginx's credential cannot sneak the old flags in: r/m in ARGV are ignored
+my @a = ('Authenticate', 'UDID-R', 'UDID-R', 'Device', 'rma', 0,
+         $c{devX}{sha256}, 0, Topic => $MdmTest::TOPIC);
+my $reply = $t->fcall('mdm_checkin', ['mdm:{UDID-R}:enr:UDID-R',
+                      "mdm:cert:$c{devX}{sha256}", 'mdm:events'], @a);
+is $reply->[0], 403, 'flags r/m in ARGV grant nothing';
+is bound('UDID-R'), $c{devR}{sha256}, 'binding kept';
+
+# an admin unbinds: the next Authenticate binds the new certificate
+is $t->fcall('mdm_unbind', [], 'UDID-R'), $c{devR}{sha256}, 'mdm_unbind returns the released hash';
+my $ev = last_event();
+is_deeply [@$ev{qw(type id cert)}], ['Unbind', 'UDID-R', $c{devR}{sha256}], 'Unbind event';
+is bound('UDID-R'), '', 'cert field removed';
+ok !$redis->exists("mdm:cert:$c{devR}{sha256}"), 'owner key removed';
+is $t->put('/mdm/connect', MdmTest::plist(UDID => 'UDID-R', Status => 'Idle'),
+           cert => 'devR')->{status}, 403, 'unbound: the old certificate is refused';
+is $t->fcall('mdm_unbind', [], 'UDID-R'), undef, 'unbind again: nothing bound';
+eval { $t->fcall('mdm_unbind', [], 'NOPE') };
+like $@, qr/unknown enrollment id NOPE/, 'unbind of an unknown id refused';
+eval { $t->fcall('mdm_unbind', [], 'UDID-R:user') };
+like $@, qr/not a device id/, 'unbind of a user channel refused';
+is $t->put('/mdm/checkin', $t->authenticate('UDID-R'), cert => 'devY')->{status},
+    200, 'after unbind: Authenticate with a new certificate binds it';
+is bound('UDID-R'), $c{devY}{sha256}, 'bound to the new certificate';
+rebind_refused('after unbind and a new Authenticate', 'UDID-R', 'devR', 'devY');
+
+# mdm:policy allow_rebind = 1 (the module's mdm_allow_rebind is gone)
+$redis->hset('mdm:policy', 'allow_rebind', '1');
 $r = $t->put('/mdm/checkin', $t->authenticate('UDID-A'), cert => 'renewedA');
-is $r->{status}, 403, 're-Authenticate of an enabled enrollment with a new certificate: 403';
-like $t->log_since_mark, qr/another certificate \(mdm_allow_rebind off\)/, 'logged';
-is $t->events_len, $n + 1, 'reported as an event';
-my $ev = $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 1);
-is { @{ $ev->[0][1] } }->{type}, 'RebindRefused', 'RebindRefused event';
-is $redis->hget('mdm:{UDID-A}:enr:UDID-A', 'cert'), $c{devA}{sha256}, 'binding kept';
-$r = $t->put('/mdm/checkin', $t->authenticate('UDID-A'), cert => 'renewedA',
-             port => 'rebind');
-is $r->{status}, 200, 'allowed with mdm_allow_rebind on';
-is $redis->hget('mdm:{UDID-A}:enr:UDID-A', 'cert'), $c{renewed}{sha256}, 'rebound';
+is $r->{status}, 200, 'allowed with mdm:policy allow_rebind 1';
+is last_event()->{type}, 'Authenticate', 'Authenticate event';
+is bound('UDID-A'), $c{renewed}{sha256}, 'rebound';
 ok !$redis->exists("mdm:cert:$c{devA}{sha256}"), 'old certificate unbound';
+is $redis->get("mdm:cert:$c{renewed}{sha256}"), 'UDID-A', 'new owner key';
 is $t->put('/mdm/connect', MdmTest::plist(UDID => 'UDID-A', Status => 'Idle'),
            cert => 'devA')->{status}, 403, 'old certificate no longer works';
+$r = $t->put('/mdm/checkin', $t->authenticate('UDID-A'), cert => 'devB');
+is $r->{status}, 403, 'allow_rebind never takes a certificate bound to another device';
+is bound('UDID-A'), $c{renewed}{sha256}, 'binding kept';
+$redis->hset('mdm:policy', 'allow_rebind', '0');
 
-# --- migration mode ------------------------------------------------------------
+# --- migration mode (mdm:policy migration) ------------------------------------------
 $redis->hset('mdm:{UDID-M}:enr:UDID-M', 'type', 'Device', 'enabled', '1');
 my $idle = MdmTest::plist(UDID => 'UDID-M', Status => 'Idle');
 is $t->put('/mdm/connect', $idle, cert => 'devM')->{status}, 403,
     'unbound enrollment refused without migration mode';
-is $t->put('/mdm/connect', $idle, cert => 'devM', port => 'migr')->{status}, 200,
+$redis->hset('mdm:policy', 'migration', '1');
+is $t->put('/mdm/connect', $idle, cert => 'devM')->{status}, 200,
     'migration mode binds on the next request';
+is last_event()->{type}, 'Report', 'reported';
+ok scalar(grep { my %e = @{ $_->[1] }; $e{type} eq 'MigrationBind' && $e{id} eq 'UDID-M' }
+          @{ $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 3) }), 'MigrationBind event';
 is $redis->hget('mdm:{UDID-M}:enr:UDID-M', 'cert'), $c{devM}{sha256}, 'bound once';
-is $t->put('/mdm/connect', $idle, cert => 'devN', port => 'migr')->{status}, 403,
+is $t->put('/mdm/connect', $idle, cert => 'devN')->{status}, 403,
     'a second certificate cannot bind';
+$redis->hset('mdm:policy', 'migration', '0');
 is $t->put('/mdm/connect', $idle, cert => 'devM')->{status}, 200,
     'bound device works without migration mode';
-like $t->slurp('error.log'), qr/migration mode is ON/, 'migration mode logged loudly';
 
 # --- device id in the certificate -------------------------------------------------
 is $t->put('/mdm/checkin', $t->authenticate('UDID-CN'), cert => 'cnok',
@@ -269,7 +332,6 @@ is $t->put('/mdm/checkin', $t->authenticate('UDID-NOTCN'), cert => 'devC',
 like $t->log_since_mark, qr/mdm_require_id_in_cert/, 'logged';
 
 # --- expiry awareness -------------------------------------------------------------
-$n = $t->events_len;
 is $t->put('/mdm/checkin', $t->authenticate('UDID-S'), cert => 'soon')->{status},
     200, 'certificate expiring in 10 days accepted';
 is $redis->hget('mdm:{UDID-S}:enr:UDID-S', 'cert_expiring'), '1',

@@ -36,9 +36,19 @@ ok $t->wait_for(sub { $t->apnsd_log('a1') =~ /circuit breaker OPEN/ }, 10),
     'APNs unreachable: the circuit breaker opens';
 like $t->apnsd_log('a1'), qr/\[warn\] push id=DOWN\d+ topic=\Q$T\E status=0 reason=Network: /,
     'network failures logged with id and reason';
-sleep 1.5;
-my $net = $t->stats->{'retry:Network'} // 0;
-ok $net < 300, "breaker limits the attempts while down ($net network failures)";
+# While the breaker is open only its half-open probes go out: between two
+# points a few probes apart, the network failures recorded must match the
+# probes logged (+2 for the records on their way at either end), where a
+# sender without a breaker retries each of the 300 pushes every 100-500 ms.
+sub probes { scalar(() = $t->apnsd_log('a1') =~ /probe failed \(/g) }
+sub net { $t->stats->{'retry:Network'} // 0 }
+ok $t->wait_for(sub { probes() >= 1 }, 10), 'half-open probes fail';
+my ($p0, $n0) = (probes(), net());
+ok $t->wait_for(sub { probes() >= $p0 + 3 }, 10), 'three more probes';
+my ($p1, $n1) = (probes(), net());
+ok $n1 - $n0 <= $p1 - $p0 + 2,
+    'while open only the probes are sent (' . ($n1 - $n0) . ' network failures for '
+    . ($p1 - $p0) . ' probes)';
 $t->start_mock;
 ok $t->wait_for(sub { all_pushed(@ids) }, 30, 'backlog pushed'), 'every queued push reaches APNs after it returns';
 ok $t->wait_for(\&drained, 10), 'queue, pending set and processing lists empty';

@@ -125,6 +125,43 @@ like $t->apnsd_log, qr/topic \Q$W->{topic}\E resumed \(certificate changed\)/, '
 like $t->redis->hget('mdm:push:stats', "topic:$W->{topic}"), qr/^active /, 'stats show it active';
 is $t->llen('mdm:push:proc:a1'), 0, 'nothing held any more';
 
+# ---- 400 BadTopic / TopicDisallowed: the topic stops like on a 403 ----------------------
+# (a fault of the topic, not of the item: every push for it would fail alike)
+my $E = $t->push_cert('topicE');
+my $F = $t->push_cert('topicF');
+my @e = map { "E$_" } 1 .. 5;
+my @f = map { "F$_" } 1 .. 5;
+$t->enroll_many($E->{topic}, @e);
+$t->enroll_many($F->{topic}, @f);
+$t->rules({ default => { status => 200 }, tokens => {
+    (map { ($t->token_of($_) => { status => 400, reason => 'BadTopic' }) } @e),
+    (map { ($t->token_of($_) => { status => 400, reason => 'TopicDisallowed' }) } @f) } });
+rename $E->{pem}, "$d/certs/e.pem";
+rename $F->{pem}, "$d/certs/f.pem";
+ok $t->wait_for(sub { my $l = $t->apnsd_log; $l =~ /topic \Q$E->{topic}\E: certificate .*loaded/
+                      && $l =~ /topic \Q$F->{topic}\E: certificate .*loaded/ }, 5),
+    'topics E and F loaded from --cert-dir';
+truncate "$d/mock.jsonl", 0;
+$t->produce_many(@e, @f);
+for my $x ([$E, 'BadTopic'], [$F, 'TopicDisallowed']) {
+    my ($X, $why) = @$x;
+    ok $t->wait_for(sub { $t->apnsd_log =~ /\[crit\] topic \Q$X->{topic}\E STOPPED: .*\($why\)/ }, 10),
+        "400 $why: the topic is stopped";
+    my $ev;
+    $t->wait_for(sub { ($ev) = $t->events(type => 'push_topic', topic => $X->{topic},
+                                          result => 'stopped'); $ev }, 5);
+    is $ev && $ev->{reason}, $why, "push_topic event says $why";
+}
+ok $t->wait_for(sub { $t->llen('mdm:push:proc:a1') == 10 }, 5),
+    'the E and F pushes stay held, not failed one by one';
+my %ef = map { $_ => 1 } @e, @f;
+ok !(grep { $ef{ $_->{id} // '' } } $t->events(type => 'push', result => 'failed')),
+    'no E or F push recorded as failed';
+ok !(grep { $t->enr($_)->{push_ms} } @e, @f), 'none recorded as pushed';
+my $ef = grep { $_->{uid} eq $E->{topic} || $_->{uid} eq $F->{topic} } $t->requests;
+ok $ef <= 4, "E and F not hammered ($ef requests for 10 pushes)";
+$t->rules({ default => { status => 200 } });
+
 # ---- reload while pushes are in flight: nothing dropped, new certificate used ------------------
 $t->stop_mock;
 truncate "$d/mock.jsonl", 0;
