@@ -74,7 +74,6 @@ mctx_t *mctx_new(topic_t *t, ident_t *id)
     m->t = t;
     m->ident = id;
     id->refs++;
-    m->warm = 1;
     m->timer_ms = -1;
     ql_init(&m->all);
     ql_init(&m->pending);

@@ -56,7 +56,7 @@ typedef struct mctx {
     int npending;
     int inflight;                /* xfers, pending or on a stream */
     int draining;
-    int warm;                    /* always 1: streams wait for SETTINGS here */
+    int warm;                    /* an answer came (main.c's slow start) */
     int dirty;                   /* new requests to submit */
     int fails;                   /* consecutive failed connection attempts */
     int64_t next_connect;        /* monotonic ms: reconnect backoff */

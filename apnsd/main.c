@@ -1076,8 +1076,9 @@ static void dispatch(int64_t now)
             log_notice("topic %s: circuit breaker half open, sending a probe", t->name);
         }
         if (!t->m) t->m = mctx_new(t, t->ident);
-        /* Slow start while !warm (apns.c is always warm: its connections
-         * wait for the server's SETTINGS before they open streams). */
+        /* Slow start: one request until the first answer of a new context,
+         * so a rejected certificate or topic costs one request, not a
+         * window's worth (the server's stream limit is apns.c's concern). */
         int64_t lim = cap;
         if (!t->m->warm) lim = t->m->inflight ? 0 : t->inflight + 1;
         while (t->nready && t->inflight < lim && !(t->open == 2 && t->probe_out)
