@@ -1,11 +1,11 @@
 /*
  * mdm-apnsd: APNs sender for the nginx MDM module.
  *
- * One process, one thread, one epoll loop: libcurl multi handles (one per
- * push topic, HTTP/2 multiplexed) are driven through their socket and timer
- * callbacks; Redis is spoken to with pipelined batches on a non-blocking
- * connection (connect and setup included), plus one that waits on the push
- * list while idle.
+ * One process, one thread, one epoll loop: per push topic a few HTTP/2
+ * connections (libnghttp2 over OpenSSL: apns.c, h2conn.c) driven by their
+ * socket events and timers; Redis is spoken to with pipelined batches on a
+ * non-blocking connection (connect and setup included), plus one that waits
+ * on the push list while idle.
  */
 #ifndef MDM_APNSD_H
 #define MDM_APNSD_H
@@ -13,7 +13,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <curl/curl.h>
 
 #include "mdm_keys.h"
 #include "mdm_redis_addr.h"
@@ -133,6 +132,7 @@ ident_t *ident_load(const char *cert_path, const char *key_path,
                     const char *password, char *err, size_t errlen);
 void ident_free(ident_t *id);
 void ident_unref(ident_t *id);          /* apns.c */
+const char *apns_version(void);         /* apns.c */
 void cert_cleanup(void);
 
 /* ---- apnsd items and topics --------------------------------------------- */
@@ -148,17 +148,8 @@ enum item_state {
 struct mctx;
 struct topic;
 
-/* One request in flight (freed when the answer is handled). */
-typedef struct xfer {
-    CURL *easy;
-    struct mctx *m;
-    struct curl_slist *hdrs;
-    char *body;
-    char *resp;                  /* up to 4 KiB of the answer body */
-    size_t resp_len;
-    char apns_id[64];
-    char errbuf[CURL_ERROR_SIZE];
-} xfer_t;
+/* One request in flight (apns.h; freed when the answer is handled). */
+typedef struct xfer xfer_t;
 
 typedef struct item {
     char *id;
@@ -177,16 +168,8 @@ typedef struct item {
     xfer_t *x;                   /* while in flight */
 } item_t;
 
-typedef struct mctx {
-    CURLM *multi;
-    struct topic *t;
-    ident_t *ident;
-    int64_t timer_ms;            /* monotonic deadline, -1 = none */
-    int inflight;
-    int draining;
-    int warm;                    /* an answer came: the server's SETTINGS are known */
-    struct mctx *next;           /* in the draining list */
-} mctx_t;
+/* The requests and connections of one topic and certificate (apns.h). */
+typedef struct mctx mctx_t;
 
 enum topic_state { T_ACTIVE = 1, T_STOPPED };
 

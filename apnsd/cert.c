@@ -1,5 +1,5 @@
 /* Push certificates: PEM or PKCS#12 in, topic (subject UID) and in-memory
- * PEM blobs for libcurl out. */
+ * PEM blobs for the TLS client (h2conn.c) out. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -88,7 +88,7 @@ static const char help_text[] =
 "           apns-expiration: <now + expiration>   apns-priority: <priority>\n"
 "\n"
 "       Token, PushMagic and topic come from the enrollment hash\n"
-"       mdm:{D}:enr:E. Requests go over HTTP/2 (libcurl multi, multiplexed) on a\n"
+"       mdm:{D}:enr:E. Requests go over HTTP/2 (libnghttp2, multiplexed) on a\n"
 "       few long-lived TLS connections per topic, authenticated with that\n"
 "       topic's push certificate. Several topics (certificates) are served at\n"
 "       once; the topic is the certificate subject's UID attribute.\n"
@@ -499,7 +499,7 @@ int conf_load(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
         if (!strcmp(a, "-V") || !strcmp(a, "--version")) {
-            printf("mdm-apnsd %s (%s)\n", APNSD_VERSION, curl_version());
+            printf("mdm-apnsd %s (%s)\n", APNSD_VERSION, apns_version());
             exit(0);
         }
         if ((!strcmp(a, "-c") || !strcmp(a, "--config")) && i + 1 < argc)

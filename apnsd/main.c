@@ -636,7 +636,7 @@ static void retry_item(item_t *it, const char *reason, long status, const char *
     queue_done(it, 0, "retry", reason, status, apns_id, NULL, detail);
 }
 
-static void on_complete(item_t *it, xfer_t *x, mctx_t *m, CURLcode res, long status,
+static void on_complete(item_t *it, xfer_t *x, mctx_t *m, int res, long status,
                         long httpv, long nconn)
 {
     topic_t *t = m->t;
@@ -654,12 +654,10 @@ static void on_complete(item_t *it, xfer_t *x, mctx_t *m, CURLcode res, long sta
     json_field(x->resp, "timestamp", ts, sizeof ts);
 
     if (status) m->warm = 1;
-    if (res != CURLE_OK) {
-        const char *err = x->errbuf[0] ? x->errbuf : curl_easy_strerror(res);
+    if (res != APNS_OK) {
+        const char *err = x->errbuf;
         /* our certificate refused by the server (a TLS alert), or unusable */
-        int tls = res == CURLE_SSL_CERTPROBLEM
-            || ((res == CURLE_SSL_CONNECT_ERROR || res == CURLE_RECV_ERROR
-                 || res == CURLE_SEND_ERROR) && cert_alert(err));
+        int tls = res == APNS_ETLS || (res == APNS_ENET && cert_alert(err));
         snprintf(reason, sizeof reason, "%s", tls ? "TLS" : "Network");
         snprintf(detail, sizeof detail, "%s", err);
         if (tls) {
@@ -669,16 +667,15 @@ static void on_complete(item_t *it, xfer_t *x, mctx_t *m, CURLcode res, long sta
             park(it, t);
             return;
         }
-        /* A GOAWAY or reset stream is the server rotating the connection
-         * (APNs does, and nghttp2 servers do after ~1000 RST_STREAMs, which
-         * libcurl 7.88 sends for finished streams): retry, but it says
-         * nothing about the server being down. */
-        if (res != CURLE_HTTP2 && res != CURLE_HTTP2_STREAM)
+        /* A reset stream, or one left unanswered after a GOAWAY, is the
+         * server rotating the connection: retry, but it says nothing about
+         * the server being down. */
+        if (res != APNS_ESTREAM)
             breaker_fail(t, probe, detail);
         retry_item(it, reason, 0, detail, NULL);
         return;
     }
-    if (httpv != CURL_HTTP_VERSION_2_0 && !warned_http1) {
+    if (httpv != 2 && !warned_http1) {
         warned_http1 = 1;
         log_warn("APNs server %s answered without HTTP/2: no multiplexing", conf.apns_url);
     }
@@ -1079,9 +1076,9 @@ static void dispatch(int64_t now)
             log_notice("topic %s: circuit breaker half open, sending a probe", t->name);
         }
         if (!t->m) t->m = mctx_new(t, t->ident);
-        /* Slow start: one request until the first answer, so the server's
-         * SETTINGS_MAX_CONCURRENT_STREAMS is known before libcurl opens
-         * streams (APNs starts new connections with a low limit). */
+        /* Slow start: one request until the first answer of a new context,
+         * so a rejected certificate or topic costs one request, not a
+         * window's worth (the server's stream limit is apns.c's concern). */
         int64_t lim = cap;
         if (!t->m->warm) lim = t->m->inflight ? 0 : t->inflight + 1;
         while (t->nready && t->inflight < lim && !(t->open == 2 && t->probe_out)
@@ -1092,7 +1089,7 @@ static void dispatch(int64_t now)
             if (apns_send(it, t->m) != 0) {
                 log_err("push id=%s: cannot start a transfer", it->id);
                 it->attempts++;
-                retry_item(it, "LocalError", 0, "curl_multi_add_handle failed", NULL);
+                retry_item(it, "LocalError", 0, "cannot queue the request", NULL);
                 continue;
             }
             it->state = S_FLIGHT;
@@ -1171,7 +1168,6 @@ static void finalize(void)
              st.loops, st.wait_us / 1000, st.flushes, st.cmds);
     waiter_close(epfd);
     apns_shutdown();
-    curl_global_cleanup();
     cert_cleanup();
     exit(0);
 }
@@ -1260,15 +1256,6 @@ int main(int argc, char **argv)
     log_open(conf.log_file);
     log_set_level(conf.log_level);
     signal(SIGPIPE, SIG_IGN);
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        log_crit("curl_global_init failed");
-        return 1;
-    }
-    curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
-    if (!(cv->features & CURL_VERSION_HTTP2)) {
-        log_crit("libcurl %s has no HTTP/2 support", cv->version);
-        return 1;
-    }
     ql_init(&lookup_q);
     ql_init(&dones);
     k_proc = xasprintf(MDM_KEY_PUSH_PROC, conf.name);

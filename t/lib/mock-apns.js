@@ -5,7 +5,18 @@
 //
 //   node mock-apns.js --port P --cert server.crt --key server.key --ca push-ca.crt
 //        [--log requests.jsonl] [--rules rules.json] [--delay MS]
-//        [--max-streams N] [--any-client] [--quiet]
+//        [--max-streams N] [--any-client] [--quiet] [--summary FILE]
+//        [--goaway-after N [--goaway-sessions K] [--goaway-reason R]]
+//
+// --goaway-after N: on each session (the first K with --goaway-sessions)
+// the N-th request is answered by a GOAWAY whose last_stream_id is the
+// stream before it; that stream and every later one are not processed
+// (logged as "refused", never answered), earlier ones are
+// answered as usual. --goaway-reason puts {"reason":R} in the GOAWAY (as
+// APNs does). --summary writes {"requests","tokens","duplicates",
+// "refused","sessions","goaways"} as JSON on SIGTERM (processed requests;
+// duplicates = tokens requested more than once); SIGUSR2 writes it now and
+// starts counting afresh.
 //
 // rules.json (re-read when it changes):
 //   { "default": RULE,
@@ -85,11 +96,18 @@ const server = http2.createSecureServer({
 });
 
 let nconn = 0;
+const summary = { requests: 0, tokens: 0, duplicates: 0, refused: 0, sessions: 0,
+                  goaways: 0 };
+const perToken = new Map();
+const goawayAfter = opt['goaway-after'] ? Number(opt['goaway-after']) : 0;
+const goawaySessions = opt['goaway-sessions'] ? Number(opt['goaway-sessions']) : 0;
 server.on('session', (session) => {
   const conn = ++nconn;
+  summary.sessions++;
   const sock = session.socket;
   const cert = sock.getPeerCertificate ? sock.getPeerCertificate() : null;
-  session.mock = { conn, uid: uidOf(cert), authorized: !!sock.authorized, active: 0 };
+  session.mock = { conn, uid: uidOf(cert), authorized: !!sock.authorized, active: 0,
+                   ended: 0, goawayLast: undefined };
   record({ event: 'session', conn, uid: session.mock.uid,
            authorized: session.mock.authorized,
            fp: cert && cert.fingerprint256 ? cert.fingerprint256 : null, t: Date.now() });
@@ -114,6 +132,27 @@ server.on('stream', (stream, headers) => {
     const method = headers[':method'];
     const match = /^\/3\/device\/([0-9a-fA-F]+)$/.exec(path);
     const token = match ? match[1] : null;
+    if (goawayAfter && m.goawayLast === undefined
+        && (!goawaySessions || m.conn <= goawaySessions) && ++m.ended >= goawayAfter) {
+      m.goawayLast = stream.id - 2;
+      const data = opt['goaway-reason']
+        ? Buffer.from(JSON.stringify({ reason: opt['goaway-reason'] })) : undefined;
+      stream.session.goaway(http2.constants.NGHTTP2_NO_ERROR, m.goawayLast, data);
+      summary.goaways++;
+      record({ event: 'goaway-sent', conn: m.conn, last: m.goawayLast, t: Date.now() });
+    }
+    if (m.goawayLast !== undefined && stream.id > m.goawayLast) {
+      summary.refused++;
+      record({ event: 'refused', conn: m.conn, stream: stream.id, token, t: Date.now() });
+      return;         // the client has closed it (GOAWAY); no answer
+    }
+    if (token) {
+      const n = (perToken.get(token) || 0) + 1;
+      perToken.set(token, n);
+      if (n === 1) summary.tokens++;
+      if (n === 2) summary.duplicates++;
+    }
+    summary.requests++;
     const r = currentRules();
     let rule = (token && r.tokens[token]) || r.default;
     if (Array.isArray(rule)) {
@@ -166,9 +205,18 @@ server.on('tlsClientError', () => {});
 server.listen(Number(opt.port), opt.host || '127.0.0.1', () => {
   if (!opt.quiet) process.stdout.write('listening ' + server.address().port + '\n');
 });
+process.on('SIGUSR2', () => {
+  if (opt.summary) {
+    fs.writeFileSync(opt.summary + '.tmp', JSON.stringify(summary) + '\n');
+    fs.renameSync(opt.summary + '.tmp', opt.summary);
+  }
+  for (const k of Object.keys(summary)) summary[k] = 0;
+  perToken.clear();
+});
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, () => {
     if (logFd !== null) fs.fsyncSync(logFd);
+    if (opt.summary) fs.writeFileSync(opt.summary, JSON.stringify(summary) + '\n');
     process.exit(0);
   });
 }
