@@ -140,6 +140,10 @@ typedef struct {
     uint8_t          *acked;        /* one bit per enqueued command */
     int               done;         /* cycle: queue drained */
     uint32_t          failures;     /* consecutive failed sessions */
+    char             *signed_body;  /* the last body signed, and its */
+    size_t            signed_len;   /*   Mdm-Signature: an Idle poll is */
+    char             *signature;    /*   the same bytes every time, and */
+    size_t            signature_len; /*  RSA signing would bound the sim */
 } sim_device_t;
 
 

@@ -148,6 +148,13 @@ local function not_admin(fn)
         .. 'the caller\'s ACL user may not write ' .. K_POLICY)
 end
 
+-- The admin function fn as registered: refused unless the caller is an admin.
+local function admin_only(name, fn)
+    return function(keys, args)
+        return not_admin(name) or fn(keys, args)
+    end
+end
+
 local function int(n) return string.format('%d', n) end
 
 local function event(fields)
@@ -1052,10 +1059,6 @@ Returns { CommandUUID, targets queued, push requests written }.
 ]]
 local function enqueue(keys, args)
     conf_reset()
-    local denied = not_admin('mdm_enqueue')
-    if denied then
-        return denied
-    end
     local body, prio, exp, nopush = args[1], tonumber(args[2]),
                                     tonumber(args[3]), args[4]
     if not body or #args < 5 then
@@ -1141,10 +1144,6 @@ end
 
 -- FCALL mdm_push 0 <id>... : push requests only (coalesced).
 local function push(keys, args)
-    local denied = not_admin('mdm_push')
-    if denied then
-        return denied
-    end
     local bad = unknown_id(args)
     if bad then
         return redis.error_reply('unknown enrollment id ' .. bad)
@@ -1184,10 +1183,6 @@ end
 -- FCALL mdm_cancel 0 <id> <uuid> : 1 when the item was queued.
 local function cancel(keys, args)
     conf_reset()
-    local denied = not_admin('mdm_cancel')
-    if denied then
-        return denied
-    end
     local e, d, err = id_arg(args, 'mdm_cancel 0 <id> <uuid>')
     local u = args[2]
     if err or not u then
@@ -1205,10 +1200,6 @@ end
 -- FCALL mdm_clear 0 <id> : number of items removed.
 local function clear(keys, args)
     conf_reset()
-    local denied = not_admin('mdm_clear')
-    if denied then
-        return denied
-    end
     local e, d, err = id_arg(args, 'mdm_clear 0 <id>')
     if err then
         return err
@@ -1303,10 +1294,6 @@ are refused. Returns the certificate hash that was bound, or nil.
 ]]
 local function unbind(keys, args)
     conf_reset()
-    local denied = not_admin('mdm_unbind')
-    if denied then
-        return denied
-    end
     local d = args[1]
     if not d or #args ~= 1 or d == '' then
         return redis.error_reply('usage: mdm_unbind 0 <device id>')
@@ -1346,16 +1333,16 @@ local function conf_get(keys, args)
     local names = SETTING_NAMES
     if args[1] then
         if not SETTINGS[args[1]] or #args > 1 then
-            return redis.error_reply('unknown setting ' .. args[1] .. ' (one of '
-                                     .. table.concat(SETTING_NAMES, ', ') .. ')')
+            return redis.error_reply('unknown setting ' .. args[1]
+                .. ' (one of ' .. table.concat(SETTING_NAMES, ', ') .. ')')
         end
         names = { args[1] }
     end
     local out = {}
     for _, name in ipairs(names) do
         -- HMGET: the command nginx's ACL user may run on these hashes
-        out[#out + 1] = setting_row(name, redis.call('HMGET', SETTINGS[name].key,
-                                                     name)[1])
+        local v = redis.call('HMGET', SETTINGS[name].key, name)[1]
+        out[#out + 1] = setting_row(name, v)
     end
     return out
 end
@@ -1363,10 +1350,6 @@ end
 -- FCALL mdm_conf_set 0 <field> <value> : the setting's new row.
 local function conf_set(keys, args)
     conf_reset()
-    local denied = not_admin('mdm_conf_set')
-    if denied then
-        return denied
-    end
     local name, v = args[1], args[2]
     local st = name and SETTINGS[name]
     if not v or #args ~= 2 then
@@ -1398,10 +1381,10 @@ redis.register_function{ function_name = 'mdm_version',
     callback = function() return VERSION end, flags = { 'no-writes' } }
 redis.register_function('mdm_checkin', checkin)
 redis.register_function('mdm_report', report)
-redis.register_function('mdm_enqueue', enqueue)
-redis.register_function('mdm_push', push)
-redis.register_function('mdm_cancel', cancel)
-redis.register_function('mdm_clear', clear)
+redis.register_function('mdm_enqueue', admin_only('mdm_enqueue', enqueue))
+redis.register_function('mdm_push', admin_only('mdm_push', push))
+redis.register_function('mdm_cancel', admin_only('mdm_cancel', cancel))
+redis.register_function('mdm_clear', admin_only('mdm_clear', clear))
 redis.register_function{ function_name = 'mdm_queue', callback = queue,
     flags = { 'no-writes' } }
 redis.register_function{ function_name = 'mdm_result', callback = result,
@@ -1412,7 +1395,8 @@ redis.register_function{ function_name = 'mdm_enrollments',
     callback = enrollments, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'mdm_enrollment',
     callback = enrollment, flags = { 'no-writes' } }
-redis.register_function('mdm_unbind', unbind)
-redis.register_function('mdm_conf_set', conf_set)
+redis.register_function('mdm_unbind', admin_only('mdm_unbind', unbind))
+redis.register_function('mdm_conf_set',
+    admin_only('mdm_conf_set', conf_set))
 redis.register_function{ function_name = 'mdm_conf_get', callback = conf_get,
     flags = { 'no-writes' } }

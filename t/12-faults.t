@@ -16,15 +16,6 @@ $t->enroll('DEV1', 'dev1');
 my $tu = $t->token_update('DEV1');
 my $r;
 
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + $timeout;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.02;
-    }
-    return 0;
-}
 
 sub access_lines { scalar(() = $t->slurp('access.log') =~ /\n/g) }
 

@@ -43,15 +43,6 @@ like qx{@cli -n 3 HGET 'mdm:{TCP-1}:enr:TCP-1' type}, qr/^Device/,
 is qx{@cli -n 0 EXISTS 'mdm:{TCP-1}:enr:TCP-1'}, "0\n", 'not in database 0';
 $t->stop_nginx;
 
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + $timeout;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
 
 sub start_unready {
     my ($conf) = @_;

@@ -18,15 +18,6 @@ my $d = $t->dir;
 my $port = $t->port('redis');
 my $au = $t->authenticate('TCP-1');
 
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + $timeout;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
 
 sub count_log {
     my ($re) = @_;

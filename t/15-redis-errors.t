@@ -24,15 +24,6 @@ $t->start_nginx($t->conf(redis_timeout => '1500ms'));
 $t->enroll('DEV1', 'dev1');
 my $tu = $t->token_update('DEV1');
 
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + $timeout;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
 
 sub rcli { my $o = $t->rcli_raw(@_); chomp $o; return $o }
 

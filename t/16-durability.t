@@ -81,15 +81,6 @@ sub acked_count {
     return $n;
 }
 
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + $timeout;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.02;
-    }
-    return 0;
-}
 
 sub kill_redis {
     my $pid = delete $t->{redis_pid};

@@ -24,15 +24,6 @@ my %pw = (nginx => 'nginx-Pw1', 'mdm-apnsd' => 'apnsd-Pw2',
           'mdm-admin' => 'admin-Pw3');
 my $TOPIC = $MdmTest::TOPIC;
 
-sub wait_until {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + ($timeout // 10);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.02;
-    }
-    return 0;
-}
 
 # --- the ACL file as shipped, passwords filled in ------------------------------
 my $acl = $t->slurp(MdmTest::root() . '/redis-scripts/users.acl');

@@ -24,6 +24,9 @@ use IO::Socket::SSL;
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(sleep time);
 use Cwd qw(abs_path);
+use Exporter qw(import);
+
+our @EXPORT = qw(wait_until);
 
 our $ROOT = abs_path(dirname(__FILE__) . '/../..');
 our $TOPIC = 'com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9';
@@ -591,6 +594,17 @@ sub mdm_errors_since_mark {
     my ($self) = @_;
     return grep { /\[(error|warn|crit)\].*mdm/ } split /\n/,
         $self->log_since_mark;
+}
+
+# Polls $cond until it is true (1) or $timeout seconds pass (0).
+sub wait_until {
+    my ($cond, $timeout) = @_;
+    my $deadline = time + ($timeout // 10);
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.02;
+    }
+    return 0;
 }
 
 sub wait_for_log {

@@ -20,6 +20,7 @@
 #include <openssl/pem.h>
 
 #include "ngx_http_mdm_verify.h"
+#include "unit_slurp.h"
 
 
 static const char  *dir;
@@ -28,34 +29,7 @@ static const char  *dir;
 static unsigned char *
 slurp(const char *name, size_t *len)
 {
-    long            n;
-    FILE           *f;
-    char            path[4096];
-    unsigned char  *buf;
-
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-
-    f = fopen(path, "rb");
-    if (f == NULL) {
-        fprintf(stderr, "cannot open %s\n", path);
-        exit(2);
-    }
-
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-
-    buf = malloc(n + 1);
-    if (buf == NULL || fread(buf, 1, n, f) != (size_t) n) {
-        fprintf(stderr, "cannot read %s\n", path);
-        exit(2);
-    }
-
-    fclose(f);
-    buf[n] = '\0';
-    *len = n;
-
-    return buf;
+    return unit_slurp(dir, name, len);
 }
 
 

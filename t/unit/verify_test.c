@@ -28,6 +28,7 @@
 
 #include "ngx_http_mdm_cms.h"
 #include "ngx_http_mdm_verify.h"
+#include "unit_slurp.h"
 
 
 static int          failures;
@@ -53,31 +54,10 @@ check(int ok, const char *name, const char *detail)
 static unsigned char *
 slurp(const char *name, size_t *len)
 {
-    long            n;
-    FILE           *f;
-    char            path[4096];
+    size_t          n;
     unsigned char  *buf;
 
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-
-    f = fopen(path, "rb");
-    if (f == NULL) {
-        fprintf(stderr, "cannot open %s\n", path);
-        exit(2);
-    }
-
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-
-    buf = malloc(n + 1);
-    if (buf == NULL || fread(buf, 1, n, f) != (size_t) n) {
-        fprintf(stderr, "cannot read %s\n", path);
-        exit(2);
-    }
-
-    fclose(f);
-    buf[n] = '\0';
+    buf = unit_slurp(dir, name, &n);
 
     /* The .t writes values without a newline; be tolerant anyway. */
     while (n > 0 && buf[n - 1] == '\n' && strstr(name, ".bin") == NULL) {
