@@ -278,11 +278,11 @@ SKIP: {
     my $fz = "$d/verify-fuzz";
     my $clang = qx{command -v clang 2>/dev/null};
     chomp $clang;
-    skip 'clang not installed', 3 unless $clang && -e $fuzz_src;
+    skip 'clang not installed', 4 unless $clang && -e $fuzz_src;
     my $cmd = "$clang -g -O1 -fsanitize=fuzzer,address,undefined $inc"
         . " -o $fz $fuzz_src $src -lcrypto";
     my $log = qx{$cmd 2>&1};
-    skip "libFuzzer not available: $log", 3 if $?;
+    skip "libFuzzer not available: $log", 4 if $?;
     pass('fuzz target builds');
 
     # Seeds: a selector byte, then the input; signatures over the fuzz
@@ -304,13 +304,20 @@ SKIP: {
     $t->spew('corpus/Frfc', 'F' . $t->slurp('dev1.rfc9440'));
     $t->spew('corpus/Fsan', 'F' . rfc9440($c{devsan}));
 
+    my @big = grep { -s $_ > 4096 } glob "$d/corpus/*";
+    ok(!@big, 'no seed is larger than -max_len=4096') or diag("@big");
+
+    # MDM_FUZZ_RUNS=-1 MDM_FUZZ_TIME=600 for a long run
     my $runs = $ENV{MDM_FUZZ_RUNS} // 30000;
+    my $time = $ENV{MDM_FUZZ_TIME} ? " -max_total_time=$ENV{MDM_FUZZ_TIME}"
+                                   : '';
     $cmd = "cd $d && MDM_FUZZ_CA=$d/ca.crt $fz -runs=$runs -max_len=4096"
-        . " -seed=1 $d/corpus";
+        . "$time -seed=1 -print_final_stats=1 $d/corpus";
     my $out = qx{$cmd 2>&1};
     ok(!$?, 'fuzz smoke run finds nothing')
         or diag(join "\n", grep { /ERROR|SUMMARY|==\d+==/ }
                 split /\n/, $out);
+    note($_) for grep { /^(stat::|#\d+\s+DONE)/ } split /\n/, $out;
     like($out, qr/Done \d+ runs/, 'fuzzer completed its runs');
 }
 

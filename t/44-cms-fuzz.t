@@ -72,6 +72,9 @@ my $data_oid = "\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01";
 $t->spew('corpus/empty-ber', "\x30\x80$sd_oid\xa0\x80\x30\x80\x02\x01\x01"
     . "\x31\x00\x30\x0b$data_oid\x31\x00" . "\0\0" x 3);
 
+my @big = grep { -s $_ > 8192 } glob "$d/corpus/*";
+ok !@big, 'no seed is larger than -max_len=8192' or diag "@big";
+
 # ---- run -----------------------------------------------------------------
 
 my $runs = $ENV{MDM_FUZZ_RUNS} // 20000;
