@@ -113,6 +113,9 @@ void usage(FILE *f);
 
 /* ---- cert.c ------------------------------------------------------------ */
 
+/* "what: <OpenSSL's last error>" into err, and the error queue cleared */
+void ssl_err(char *err, size_t len, const char *what);
+
 typedef struct ident {
     int refs;
     char *topic;

@@ -18,7 +18,7 @@
 
 #define TOPIC_PREFIX "com.apple.mgmt."
 
-static void ssl_err(char *err, size_t len, const char *what)
+void ssl_err(char *err, size_t len, const char *what)
 {
     unsigned long e = ERR_peek_last_error();
     char buf[256] = "";

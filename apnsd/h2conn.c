@@ -127,15 +127,6 @@ int h2_setup(char *err, size_t errlen)
 
 const char *h2_authority(void) { return authority; }
 
-static void ssl_errstr(char *buf, size_t len, const char *what)
-{
-    unsigned long e = ERR_peek_last_error();
-    char s[200] = "";
-    if (e) ERR_error_string_n(e, s, sizeof s);
-    ERR_clear_error();
-    snprintf(buf, len, "%s%s%s", what, *s ? ": " : "", s);
-}
-
 void *h2_ssl_ctx(ident_t *id, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -150,7 +141,7 @@ void *h2_ssl_ctx(ident_t *id, char *err, size_t errlen)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (conf.ca_file ? !SSL_CTX_load_verify_locations(ctx, conf.ca_file, NULL)
                      : !SSL_CTX_set_default_verify_paths(ctx)) {
-        ssl_errstr(err, errlen, conf.ca_file ? conf.ca_file : "CA store");
+        ssl_err(err, errlen, conf.ca_file ? conf.ca_file : "CA store");
         SSL_CTX_free(ctx);
         return NULL;
     }
@@ -171,7 +162,7 @@ void *h2_ssl_ctx(ident_t *id, char *err, size_t errlen)
     BIO_free(b);
     return ctx;
 fail:
-    ssl_errstr(err, errlen, "client certificate");
+    ssl_err(err, errlen, "client certificate");
     X509_free(x);
     EVP_PKEY_free(k);
     BIO_free(b);
@@ -242,7 +233,7 @@ static void fail_tls(h2conn_t *c, int ret, const char *what)
              X509_verify_cert_error_string(vr));
         return;
     }
-    ssl_errstr(s, sizeof s, what);
+    ssl_err(s, sizeof s, what);
     fail(c, APNS_ENET, "%s", s);
 }
 
