@@ -31,15 +31,9 @@ like $acl, qr/\@NGINX_SHA256\@/, 'shipped with placeholders';
 my %ph = (NGINX => 'nginx', APNSD => 'mdm-apnsd', ADMIN => 'mdm-admin');
 $acl =~ s/\@(\w+)_SHA256\@/sha256_hex($pw{$ph{$1}})/ge;
 
-# The module has no username= yet (helper "redis"): then nginx is Redis'
-# default user, given exactly the rules of the nginx line.
+# nginx as the nginx user: username= in mdm_redis
 $t->write_conf($t->conf(redis => "unix:$sock username=nginx password=$pw{nginx}"));
-my $has_user = $t->nginx_test !~ /username|invalid|unknown/i;
-if (!$has_user) {
-    my ($rules) = $acl =~ /^user nginx on #\S+ (.*)$/m;
-    $acl =~ s/^user default .*$/user default on #${\ sha256_hex($pw{nginx}) } $rules/m;
-    $t->write_conf($t->conf(redis => "unix:$sock password=$pw{nginx}"));
-}
+unlike $t->nginx_test, qr/username|invalid|unknown/i, 'mdm_redis takes username=';
 $t->spew('users.acl', $acl);
 
 my $pid = fork // die;
@@ -67,8 +61,7 @@ sub cli {
 }
 ok wait_until(sub { -S $sock && cli('mdm-admin', 'PING') =~ /PONG/ }),
     'redis-server started with the ACL file';
-like cli(undef, 'PING'), qr/NOAUTH|NOPERM|WRONGPASS/, 'default user: nothing'
-    if $has_user;
+like cli(undef, 'PING'), qr/NOAUTH|NOPERM|WRONGPASS/, 'default user: nothing';
 
 for my $f ('mdm.lua', 'push.lua') {
     my $out = qx{redis-cli -s $sock --user mdm-admin --pass $pw{'mdm-admin'} --no-auth-warning -x FUNCTION LOAD REPLACE < ${\ MdmTest::root() }/redis-scripts/$f 2>&1};
@@ -294,8 +287,6 @@ for my $c (['conf', 'set', 'allow_rebind', 1], ['unbind', 'D1'],
 is $admin->hget('mdm:policy', 'allow_rebind'), '0', 'policy unchanged';
 
 # --- nginx end to end with its credential ----------------------------------------------
-diag $has_user ? 'nginx as username=nginx'
-    : 'module without username=: nginx is the default user with the nginx rules';
 $t->start_nginx;
 $t->mark_log;
 $t->enroll('E2E', 'e2e');
