@@ -55,6 +55,10 @@ for my $p (@PKGS) {
     }
 }
 
+# a test that dies half-way still leaves the machine as it found it
+my $installed;
+END { sh("$APT purge @PKGS") if $installed; }
+$installed = 1;
 ($rc, $out) = sh("$APT install " . join(' ', map { $deb{$_} } @PKGS));
 is($rc, 0, 'apt-get install ./build/deb/*.deb') or diag($out);
 
@@ -117,12 +121,13 @@ is($rc, 0, 'nginx -t of /etc/nginx with the module enabled') or diag($out);
 # conf.example with /etc/mdm and the logs in the test directory, the
 # installed modules-enabled snippet instead of its load_module line
 my $conf = do { local (@ARGV, $/) = "$ROOT/conf.example"; <> };
-$conf =~ s{^load_module .*$}{include $ENABLED;}m
+# (load_module must precede every other directive)
+$conf =~ s{^load_module .*$}
+          {include $ENABLED;\npid $d/nginx.pid;\nerror_log $d/error.log;\nevents {}}m
     or die 'conf.example has no load_module';
 $conf =~ s{/etc/mdm/}{$d/mdm/}g;
 $conf =~ s{/var/log/nginx/}{$d/}g;
 $conf =~ s{unix:/run/redis/\S+?\.sock}{unix:$sock}g;
-$conf = "pid $d/nginx.pid;\nerror_log $d/error.log;\nevents {}\n$conf";
 make_path("$d/mdm");
 my %made;
 for my $f ($conf =~ m{\Q$d\E/mdm/([^\s;]+)}g) {
@@ -130,7 +135,8 @@ for my $f ($conf =~ m{\Q$d\E/mdm/([^\s;]+)}g) {
     if ($f =~ /secret/) {
         $t->run_cmd("mdmctl secret keygen $d/mdm/$f");
     } elsif ($f =~ /\.(crt|key)$/) {
-        my $src = $f =~ /^server/ ? "server.$1" : 'ca.crt';
+        my $ext = $1;
+        my $src = $f =~ /^server/ ? "server.$ext" : 'ca.crt';
         $t->run_cmd("cp $d/$src $d/mdm/$f");
     } else {
         $t->spew("mdm/$f", '');
@@ -140,10 +146,12 @@ $t->spew('nginx.conf', $conf);
 like($conf, qr/mdm_checkin;/, 'conf.example has the MDM locations');
 ($rc, $out) = sh("nginx -t -c $d/nginx.conf");
 is($rc, 0, "nginx -t with conf.example's locations") or diag($out);
+$t->finish;
 
 # ---- purge ---------------------------------------------------------------
-($rc, $out) = sh("$APT purge " . join(' ', @PKGS));
+($rc, $out) = sh("$APT purge @PKGS");
 is($rc, 0, 'apt-get purge') or diag($out);
+$installed = 0 unless $rc;
 for my $p (@PKGS) {
     like(qx{dpkg-query -W -f='\${db:Status-Status}' $p 2>/dev/null} // '',
          qr/^(not-installed)?$/, "$p not installed");
