@@ -96,6 +96,8 @@ like($unit, qr{^ConditionPathExists=\|/etc/mdm/push\.pem$}m,
      'unit starts only with a push certificate');
 ok(-l '/etc/systemd/system/multi-user.target.wants/mdm-apnsd.service',
    'unit enabled');
+($rc, $out) = sh('systemd-analyze verify /lib/systemd/system/mdm-apnsd.service');
+is($rc, 0, 'systemd-analyze verify mdm-apnsd.service') or diag($out);
 
 # ---- the tools ----------------------------------------------------------
 ($rc, $out) = sh('mdm-apnsd --version');
@@ -125,6 +127,13 @@ my $conf = do { local (@ARGV, $/) = "$ROOT/conf.example"; <> };
 $conf =~ s{^load_module .*$}
           {include $ENABLED;\npid $d/nginx.pid;\nerror_log $d/error.log;\nevents {}}m
     or die 'conf.example has no load_module';
+# the commented-out deployment shapes too
+sub uncomment { (my $b = $_[0]) =~ s/^    \# ?/    /mg; $b }
+$conf =~ s{^(    \# server \{\n(?:    \# .*\n)*?    \# \})$}{uncomment($1)}mge;
+# nginx -t binds the listen addresses: free loopback ports instead
+my $n = 0;
+$conf =~ s{^(\s*listen )\S+?( ssl)?;}
+          {$1 . '127.0.0.1:' . $t->port('l' . $n++) . ($2 // '') . ';'}mge;
 $conf =~ s{/etc/mdm/}{$d/mdm/}g;
 $conf =~ s{/var/log/nginx/}{$d/}g;
 $conf =~ s{unix:/run/redis/\S+?\.sock}{unix:$sock}g;
@@ -144,6 +153,8 @@ for my $f ($conf =~ m{\Q$d\E/mdm/([^\s;]+)}g) {
 }
 $t->spew('nginx.conf', $conf);
 like($conf, qr/mdm_checkin;/, 'conf.example has the MDM locations');
+my $servers = () = $conf =~ /^    server \{/mg;
+cmp_ok($servers, '>=', 3, "... in every deployment shape ($servers servers)");
 ($rc, $out) = sh("nginx -t -c $d/nginx.conf");
 is($rc, 0, "nginx -t with conf.example's locations") or diag($out);
 $t->finish;
