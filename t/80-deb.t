@@ -28,6 +28,12 @@ my $APT = 'DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120'
     . ' -y -q';
 my $ENABLED = '/etc/nginx/modules-enabled/50-mod-http-mdm.conf';
 
+sub cat_file {
+    open my $fh, '<', $_[0] or return '';
+    local $/;
+    return <$fh>;
+}
+
 sub sh {
     my ($cmd) = @_;
     my $out = qx{$cmd 2>&1};
@@ -64,13 +70,14 @@ is($rc, 0, 'apt-get install ./build/deb/*.deb') or diag($out);
 
 # ---- files in place ---------------------------------------------------
 ok(-f '/usr/lib/nginx/modules/ngx_http_mdm_module.so', 'module .so');
-is(do { local (@ARGV, $/) = '/usr/share/nginx/modules-available/mod-http-mdm.conf'; <> },
-   "load_module modules/ngx_http_mdm_module.so;\n", 'modules-available snippet');
+is(cat_file('/usr/share/nginx/modules-available/mod-http-mdm.conf'),
+   "load_module modules/ngx_http_mdm_module.so;\n", 'the snippet');
 is(readlink($ENABLED), '/usr/share/nginx/modules-available/mod-http-mdm.conf',
    'enabled in modules-enabled on installation');
 like(qx{dpkg-query -W -f='\${Depends}' libnginx-mod-http-mdm},
      qr/\bnginx-abi-[0-9.]+-\d+\b/, 'depends on the nginx ABI');
-my ($abi) = qx{dpkg-query -W -f='\${Provides}' nginx} =~ /(nginx-abi-\S+?)(?:,|$)/;
+my ($abi) = qx{dpkg-query -W -f='\${Provides}' nginx}
+    =~ /(nginx-abi-[^\s,]+)/;
 like(qx{dpkg-query -W -f='\${Depends}' libnginx-mod-http-mdm},
      qr/\Q$abi\E/, "... the one the installed nginx provides ($abi)");
 
@@ -89,14 +96,14 @@ ok(@st && ($st[2] & 07777) == 0640 && $st[4] == 0 && $st[5] == $gid,
    '/etc/mdm/apnsd.conf root:mdm 0640');
 like(qx{dpkg-query -W -f='\${Conffiles}' mdm-apnsd}, qr{/etc/mdm/apnsd\.conf},
      '... a conffile');
-my $unit = do { local (@ARGV, $/) = '/lib/systemd/system/mdm-apnsd.service'; <> }
-    // '';
+my $UNIT = '/lib/systemd/system/mdm-apnsd.service';
+my $unit = cat_file($UNIT);
 like($unit, qr{^ExecStart=/usr/sbin/mdm-apnsd }m, 'unit runs /usr/sbin');
 like($unit, qr{^ConditionPathExists=\|/etc/mdm/push\.pem$}m,
      'unit starts only with a push certificate');
 ok(-l '/etc/systemd/system/multi-user.target.wants/mdm-apnsd.service',
    'unit enabled');
-($rc, $out) = sh('systemd-analyze verify /lib/systemd/system/mdm-apnsd.service');
+($rc, $out) = sh("systemd-analyze verify $UNIT");
 is($rc, 0, 'systemd-analyze verify mdm-apnsd.service') or diag($out);
 
 # ---- the tools ----------------------------------------------------------
@@ -122,10 +129,10 @@ is($rc, 0, 'nginx -t of /etc/nginx with the module enabled') or diag($out);
 
 # conf.example with /etc/mdm and the logs in the test directory, the
 # installed modules-enabled snippet instead of its load_module line
-my $conf = do { local (@ARGV, $/) = "$ROOT/conf.example"; <> };
+my $conf = cat_file("$ROOT/conf.example");
 # (load_module must precede every other directive)
-$conf =~ s{^load_module .*$}
-          {include $ENABLED;\npid $d/nginx.pid;\nerror_log $d/error.log;\nevents {}}m
+$conf =~ s{^load_module .*$}{include $ENABLED;\npid $d/nginx.pid;
+error_log $d/error.log;\nevents {}}m
     or die 'conf.example has no load_module';
 # the commented-out deployment shapes too
 sub uncomment { (my $b = $_[0]) =~ s/^    \# ?/    /mg; $b }
