@@ -48,7 +48,7 @@ my %deb = map {
     ($_ => $f);
 } @PKGS;
 ok($deb{$_}, "$_ built") for @PKGS;
-BAIL_OUT('no packages') if grep { !$_ } values %deb;
+if (grep { !$_ } values %deb) { done_testing; exit 1 }
 
 # every file each package ships, to check the purge removed them
 my %files;
@@ -103,8 +103,11 @@ like($unit, qr{^ConditionPathExists=\|/etc/mdm/push\.pem$}m,
      'unit starts only with a push certificate');
 ok(-l '/etc/systemd/system/multi-user.target.wants/mdm-apnsd.service',
    'unit enabled');
-($rc, $out) = sh("systemd-analyze verify $UNIT");
-is($rc, 0, 'systemd-analyze verify mdm-apnsd.service') or diag($out);
+SKIP: {
+    skip 'no systemd-analyze', 1 unless -x '/usr/bin/systemd-analyze';
+    ($rc, $out) = sh("systemd-analyze verify $UNIT");
+    is($rc, 0, 'systemd-analyze verify mdm-apnsd.service') or diag($out);
+}
 
 # ---- the tools ----------------------------------------------------------
 ($rc, $out) = sh('mdm-apnsd --version');
