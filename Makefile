@@ -3,6 +3,7 @@
 #   make run     install what is missing, build, start the dev stack
 #   make test    install what is missing, build, run every test
 #   make bench   benchmark table, rows explained in bench/README.md
+#   make deb     Debian packages in build/deb/ (README, "Installing")
 
 SHELL      := /bin/bash
 REPO       := $(CURDIR)
@@ -16,7 +17,7 @@ TOOLS      := apnsd mdmctl bench
 
 export MDM_MODULE := $(MODULE)
 
-.PHONY: all deps module asan tools test run stop bench clean
+.PHONY: all deps module asan tools test run stop bench clean deb
 
 all: module tools
 
@@ -61,6 +62,35 @@ stop:
 
 bench: deps all
 	bench/run-bench $(BENCH_ARGS)
+
+# The packages are built from a copy of the tree in build/deb-src (the
+# files git knows, or everything but build products without git), so the
+# .debs land in build/ and not in the parent directory of the checkout.
+DEB_OUT  := $(BUILD)/deb
+DEB_SRCS := $(wildcard debian/* debian/source/* ngx_http_mdm_module/* \
+              common/* apnsd/* mdmctl/* redis-scripts/*) config \
+              conf.example README.md tools/mdm-redis-load
+
+deb: $(DEB_OUT)/.stamp
+
+$(DEB_OUT)/.stamp: $(DEB_SRCS)
+	@tools/install-deps
+	rm -rf $(BUILD)/deb-src $(DEB_OUT) && mkdir -p $(BUILD)/deb-src/mdm $(DEB_OUT)
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -z -co --exclude-standard; \
+	else \
+	    find . -path ./build -prune -o -path ./.git -prune -o -path ./dev -prune \
+	        -o -name '*.o' -o -name node_modules -prune \
+	        -o \( -type f -print0 \); \
+	fi | tar -c --null -T - -f - | tar -x -C $(BUILD)/deb-src/mdm -f -
+	cd $(BUILD)/deb-src/mdm && DEB_BUILD_OPTIONS="parallel=2 $$DEB_BUILD_OPTIONS" \
+	    dpkg-buildpackage -us -uc -b > ../build.log 2>&1 \
+	    || { tail -40 ../build.log; exit 1; }
+	mv $(BUILD)/deb-src/*.deb $(BUILD)/deb-src/*.changes \
+	    $(BUILD)/deb-src/*.buildinfo $(DEB_OUT)/
+	lintian --fail-on error,warning $(DEB_OUT)/*.changes
+	@touch $@
+	@ls $(DEB_OUT)/*.deb
 
 clean:
 	rm -rf $(BUILD)
