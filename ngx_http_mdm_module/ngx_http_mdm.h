@@ -43,13 +43,35 @@
 #define NGX_HTTP_MDM_MAX_REPORT       (2 * 1024 * 1024)
 
 
+/* One distinct Redis: a worker keeps one connection to it. */
 typedef struct {
     mdm_redis_addr_t            addr;        /* common/mdm_redis_addr.h */
     ngx_str_t                   name;        /* for log lines, no password */
-    ngx_msec_t                  timeout;
-    ngx_flag_t                  configured;
+    ngx_msec_t                  timeout;     /* the longest of its users */
+    redisAsyncContext          *ac;
+    ngx_uint_t                  state;
+    ngx_uint_t                  checking;    /* a version check in flight */
+    ngx_uint_t                  complained;  /* logged this mismatch */
+    ngx_msec_t                  backoff;
+    ngx_msec_t                  last_reply;
+    ngx_event_t                 reconnect_ev;
+    ngx_event_t                 check_ev;
+    ngx_connection_t            dummy;       /* the timers' data */
+} ngx_http_mdm_redis_conn_t;
+
+
+typedef struct {
+    ngx_array_t                 conns;       /* of redis_conn_t * */
+    ngx_flag_t                  configured;  /* any mdm_redis */
     mdm_secret_ring_t          *secrets;     /* mdm_secret_key, or NULL */
 } ngx_http_mdm_main_conf_t;
+
+
+/* mdm_redis: http level, or a server (a tenant) of its own */
+typedef struct {
+    ngx_http_mdm_redis_conn_t  *redis;
+    ngx_msec_t                  timeout;
+} ngx_http_mdm_srv_conf_t;
 
 
 typedef struct {
@@ -136,10 +158,10 @@ const char *ngx_http_mdm_secret_open(ngx_http_request_t *r, const char *field,
 /* redis */
 ngx_int_t ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle);
 void ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle);
-ngx_int_t ngx_http_mdm_redis_ready(void);
-ngx_int_t ngx_http_mdm_redis_call(int argc, const char **argv,
-    const size_t *argvlen, ngx_msec_t timeout, ngx_log_t *log,
-    ngx_http_mdm_redis_handler_pt handler, void *data,
+ngx_int_t ngx_http_mdm_redis_ready(ngx_http_mdm_redis_conn_t *rc);
+ngx_int_t ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
+    const char **argv, const size_t *argvlen, ngx_msec_t timeout,
+    ngx_log_t *log, ngx_http_mdm_redis_handler_pt handler, void *data,
     ngx_http_mdm_redis_op_t **op);
 void ngx_http_mdm_redis_cancel(ngx_http_mdm_redis_op_t *op);
 

@@ -12,6 +12,9 @@
 static ngx_int_t ngx_http_mdm_add_variables(ngx_conf_t *cf);
 static void *ngx_http_mdm_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_mdm_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_mdm_create_srv_conf(ngx_conf_t *cf);
+static char *ngx_http_mdm_merge_srv_conf(ngx_conf_t *cf, void *parent,
+    void *child);
 static void *ngx_http_mdm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -37,9 +40,9 @@ static ngx_conf_enum_t  ngx_http_mdm_user_auth[] = {
 static ngx_command_t  ngx_http_mdm_commands[] = {
 
     { ngx_string("mdm_redis"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_1MORE,
       ngx_http_mdm_redis,
-      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_HTTP_SRV_CONF_OFFSET,
       0,
       NULL },
 
@@ -145,8 +148,8 @@ static ngx_http_module_t  ngx_http_mdm_module_ctx = {
     ngx_http_mdm_create_main_conf,         /* create main configuration */
     ngx_http_mdm_init_main_conf,           /* init main configuration */
 
-    NULL,                                  /* create server configuration */
-    NULL,                                  /* merge server configuration */
+    ngx_http_mdm_create_srv_conf,          /* create server configuration */
+    ngx_http_mdm_merge_srv_conf,           /* merge server configuration */
 
     ngx_http_mdm_create_loc_conf,          /* create location configuration */
     ngx_http_mdm_merge_loc_conf            /* merge location configuration */
@@ -259,7 +262,12 @@ ngx_http_mdm_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
-    mmcf->timeout = 3000;
+    if (ngx_array_init(&mmcf->conns, cf->pool, 2,
+                       sizeof(ngx_http_mdm_redis_conn_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
 
     return mmcf;
 }
@@ -275,6 +283,44 @@ ngx_http_mdm_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
                            "mdm: no \"mdm_secret_key\": UnlockToken and "
                            "BootstrapToken are stored in Redis in clear");
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_mdm_create_srv_conf(ngx_conf_t *cf)
+{
+    ngx_http_mdm_srv_conf_t  *mscf;
+
+    mscf = ngx_pcalloc(cf->pool, sizeof(ngx_http_mdm_srv_conf_t));
+    if (mscf == NULL) {
+        return NULL;
+    }
+
+    mscf->redis = NGX_CONF_UNSET_PTR;
+    mscf->timeout = NGX_CONF_UNSET_MSEC;
+
+    return mscf;
+}
+
+
+/* A server's own mdm_redis, timeout= included, or all of http's. */
+
+static char *
+ngx_http_mdm_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_mdm_srv_conf_t  *prev = parent;
+    ngx_http_mdm_srv_conf_t  *conf = child;
+
+    if (conf->redis == NGX_CONF_UNSET_PTR) {
+        conf->redis = prev->redis;
+        conf->timeout = prev->timeout;
+    }
+
+    if (conf->redis == NGX_CONF_UNSET_PTR) {
+        conf->redis = NULL;
     }
 
     return NGX_CONF_OK;
@@ -311,7 +357,7 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_mdm_loc_conf_t  *prev = parent;
     ngx_http_mdm_loc_conf_t  *conf = child;
 
-    ngx_http_mdm_main_conf_t  *mmcf;
+    ngx_http_mdm_srv_conf_t  *mscf;
 
     ngx_conf_merge_ptr_value(conf->topics, prev->topics, NULL);
     ngx_conf_merge_uint_value(conf->user_auth, prev->user_auth,
@@ -332,10 +378,11 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_OK;
     }
 
-    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_mdm_module);
+    /* the srv conf is this server's, merged before its locations */
+    mscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_mdm_module);
 
-    if (!mmcf->configured) {
-        return "needs \"mdm_redis\" in the http block";
+    if (mscf->redis == NULL) {
+        return "needs \"mdm_redis\" in the http or server block";
     }
 
     if (conf->topics == NULL) {
@@ -365,20 +412,27 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 static char *
 ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_mdm_main_conf_t  *mmcf = conf;
+    ngx_http_mdm_srv_conf_t  *mscf = conf;
 
-    int          rc;
-    char         err[256], name[256];
-    ngx_str_t   *value, s;
-    ngx_uint_t   i;
+    int                         rc;
+    char                        err[256], name[256];
+    ngx_str_t                  *value, s;
+    ngx_uint_t                  i;
+    ngx_msec_t                  timeout;
+    mdm_redis_addr_t            addr;
+    ngx_http_mdm_redis_conn_t  *conn, **conns;
+    ngx_http_mdm_main_conf_t   *mmcf;
 
-    if (mmcf->configured) {
+    if (mscf->redis != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
+    timeout = 3000;
 
-    if (mdm_redis_addr_parse(&mmcf->addr, (char *) value[1].data,
+    ngx_memzero(&addr, sizeof(mdm_redis_addr_t));
+
+    if (mdm_redis_addr_parse(&addr, (char *) value[1].data,
                              value[1].len, err, sizeof(err))
         != 0)
     {
@@ -391,10 +445,8 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
             s.data = value[i].data + 8;
             s.len = value[i].len - 8;
-            mmcf->timeout = ngx_parse_time(&s, 0);
-            if (mmcf->timeout == (ngx_msec_t) NGX_ERROR
-                || mmcf->timeout == 0)
-            {
+            timeout = ngx_parse_time(&s, 0);
+            if (timeout == (ngx_msec_t) NGX_ERROR || timeout == 0) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "mdm_redis: invalid parameter \"%V\"",
                                    &value[i]);
@@ -403,7 +455,7 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        rc = mdm_redis_addr_option(&mmcf->addr, (char *) value[i].data,
+        rc = mdm_redis_addr_option(&addr, (char *) value[i].data,
                                    value[i].len, err, sizeof(err));
         if (rc == 0) {
             continue;
@@ -421,20 +473,59 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (mmcf->addr.username[0] && mmcf->addr.password[0] == '\0') {
+    if (addr.username[0] && addr.password[0] == '\0') {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "mdm_redis: username= needs password=");
         return NGX_CONF_ERROR;
     }
 
-    mmcf->name.len = mdm_redis_addr_format(&mmcf->addr, name, sizeof(name));
-    mmcf->name.data = ngx_pnalloc(cf->pool, mmcf->name.len);
-    if (mmcf->name.data == NULL) {
+    mscf->timeout = timeout;
+
+    /* servers naming the same Redis (and user, db) share its connection */
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_mdm_module);
+    conns = mmcf->conns.elts;
+
+    for (i = 0; i < mmcf->conns.nelts; i++) {
+        conn = conns[i];
+
+        if (conn->addr.type == addr.type
+            && conn->addr.port == addr.port
+            && conn->addr.db == addr.db
+            && ngx_strcmp(conn->addr.host, addr.host) == 0
+            && ngx_strcmp(conn->addr.username, addr.username) == 0
+            && ngx_strcmp(conn->addr.password, addr.password) == 0)
+        {
+            conn->timeout = ngx_max(conn->timeout, timeout);
+            mscf->redis = conn;
+            return NGX_CONF_OK;
+        }
+    }
+
+    conn = ngx_pcalloc(cf->pool, sizeof(ngx_http_mdm_redis_conn_t));
+    if (conn == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    ngx_memcpy(mmcf->name.data, name, mmcf->name.len);
+    conns = ngx_array_push(&mmcf->conns);
+    if (conns == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
+    *conns = conn;
+
+    conn->addr = addr;
+    conn->timeout = timeout;
+
+    conn->name.len = mdm_redis_addr_format(&addr, name, sizeof(name));
+    conn->name.data = ngx_pnalloc(cf->pool, conn->name.len);
+    if (conn->name.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(conn->name.data, name, conn->name.len);
+
+    mscf->redis = conn;
     mmcf->configured = 1;
 
     return NGX_CONF_OK;

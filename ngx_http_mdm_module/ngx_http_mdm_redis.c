@@ -3,8 +3,9 @@
  * Copyright (C) The MDM module authors
  *
  * The Redis transport: hiredis' async API on nginx's event loop, one
- * pipelined connection per worker, opened in init_process and reconnected
- * with jittered backoff. It knows nothing of HTTP: a call reports to its
+ * pipelined connection per worker and distinct Redis (mdm_redis in http or
+ * a server: tenants), each opened in init_process and reconnected with its
+ * own jittered backoff. It knows nothing of HTTP: a call reports to its
  * caller's handler exactly once (reply, transient refusal, timeout or lost
  * connection) unless the caller cancels it first.
  *
@@ -33,6 +34,7 @@
 
 struct ngx_http_mdm_redis_op_s {
     ngx_event_t                     timer;
+    ngx_http_mdm_redis_conn_t      *conn;
     ngx_http_mdm_redis_handler_pt   handler;
     void                           *data;
     ngx_msec_t                      sent;
@@ -40,11 +42,12 @@ struct ngx_http_mdm_redis_op_s {
 };
 
 
-static void ngx_http_mdm_redis_connect(void);
-static void ngx_http_mdm_redis_schedule(void);
-static void ngx_http_mdm_redis_drop(const char *why);
-static void ngx_http_mdm_redis_reset(void);
-static void ngx_http_mdm_redis_check_version(void);
+static void ngx_http_mdm_redis_connect(ngx_http_mdm_redis_conn_t *rc);
+static void ngx_http_mdm_redis_schedule(ngx_http_mdm_redis_conn_t *rc);
+static void ngx_http_mdm_redis_drop(ngx_http_mdm_redis_conn_t *rc,
+    const char *why);
+static void ngx_http_mdm_redis_reset(ngx_http_mdm_redis_conn_t *rc);
+static void ngx_http_mdm_redis_check_version(ngx_http_mdm_redis_conn_t *rc);
 static void ngx_http_mdm_redis_connected(const redisAsyncContext *ac,
     int status);
 static void ngx_http_mdm_redis_disconnected(const redisAsyncContext *ac,
@@ -67,18 +70,8 @@ static void ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep,
 static void ngx_http_mdm_op_timeout(ngx_event_t *ev);
 
 
-static redisAsyncContext         *ngx_http_mdm_ac;
-static ngx_uint_t                 ngx_http_mdm_state;
 static ngx_uint_t                 ngx_http_mdm_exiting;
-static ngx_uint_t                 ngx_http_mdm_checking;
-static ngx_uint_t                 ngx_http_mdm_complained;
-static ngx_msec_t                 ngx_http_mdm_backoff;
-static ngx_msec_t                 ngx_http_mdm_last_reply;
 static ngx_log_t                 *ngx_http_mdm_log;
-static ngx_http_mdm_main_conf_t  *ngx_http_mdm_mcf;
-static ngx_event_t                ngx_http_mdm_reconnect_ev;
-static ngx_event_t                ngx_http_mdm_check_ev;
-static ngx_connection_t           ngx_http_mdm_dummy;
 
 
 /*
@@ -111,7 +104,9 @@ static ngx_str_t  ngx_http_mdm_transient[] = {
 ngx_int_t
 ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
 {
-    ngx_http_mdm_main_conf_t  *mmcf;
+    ngx_uint_t                  i;
+    ngx_http_mdm_redis_conn_t  *rc, **conns;
+    ngx_http_mdm_main_conf_t   *mmcf;
 
     if (ngx_process != NGX_PROCESS_WORKER
         && ngx_process != NGX_PROCESS_SINGLE)
@@ -124,25 +119,31 @@ ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    ngx_http_mdm_mcf = mmcf;
     ngx_http_mdm_log = cycle->log;
 
-    /* timers need a connection-like data pointer for their log */
-    ngx_http_mdm_dummy.fd = (ngx_socket_t) -1;
+    conns = mmcf->conns.elts;
 
-    ngx_http_mdm_reconnect_ev.handler = ngx_http_mdm_redis_reconnect_handler;
-    ngx_http_mdm_reconnect_ev.log = cycle->log;
-    ngx_http_mdm_reconnect_ev.data = &ngx_http_mdm_dummy;
-    ngx_http_mdm_reconnect_ev.cancelable = 1;
+    for (i = 0; i < mmcf->conns.nelts; i++) {
+        rc = conns[i];
 
-    ngx_http_mdm_check_ev.handler = ngx_http_mdm_redis_check_handler;
-    ngx_http_mdm_check_ev.log = cycle->log;
-    ngx_http_mdm_check_ev.data = &ngx_http_mdm_dummy;
-    ngx_http_mdm_check_ev.cancelable = 1;
+        /* timers need a connection-like data pointer for their log */
+        rc->dummy.fd = (ngx_socket_t) -1;
+        rc->dummy.data = rc;
 
-    ngx_http_mdm_backoff = NGX_HTTP_MDM_BACKOFF_MIN;
+        rc->reconnect_ev.handler = ngx_http_mdm_redis_reconnect_handler;
+        rc->reconnect_ev.log = cycle->log;
+        rc->reconnect_ev.data = &rc->dummy;
+        rc->reconnect_ev.cancelable = 1;
 
-    ngx_http_mdm_redis_connect();
+        rc->check_ev.handler = ngx_http_mdm_redis_check_handler;
+        rc->check_ev.log = cycle->log;
+        rc->check_ev.data = &rc->dummy;
+        rc->check_ev.cancelable = 1;
+
+        rc->backoff = NGX_HTTP_MDM_BACKOFF_MIN;
+
+        ngx_http_mdm_redis_connect(rc);
+    }
 
     return NGX_OK;
 }
@@ -151,35 +152,49 @@ ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle)
 {
-    redisAsyncContext  *ac;
+    ngx_uint_t                  i;
+    redisAsyncContext          *ac;
+    ngx_http_mdm_redis_conn_t  *rc, **conns;
+    ngx_http_mdm_main_conf_t   *mmcf;
 
     ngx_http_mdm_exiting = 1;
 
-    if (ngx_http_mdm_reconnect_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_reconnect_ev);
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_mdm_module);
+    if (mmcf == NULL || !mmcf->configured) {
+        return;
     }
 
-    if (ngx_http_mdm_check_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_check_ev);
-    }
+    conns = mmcf->conns.elts;
 
-    ac = ngx_http_mdm_ac;
-    if (ac) {
-        ngx_http_mdm_ac = NULL;
-        redisAsyncFree(ac);
+    for (i = 0; i < mmcf->conns.nelts; i++) {
+        rc = conns[i];
+
+        if (rc->reconnect_ev.timer_set) {
+            ngx_del_timer(&rc->reconnect_ev);
+        }
+
+        if (rc->check_ev.timer_set) {
+            ngx_del_timer(&rc->check_ev);
+        }
+
+        ac = rc->ac;
+        if (ac) {
+            rc->ac = NULL;
+            redisAsyncFree(ac);
+        }
     }
 }
 
 
 ngx_int_t
-ngx_http_mdm_redis_ready(void)
+ngx_http_mdm_redis_ready(ngx_http_mdm_redis_conn_t *rc)
 {
-    return ngx_http_mdm_state == NGX_HTTP_MDM_READY;
+    return rc->state == NGX_HTTP_MDM_READY;
 }
 
 
 static void
-ngx_http_mdm_redis_connect(void)
+ngx_http_mdm_redis_connect(ngx_http_mdm_redis_conn_t *rc)
 {
     int                 n;
     const char         *argv[3];
@@ -188,7 +203,7 @@ ngx_http_mdm_redis_connect(void)
     redisAsyncContext  *ac;
     mdm_redis_addr_t   *a;
 
-    a = &ngx_http_mdm_mcf->addr;
+    a = &rc->addr;
 
     if (a->type == MDM_REDIS_ADDR_UNIX) {
         ac = redisAsyncConnectUnix(a->host);
@@ -201,19 +216,19 @@ ngx_http_mdm_redis_connect(void)
     if (ac == NULL || ac->err) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                       "mdm: cannot connect to redis \"%V\": %s",
-                      &ngx_http_mdm_mcf->name,
+                      &rc->name,
                       ac ? ac->errstr : "out of memory");
         if (ac) {
             redisAsyncFree(ac);
         }
-        ngx_http_mdm_redis_schedule();
+        ngx_http_mdm_redis_schedule(rc);
         return;
     }
 
     c = ngx_get_connection(ac->c.fd, ngx_http_mdm_log);
     if (c == NULL) {
         redisAsyncFree(ac);
-        ngx_http_mdm_redis_schedule();
+        ngx_http_mdm_redis_schedule(rc);
         return;
     }
 
@@ -231,8 +246,9 @@ ngx_http_mdm_redis_connect(void)
     ac->ev.delWrite = ngx_http_mdm_redis_del_write;
     ac->ev.cleanup = ngx_http_mdm_redis_cleanup;
 
-    ngx_http_mdm_ac = ac;
-    ngx_http_mdm_state = NGX_HTTP_MDM_SETUP;
+    ac->data = rc;
+    rc->ac = ac;
+    rc->state = NGX_HTTP_MDM_SETUP;
 
     redisAsyncSetConnectCallback(ac, ngx_http_mdm_redis_connected);
     redisAsyncSetDisconnectCallback(ac, ngx_http_mdm_redis_disconnected);
@@ -262,69 +278,67 @@ ngx_http_mdm_redis_connect(void)
     }
 
     /* its deadline covers the connect and the steps before it */
-    ngx_http_mdm_redis_check_version();
+    ngx_http_mdm_redis_check_version(rc);
 }
 
 
 /* Asks for the library version, with a deadline for the answer. */
 
 static void
-ngx_http_mdm_redis_check_version(void)
+ngx_http_mdm_redis_check_version(ngx_http_mdm_redis_conn_t *rc)
 {
-    if (redisAsyncCommand(ngx_http_mdm_ac, ngx_http_mdm_redis_version_reply,
+    if (redisAsyncCommand(rc->ac, ngx_http_mdm_redis_version_reply,
                           NULL, "FCALL_RO mdm_version 0")
         != REDIS_OK)
     {
         return;
     }
 
-    ngx_http_mdm_checking = 1;
+    rc->checking = 1;
 
-    if (ngx_http_mdm_check_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_check_ev);
+    if (rc->check_ev.timer_set) {
+        ngx_del_timer(&rc->check_ev);
     }
 
-    ngx_add_timer(&ngx_http_mdm_check_ev,
-                  ngx_max(ngx_http_mdm_mcf->timeout, 1000));
+    ngx_add_timer(&rc->check_ev, ngx_max(rc->timeout, 1000));
 }
 
 
 /* The next attempt after a jittered, doubling delay. */
 
 static void
-ngx_http_mdm_redis_schedule(void)
+ngx_http_mdm_redis_schedule(ngx_http_mdm_redis_conn_t *rc)
 {
     ngx_msec_t  delay;
 
-    ngx_http_mdm_state = NGX_HTTP_MDM_DISCONNECTED;
+    rc->state = NGX_HTTP_MDM_DISCONNECTED;
 
-    if (ngx_http_mdm_exiting || ngx_http_mdm_reconnect_ev.timer_set) {
+    if (ngx_http_mdm_exiting || rc->reconnect_ev.timer_set) {
         return;
     }
 
-    delay = ngx_http_mdm_backoff;
+    delay = rc->backoff;
     delay += (ngx_msec_t) (ngx_random() % (delay / 2 + 1)) - delay / 4;
 
-    ngx_http_mdm_backoff = ngx_min(ngx_http_mdm_backoff * 2,
-                                   NGX_HTTP_MDM_BACKOFF_MAX);
+    rc->backoff = ngx_min(rc->backoff * 2, NGX_HTTP_MDM_BACKOFF_MAX);
 
-    ngx_add_timer(&ngx_http_mdm_reconnect_ev, delay);
+    ngx_add_timer(&rc->reconnect_ev, delay);
 }
 
 
 /* Forgets the connection's state; hiredis owns the context's end. */
 
 static void
-ngx_http_mdm_redis_reset(void)
+ngx_http_mdm_redis_reset(ngx_http_mdm_redis_conn_t *rc)
 {
-    ngx_http_mdm_ac = NULL;
-    ngx_http_mdm_checking = 0;
+    rc->ac = NULL;
+    rc->checking = 0;
 
-    if (ngx_http_mdm_check_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_check_ev);
+    if (rc->check_ev.timer_set) {
+        ngx_del_timer(&rc->check_ev);
     }
 
-    ngx_http_mdm_redis_schedule();
+    ngx_http_mdm_redis_schedule(rc);
 }
 
 
@@ -334,11 +348,11 @@ ngx_http_mdm_redis_reset(void)
  */
 
 static void
-ngx_http_mdm_redis_drop(const char *why)
+ngx_http_mdm_redis_drop(ngx_http_mdm_redis_conn_t *rc, const char *why)
 {
     redisAsyncContext  *ac;
 
-    ac = ngx_http_mdm_ac;
+    ac = rc->ac;
     if (ac == NULL) {
         return;
     }
@@ -346,10 +360,10 @@ ngx_http_mdm_redis_drop(const char *why)
     if (why) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                       "mdm: redis \"%V\" %s, reconnecting",
-                      &ngx_http_mdm_mcf->name, why);
+                      &rc->name, why);
     }
 
-    ngx_http_mdm_redis_reset();
+    ngx_http_mdm_redis_reset(rc);
     redisAsyncFree(ac);
 }
 
@@ -362,16 +376,18 @@ ngx_http_mdm_redis_drop(const char *why)
 static void
 ngx_http_mdm_redis_connected(const redisAsyncContext *ac, int status)
 {
+    ngx_http_mdm_redis_conn_t  *rc = ac->data;
+
     if (status == REDIS_OK) {
         return;
     }
 
     ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                   "mdm: cannot connect to redis \"%V\": %s",
-                  &ngx_http_mdm_mcf->name, ac->errstr);
+                  &rc->name, ac->errstr);
 
-    if (ngx_http_mdm_ac == ac) {
-        ngx_http_mdm_redis_reset();
+    if (rc->ac == ac) {
+        ngx_http_mdm_redis_reset(rc);
     }
 }
 
@@ -379,7 +395,9 @@ ngx_http_mdm_redis_connected(const redisAsyncContext *ac, int status)
 static void
 ngx_http_mdm_redis_disconnected(const redisAsyncContext *ac, int status)
 {
-    if (ngx_http_mdm_ac != ac) {
+    ngx_http_mdm_redis_conn_t  *rc = ac->data;
+
+    if (rc->ac != ac) {
         /* dropped by us, or exiting */
         return;
     }
@@ -387,10 +405,10 @@ ngx_http_mdm_redis_disconnected(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                       "mdm: lost redis \"%V\": %s, reconnecting",
-                      &ngx_http_mdm_mcf->name, ac->errstr);
+                      &rc->name, ac->errstr);
     }
 
-    ngx_http_mdm_redis_reset();
+    ngx_http_mdm_redis_reset(rc);
 }
 
 
@@ -399,9 +417,11 @@ ngx_http_mdm_redis_disconnected(const redisAsyncContext *ac, int status)
 static void
 ngx_http_mdm_redis_setup_reply(redisAsyncContext *ac, void *rep, void *data)
 {
+    ngx_http_mdm_redis_conn_t  *rc = ac->data;
+
     redisReply  *reply = rep;
 
-    if (reply == NULL || ac != ngx_http_mdm_ac
+    if (reply == NULL || ac != rc->ac
         || reply->type != REDIS_REPLY_ERROR)
     {
         return;
@@ -410,12 +430,12 @@ ngx_http_mdm_redis_setup_reply(redisAsyncContext *ac, void *rep, void *data)
     ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                   "mdm: redis \"%V\": %s failed: %s; check mdm_redis %s; "
                   "answering 503, reconnecting",
-                  &ngx_http_mdm_mcf->name, (char *) data, reply->str,
+                  &rc->name, (char *) data, reply->str,
                   ngx_strcmp(data, "AUTH") == 0 ? "username= and password="
                                                  : "db=");
 
     /* the version reply behind it is never seen: no database 0 by mistake */
-    ngx_http_mdm_redis_drop(NULL);
+    ngx_http_mdm_redis_drop(rc, NULL);
 }
 
 
@@ -423,52 +443,54 @@ static void
 ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
     void *data)
 {
+    ngx_http_mdm_redis_conn_t  *rc = ac->data;
+
     redisReply  *reply = rep;
 
-    if (reply == NULL || ac != ngx_http_mdm_ac) {
+    if (reply == NULL || ac != rc->ac) {
         return;
     }
 
-    ngx_http_mdm_last_reply = ngx_current_msec;
-    ngx_http_mdm_checking = 0;
+    rc->last_reply = ngx_current_msec;
+    rc->checking = 0;
 
-    if (ngx_http_mdm_check_ev.timer_set) {
-        ngx_del_timer(&ngx_http_mdm_check_ev);
+    if (rc->check_ev.timer_set) {
+        ngx_del_timer(&rc->check_ev);
     }
 
-    ngx_add_timer(&ngx_http_mdm_check_ev, NGX_HTTP_MDM_RECHECK);
+    ngx_add_timer(&rc->check_ev, NGX_HTTP_MDM_RECHECK);
 
     if (reply->type == REDIS_REPLY_STRING
         && reply->len == sizeof(NGX_HTTP_MDM_LIB_VERSION) - 1
         && ngx_strncmp(reply->str, NGX_HTTP_MDM_LIB_VERSION, reply->len) == 0)
     {
-        if (ngx_http_mdm_state != NGX_HTTP_MDM_READY) {
+        if (rc->state != NGX_HTTP_MDM_READY) {
             ngx_log_error(NGX_LOG_NOTICE, ngx_http_mdm_log, 0,
-                          "mdm: redis ready \"%V\"", &ngx_http_mdm_mcf->name);
+                          "mdm: redis ready \"%V\"", &rc->name);
         }
 
-        ngx_http_mdm_state = NGX_HTTP_MDM_READY;
-        ngx_http_mdm_backoff = NGX_HTTP_MDM_BACKOFF_MIN;
-        ngx_http_mdm_complained = 0;
+        rc->state = NGX_HTTP_MDM_READY;
+        rc->backoff = NGX_HTTP_MDM_BACKOFF_MIN;
+        rc->complained = 0;
         return;
     }
 
-    ngx_http_mdm_state = NGX_HTTP_MDM_MISMATCH;
+    rc->state = NGX_HTTP_MDM_MISMATCH;
 
     /* one line per episode, not one per re-check */
 
-    if (ngx_http_mdm_complained) {
+    if (rc->complained) {
         return;
     }
 
-    ngx_http_mdm_complained = 1;
+    rc->complained = 1;
 
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
                       "mdm: redis \"%V\": FCALL_RO mdm_version failed: %s; "
                       "is redis-scripts/mdm.lua loaded and mdm_redis "
                       "password= right? answering 503 until then",
-                      &ngx_http_mdm_mcf->name, reply->str);
+                      &rc->name, reply->str);
         return;
     }
 
@@ -477,7 +499,7 @@ ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
                   "mdm_version answered \"%*s\", need \"%s\"; load "
                   "redis-scripts/mdm.lua with FUNCTION LOAD REPLACE; "
                   "answering 503 until then",
-                  &ngx_http_mdm_mcf->name,
+                  &rc->name,
                   (size_t) (reply->str ? reply->len : 0),
                   reply->str ? reply->str : "", NGX_HTTP_MDM_LIB_VERSION);
 }
@@ -486,11 +508,14 @@ ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
 static void
 ngx_http_mdm_redis_reconnect_handler(ngx_event_t *ev)
 {
-    if (ngx_http_mdm_exiting || ngx_http_mdm_ac) {
+    ngx_connection_t           *dummy = ev->data;
+    ngx_http_mdm_redis_conn_t  *rc = dummy->data;
+
+    if (ngx_http_mdm_exiting || rc->ac) {
         return;
     }
 
-    ngx_http_mdm_redis_connect();
+    ngx_http_mdm_redis_connect(rc);
 }
 
 
@@ -499,16 +524,19 @@ ngx_http_mdm_redis_reconnect_handler(ngx_event_t *ev)
 static void
 ngx_http_mdm_redis_check_handler(ngx_event_t *ev)
 {
-    if (ngx_http_mdm_exiting || ngx_http_mdm_ac == NULL) {
+    ngx_connection_t           *dummy = ev->data;
+    ngx_http_mdm_redis_conn_t  *rc = dummy->data;
+
+    if (ngx_http_mdm_exiting || rc->ac == NULL) {
         return;
     }
 
-    if (!ngx_http_mdm_checking) {
-        ngx_http_mdm_redis_check_version();
+    if (!rc->checking) {
+        ngx_http_mdm_redis_check_version(rc);
         return;
     }
 
-    ngx_http_mdm_redis_drop(ngx_http_mdm_state == NGX_HTTP_MDM_SETUP
+    ngx_http_mdm_redis_drop(rc, rc->state == NGX_HTTP_MDM_SETUP
                             ? "did not answer the handshake in time"
                             : "did not answer the version check in time");
 }
@@ -517,11 +545,13 @@ ngx_http_mdm_redis_check_handler(ngx_event_t *ev)
 static void
 ngx_http_mdm_redis_read_handler(ngx_event_t *ev)
 {
-    ngx_connection_t  *c = ev->data;
+    ngx_connection_t           *c = ev->data;
+    redisAsyncContext          *ac = c->data;
+    ngx_http_mdm_redis_conn_t  *rc = ac->data;
 
     if (c->close) {
         /* worker_shutdown_timeout */
-        ngx_http_mdm_redis_drop("closed on shutdown");
+        ngx_http_mdm_redis_drop(rc, "closed on shutdown");
         return;
     }
 
@@ -605,13 +635,14 @@ ngx_http_mdm_redis_cleanup(void *data)
  */
 
 ngx_int_t
-ngx_http_mdm_redis_call(int argc, const char **argv, const size_t *argvlen,
-    ngx_msec_t timeout, ngx_log_t *log, ngx_http_mdm_redis_handler_pt handler,
-    void *data, ngx_http_mdm_redis_op_t **opp)
+ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
+    const char **argv, const size_t *argvlen, ngx_msec_t timeout,
+    ngx_log_t *log, ngx_http_mdm_redis_handler_pt handler, void *data,
+    ngx_http_mdm_redis_op_t **opp)
 {
     ngx_http_mdm_redis_op_t  *op;
 
-    if (ngx_http_mdm_state != NGX_HTTP_MDM_READY || ngx_http_mdm_ac == NULL) {
+    if (rc->state != NGX_HTTP_MDM_READY || rc->ac == NULL) {
         return NGX_DECLINED;
     }
 
@@ -621,7 +652,7 @@ ngx_http_mdm_redis_call(int argc, const char **argv, const size_t *argvlen,
         return NGX_ERROR;
     }
 
-    if (redisAsyncCommandArgv(ngx_http_mdm_ac, ngx_http_mdm_op_reply, op,
+    if (redisAsyncCommandArgv(rc->ac, ngx_http_mdm_op_reply, op,
                               argc, argv, argvlen)
         != REDIS_OK)
     {
@@ -629,6 +660,7 @@ ngx_http_mdm_redis_call(int argc, const char **argv, const size_t *argvlen,
         return NGX_DECLINED;
     }
 
+    op->conn = rc;
     op->handler = handler;
     op->data = data;
     op->sent = ngx_current_msec;
@@ -682,11 +714,12 @@ ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep, void *data)
 {
     ngx_http_mdm_redis_op_t  *op = data;
 
-    ngx_int_t     rc;
-    redisReply   *reply = rep;
+    ngx_int_t                   rv;
+    redisReply                 *reply = rep;
+    ngx_http_mdm_redis_conn_t  *rc = op->conn;
 
     if (reply) {
-        ngx_http_mdm_last_reply = ngx_current_msec;
+        rc->last_reply = ngx_current_msec;
     }
 
     if (op->timer.timer_set) {
@@ -697,18 +730,18 @@ ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep, void *data)
         op->done = 1;
 
         if (reply == NULL) {
-            rc = NGX_HTTP_MDM_REDIS_DOWN;
+            rv = NGX_HTTP_MDM_REDIS_DOWN;
 
         } else if (reply->type == REDIS_REPLY_ERROR
                    && ngx_http_mdm_redis_is_transient(reply))
         {
-            rc = NGX_HTTP_MDM_REDIS_REFUSED;
+            rv = NGX_HTTP_MDM_REDIS_REFUSED;
 
         } else {
-            rc = NGX_HTTP_MDM_REDIS_REPLY;
+            rv = NGX_HTTP_MDM_REDIS_REPLY;
         }
 
-        op->handler(rc, reply, op->data);
+        op->handler(rv, reply, op->data);
     }
 
     ngx_free(op);
@@ -720,7 +753,8 @@ ngx_http_mdm_op_timeout(ngx_event_t *ev)
 {
     ngx_http_mdm_redis_op_t  *op = ev->data;
 
-    ngx_uint_t  stuck;
+    ngx_uint_t                  stuck;
+    ngx_http_mdm_redis_conn_t  *rc = op->conn;
 
     /*
      * Nothing came back since this command went out: the connection is
@@ -728,7 +762,7 @@ ngx_http_mdm_op_timeout(ngx_event_t *ev)
      * report DOWN. The op itself is freed by its (NULL) reply callback.
      */
 
-    stuck = (ngx_msec_int_t) (ngx_http_mdm_last_reply - op->sent) < 0;
+    stuck = (ngx_msec_int_t) (rc->last_reply - op->sent) < 0;
 
     if (!op->done) {
         op->done = 1;
@@ -736,6 +770,6 @@ ngx_http_mdm_op_timeout(ngx_event_t *ev)
     }
 
     if (stuck) {
-        ngx_http_mdm_redis_drop("did not answer in time");
+        ngx_http_mdm_redis_drop(rc, "did not answer in time");
     }
 }

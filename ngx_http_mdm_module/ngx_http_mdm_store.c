@@ -59,11 +59,11 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     mdm_message_t             *m;
     ngx_http_cleanup_t        *cln;
     ngx_http_mdm_loc_conf_t   *mlcf;
-    ngx_http_mdm_main_conf_t  *mmcf;
+    ngx_http_mdm_srv_conf_t   *mscf;
 
     m = &ctx->msg;
     mlcf = ngx_http_get_module_loc_conf(r, ngx_http_mdm_module);
-    mmcf = ngx_http_get_module_main_conf(r, ngx_http_mdm_module);
+    mscf = ngx_http_get_module_srv_conf(r, ngx_http_mdm_module);
 
     len[3] = MDM_KEY_ENR_FIXED + m->device_id_len + m->enrollment_id_len;
     enr = ngx_pnalloc(r->pool, len[3] + MDM_KEY_CERT_FIXED + 64
@@ -95,12 +95,12 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
      * (less a margin for the trip back), so a timed-out request changes
      * nothing.
      */
-    margin = ngx_min(mmcf->timeout / 4, 500);
+    margin = ngx_min(mscf->timeout / 4, 500);
     tp = ngx_timeofday();
     dl = p;
     p = ngx_sprintf(dl, "%uM",
                     (uint64_t) tp->sec * 1000 + tp->msec
-                    + mmcf->timeout - margin);
+                    + mscf->timeout - margin);
     len[13] = p - dl;
 
     argv[0] = "FCALL";
@@ -182,7 +182,7 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    rc = ngx_http_mdm_redis_call(argc, argv, len, mmcf->timeout,
+    rc = ngx_http_mdm_redis_call(mscf->redis, argc, argv, len, mscf->timeout,
                                  r->connection->log, ngx_http_mdm_store_done,
                                  r, &ctx->op);
     if (rc != NGX_OK) {
