@@ -719,6 +719,16 @@ local function pl_markup(s, i)
     end
 end
 
+-- Character data in pieces: the first alone, a table only once there are two.
+local function pl_append(t, parts, piece)
+    if not t then
+        return piece, parts
+    end
+    parts = parts or { t }
+    parts[#parts + 1] = piece
+    return t, parts
+end
+
 --[[
 The next element markup at or after pos; comments and PIs are skipped.
 text: nil = only white space may come first, 'keep' = character data and
@@ -738,13 +748,8 @@ local function pl_next(st, pos, text)
         end
         if lt > pos then
             if text == 'keep' then
-                local piece = pl_text(string.sub(s, pos, lt - 1))
-                if t then
-                    parts = parts or { t }
-                    parts[#parts + 1] = piece
-                else
-                    t = piece
-                end
+                t, parts = pl_append(t, parts,
+                                     pl_text(string.sub(s, pos, lt - 1)))
             elseif not text and string.find(s, PL_NOT_WS, pos) ~= lt then
                 error('text outside a string at byte ' .. pos, 0)
             end
@@ -764,12 +769,7 @@ local function pl_next(st, pos, text)
                 error('CDATA outside a string at byte ' .. lt, 0)
             end
             if text == 'keep' then
-                if t then
-                    parts = parts or { t }
-                    parts[#parts + 1] = name
-                else
-                    t = name
-                end
+                t, parts = pl_append(t, parts, name)
             end
         elseif kind ~= 'skip' then
             if parts then
