@@ -158,7 +158,6 @@ const char *ngx_http_mdm_secret_open(ngx_http_request_t *r, const char *field,
 /* redis */
 ngx_int_t ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle);
 void ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle);
-ngx_int_t ngx_http_mdm_redis_ready(ngx_http_mdm_redis_conn_t *rc);
 ngx_int_t ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
     const char **argv, const size_t *argvlen, ngx_msec_t timeout,
     ngx_log_t *log, ngx_http_mdm_redis_handler_pt handler, void *data,

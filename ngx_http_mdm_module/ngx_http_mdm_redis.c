@@ -186,13 +186,6 @@ ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle)
 }
 
 
-ngx_int_t
-ngx_http_mdm_redis_ready(ngx_http_mdm_redis_conn_t *rc)
-{
-    return rc->state == NGX_HTTP_MDM_READY;
-}
-
-
 static void
 ngx_http_mdm_redis_connect(ngx_http_mdm_redis_conn_t *rc)
 {
