@@ -56,6 +56,7 @@ typedef struct {
     ngx_msec_t                  last_reply;
     ngx_event_t                 reconnect_ev;
     ngx_event_t                 check_ev;
+    ngx_queue_t                 waiting;     /* calls made during setup */
     ngx_connection_t            dummy;       /* the timers' data */
 } ngx_http_mdm_redis_conn_t;
 

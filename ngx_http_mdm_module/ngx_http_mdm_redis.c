@@ -10,8 +10,10 @@
  * connection) unless the caller cancels it first.
  *
  * Setup: AUTH, SELECT and the library version check, pipelined; any failure
- * drops the connection. While connected the version is checked again every
- * NGX_HTTP_MDM_RECHECK ms, each check with its own deadline.
+ * drops the connection. Calls made meanwhile (a new worker after a reload)
+ * wait for it within their own timeout and go out once the library is
+ * known to be the right one. While connected the version is checked again
+ * every NGX_HTTP_MDM_RECHECK ms, each check with its own deadline.
  *
  * hiredis 0.14 has no timeouts: each call arms an nginx timer; a late reply
  * only frees the op. The fd is registered level-triggered so hiredis' 16 KB
@@ -38,7 +40,11 @@ struct ngx_http_mdm_redis_op_s {
     ngx_http_mdm_redis_handler_pt   handler;
     void                           *data;
     ngx_msec_t                      sent;
+    ngx_queue_t                     queue;    /* in conn->waiting */
+    char                           *cmd;      /* formatted, while waiting */
+    int                             cmdlen;
     unsigned                        done:1;   /* reported or cancelled */
+    unsigned                        waiting:1;
 };
 
 
@@ -68,6 +74,8 @@ static void ngx_http_mdm_redis_cleanup(void *data);
 static void ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep,
     void *data);
 static void ngx_http_mdm_op_timeout(ngx_event_t *ev);
+static void ngx_http_mdm_redis_flush(ngx_http_mdm_redis_conn_t *rc,
+    ngx_uint_t send);
 
 
 static ngx_uint_t                 ngx_http_mdm_exiting;
@@ -141,6 +149,7 @@ ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
         rc->check_ev.cancelable = 1;
 
         rc->backoff = NGX_HTTP_MDM_BACKOFF_MIN;
+        ngx_queue_init(&rc->waiting);
 
         ngx_http_mdm_redis_connect(rc);
     }
@@ -176,6 +185,8 @@ ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle)
         if (rc->check_ev.timer_set) {
             ngx_del_timer(&rc->check_ev);
         }
+
+        ngx_http_mdm_redis_flush(rc, 0);
 
         ac = rc->ac;
         if (ac) {
@@ -332,6 +343,7 @@ ngx_http_mdm_redis_reset(ngx_http_mdm_redis_conn_t *rc)
     }
 
     ngx_http_mdm_redis_schedule(rc);
+    ngx_http_mdm_redis_flush(rc, 0);
 }
 
 
@@ -465,10 +477,12 @@ ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
         rc->state = NGX_HTTP_MDM_READY;
         rc->backoff = NGX_HTTP_MDM_BACKOFF_MIN;
         rc->complained = 0;
+        ngx_http_mdm_redis_flush(rc, 1);
         return;
     }
 
     rc->state = NGX_HTTP_MDM_MISMATCH;
+    ngx_http_mdm_redis_flush(rc, 0);
 
     /* one line per episode, not one per re-check */
 
@@ -633,11 +647,17 @@ ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
     ngx_log_t *log, ngx_http_mdm_redis_handler_pt handler, void *data,
     ngx_http_mdm_redis_op_t **opp)
 {
+    ngx_uint_t                wait;
     ngx_http_mdm_redis_op_t  *op;
 
-    if (rc->state != NGX_HTTP_MDM_READY || rc->ac == NULL) {
+    if (rc->ac == NULL
+        || (rc->state != NGX_HTTP_MDM_READY
+            && rc->state != NGX_HTTP_MDM_SETUP))
+    {
         return NGX_DECLINED;
     }
+
+    wait = (rc->state == NGX_HTTP_MDM_SETUP);
 
     /* the op outlives its caller when the caller cancels */
     op = ngx_calloc(sizeof(ngx_http_mdm_redis_op_t), log);
@@ -645,9 +665,19 @@ ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
         return NGX_ERROR;
     }
 
-    if (redisAsyncCommandArgv(rc->ac, ngx_http_mdm_op_reply, op,
-                              argc, argv, argvlen)
-        != REDIS_OK)
+    if (wait) {
+        op->cmdlen = redisFormatCommandArgv(&op->cmd, argc, argv, argvlen);
+        if (op->cmdlen < 0) {
+            ngx_free(op);
+            return NGX_ERROR;
+        }
+
+        op->waiting = 1;
+        ngx_queue_insert_tail(&rc->waiting, &op->queue);
+
+    } else if (redisAsyncCommandArgv(rc->ac, ngx_http_mdm_op_reply, op,
+                                     argc, argv, argvlen)
+               != REDIS_OK)
     {
         ngx_free(op);
         return NGX_DECLINED;
@@ -667,6 +697,52 @@ ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
     *opp = op;
 
     return NGX_OK;
+}
+
+
+/*
+ * The end of a setup: the calls that waited for it go out (send), or
+ * report DOWN to callers still there. Either way they leave the queue.
+ */
+
+static void
+ngx_http_mdm_redis_flush(ngx_http_mdm_redis_conn_t *rc, ngx_uint_t send)
+{
+    ngx_queue_t              *q;
+    ngx_http_mdm_redis_op_t  *op;
+
+    while (!ngx_queue_empty(&rc->waiting)) {
+        q = ngx_queue_head(&rc->waiting);
+        ngx_queue_remove(q);
+        op = ngx_queue_data(q, ngx_http_mdm_redis_op_t, queue);
+        op->waiting = 0;
+
+        if (send && !op->done && rc->ac
+            && redisAsyncFormattedCommand(rc->ac, ngx_http_mdm_op_reply, op,
+                                          op->cmd, op->cmdlen)
+               == REDIS_OK)
+        {
+            /* its deadline stays the one the caller armed */
+            redisFreeCommand(op->cmd);
+            op->cmd = NULL;
+            op->sent = ngx_current_msec;
+            continue;
+        }
+
+        redisFreeCommand(op->cmd);
+        op->cmd = NULL;
+
+        if (op->timer.timer_set) {
+            ngx_del_timer(&op->timer);
+        }
+
+        if (!op->done && !ngx_http_mdm_exiting) {
+            op->done = 1;
+            op->handler(NGX_HTTP_MDM_REDIS_DOWN, NULL, op->data);
+        }
+
+        ngx_free(op);
+    }
 }
 
 
@@ -754,6 +830,19 @@ ngx_http_mdm_op_timeout(ngx_event_t *ev)
      * stuck (Redis paused or a dead peer). Start over; pending calls
      * report DOWN. The op itself is freed by its (NULL) reply callback.
      */
+
+    if (op->waiting) {
+        /* never sent: nothing will come back for it */
+        ngx_queue_remove(&op->queue);
+        redisFreeCommand(op->cmd);
+
+        if (!op->done) {
+            op->handler(NGX_HTTP_MDM_REDIS_TIMEOUT, NULL, op->data);
+        }
+
+        ngx_free(op);
+        return;
+    }
 
     stuck = (ngx_msec_int_t) (rc->last_reply - op->sent) < 0;
 

@@ -8,6 +8,7 @@ use lib 't/lib';
 use Test::More;
 use Time::HiRes qw(time sleep);
 use POSIX qw(:sys_wait_h);
+use IO::Select;
 use MdmTest;
 
 my $t = MdmTest->new;
@@ -113,6 +114,25 @@ delete $t->{nginx_pid};
 
 # --- reload and quit during a burst of check-ins ---------------------------
 $t->start_nginx(undef, workers => 2);
+
+# --- a reload while Redis is slow: the new worker's calls wait for setup ---
+# Redis stopped: the new worker's handshake gets no answer, so a check-in
+# that reaches it waits (answering nothing meanwhile) instead of a 503.
+kill 'STOP', $t->{redis_pid};
+$t->mark_log;
+$t->signal_nginx('HUP');
+ok $t->wait_for_log(qr/gracefully shutting down/, 5),
+    'old workers stopped accepting';
+$sock = $t->connect(cert => 'dev1');
+print $sock "PUT /mdm/checkin HTTP/1.1\r\nHost: localhost\r\n"
+    . "Content-Type: application/x-apple-aspen-mdm-checkin\r\n"
+    . "Content-Length: " . length($tu) . "\r\nConnection: close\r\n\r\n$tu";
+ok !IO::Select->new($sock)->can_read(0.3),
+    'no answer while the new worker sets up its Redis connection';
+kill 'CONT', $t->{redis_pid};
+$r = $t->read_response($sock);
+is $r->{status}, 200, 'the waiting check-in is served once Redis answers';
+close $sock;
 my $n = 6;
 $t->enroll("BURST$_", "b$_") for 1 .. $n;
 
