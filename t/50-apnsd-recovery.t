@@ -106,7 +106,8 @@ reset_log();
 $t->stop_mock;
 $t->start_mock(delay => 20);
 my $b2 = $t->start_apnsd(cert => [$c->{pem}], name => 'b2');
-sleep 0.5;
+ok $t->wait_for(sub { $t->redis->sismember('mdm:push:senders', 'b2') }, 10),
+    'the second instance registered';
 @ids = map { sprintf 'PAIR%04d', $_ } 1 .. 2000;
 $t->enroll_many($T, @ids);
 $t->produce_many(@ids);
