@@ -73,9 +73,9 @@ like $t->apnsd_log, qr/\[crit\] topic \Q$X->{topic}\E STOPPED: .*CertificateExpi
 
 # ---- a certificate appears in the directory -------------------------------------------------
 $t->produce_many(@dd);
-sleep 0.5;
+ok $t->wait_for(sub { ($t->enr('D1')->{push_error} // '') =~ /^NoCertificate/ }, 10),
+    'D push failed: NoCertificate';
 ok !(grep { $_->{token} eq $t->token_of('D1') } $t->requests), 'no certificate for D yet';
-like $t->enr('D1')->{push_error}, qr/^NoCertificate/, 'D push failed: NoCertificate';
 rename $D->{pem}, "$d/certs/d.pem";
 ok $t->wait_for(sub { $t->apnsd_log =~ /topic \Q$D->{topic}\E: certificate \Q$d\E\/certs\/d\.pem loaded/ }, 5),
     'new file in --cert-dir loaded';
