@@ -49,6 +49,9 @@ static const char  *sim_usage =
 "                          next run: the server binds them to the UDIDs)\n"
 "      --cert F --key F    load identities; %d in F is the device index\n"
 "      --signature         identify with Mdm-Signature, no TLS client cert\n"
+"      --sign-load         sign each body like --signature but send it\n"
+"                          over TLS without the header: the same load on\n"
+"                          the simulator, a baseline for signed runs\n"
 "      --rsa               mint RSA-2048 identities (what SCEP issues)\n"
 "                          instead of EC P-256\n"
 "      --no-unlock-token   TokenUpdate without UnlockToken\n"
@@ -71,8 +74,8 @@ enum {
     OPT_REQUESTS = 256, OPT_SESSIONS, OPT_RATE, OPT_THINK, OPT_TIMEOUT,
     OPT_CONNECT, OPT_SNI, OPT_CHECKIN, OPT_CMDPATH, OPT_STATIC,
     OPT_STATIC_METHOD, OPT_TOPIC, OPT_PREFIX, OPT_CA_CERT, OPT_CA_KEY,
-    OPT_CERTS, OPT_CERT, OPT_KEY, OPT_SIGNATURE, OPT_RSA, OPT_NO_UNLOCK,
-    OPT_MIXED,
+    OPT_CERTS, OPT_CERT, OPT_KEY, OPT_SIGNATURE, OPT_SIGN_LOAD, OPT_RSA,
+    OPT_NO_UNLOCK, OPT_MIXED,
     OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU,
     OPT_MAX_OPENING
 };
@@ -101,6 +104,7 @@ static const struct option  sim_options[] = {
     { "cert", required_argument, NULL, OPT_CERT },
     { "key", required_argument, NULL, OPT_KEY },
     { "signature", no_argument, NULL, OPT_SIGNATURE },
+    { "sign-load", no_argument, NULL, OPT_SIGN_LOAD },
     { "rsa", no_argument, NULL, OPT_RSA },
     { "no-unlock-token", no_argument, NULL, OPT_NO_UNLOCK },
     { "mixed-checkin", required_argument, NULL, OPT_MIXED },
@@ -190,6 +194,7 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
         case OPT_CERT: cf->cert_file = optarg; break;
         case OPT_KEY: cf->key_file = optarg; break;
         case OPT_SIGNATURE: cf->signature = 1; break;
+        case OPT_SIGN_LOAD: cf->sign_load = 1; break;
         case OPT_RSA: cf->rsa = 1; break;
         case OPT_NO_UNLOCK: cf->unlock_token = 0; break;
         case OPT_MIXED: cf->mixed_checkin = atof(optarg); break;

@@ -62,6 +62,7 @@ typedef struct {
     double            mixed_checkin; /* share of mixed sessions with a
                                         TokenUpdate first */
     int               signature;     /* Mdm-Signature instead of TLS cert */
+    int               sign_load;     /* sign, but send over TLS unsigned */
     int               rsa;           /* mint RSA-2048, not P-256 */
     int               unlock_token;
     int               json;

@@ -252,7 +252,7 @@ sim_conn_send(sim_t *sim, sim_conn_t *c, sim_kind_e kind)
     len = strcmp(method, "GET") == 0 ? 0 : body->len;
 
     sim_buf_reset(sig);
-    if (sim->conf.signature && len) {
+    if ((sim->conf.signature || sim->conf.sign_load) && len) {
         sim_pki_sign(c->dev, body->data, len, sig);
     }
 
@@ -264,7 +264,7 @@ sim_conn_send(sim_t *sim, sim_conn_t *c, sim_kind_e kind)
         sim_buf_printf(&c->out, "Content-Type: %s\r\n"
                        "Content-Length: %zu\r\n", ct, len);
     }
-    if (sig->len) {
+    if (sig->len && sim->conf.signature) {
         sim_buf_printf(&c->out, "Mdm-Signature: %s\r\n", sig->data);
     }
     sim_buf_add(&c->out, "\r\n", 2);
