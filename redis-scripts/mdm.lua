@@ -403,7 +403,13 @@ local function checkin(keys, args)
         local bound = redis.call('HGET', enr, 'cert')
         if bound and bound ~= sha and not owner
            and scep_renewal_move(d, sha, bound, ms) then
-            bound = sha
+            -- a renewed identity re-sends Authenticate: the enrollment goes
+            -- on (queues, tokens and user channels stay)
+            redis.call('HSET', enr, 'authenticate_ms', int(ms))
+            cert_expiry(d, not_after, ms)
+            seen(d, e, ms, true)
+            event({ 'type', mt, 'id', e, 'ms', int(ms), 'renewal', '1' })
+            return OK
         end
         if bound and bound ~= sha then
             if not policy('allow_rebind') then
@@ -1519,7 +1525,12 @@ local function scep_issue(keys, args)
         end
         device, renew = owner, '1'
     end
+    -- a RenewalReq proves itself by its signature; a challenge in it (a
+    -- client reusing its first CSR) is not looked at
     local ck
+    if mt == '17' then
+        ch = ''
+    end
     if ch ~= '' and static ~= '1' then
         ck = k_scep_ch(redis.sha1hex(ch))
         local v = redis.call('GET', ck)

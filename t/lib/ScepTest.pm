@@ -93,7 +93,7 @@ sub scepclient {
         $fp =~ s/.*=//s;
         $fp =~ s/[:\s]//g;
         $r->{sha256} = lc $fp;
-        $r->{name} = $name;
+        $r->{name} = $o{cn} // $name;
     }
     return $r;
 }
