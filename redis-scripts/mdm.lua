@@ -1500,7 +1500,8 @@ certificate. Returns { 1, "", device } or { 0, reason, "" }.
 local function scep_issue(keys, args)
     local mt, ch, static, nonce = args[1], args[2], args[3], args[4]
     local txid, sha, serial, subject = args[5], args[6], args[7], args[8]
-    local na, signer = tonumber(args[9]), args[10]
+    local na = string.match(args[9] or '', '^%d+$') and tonumber(args[9])
+    local signer = args[10]
     local ms = now_ms()
     if #args ~= 11 or not na then
         return redis.error_reply('usage: mdm_scep_issue (module only)')
@@ -1555,8 +1556,8 @@ local function scep_issue(keys, args)
     redis.call('HSET', rk, 'serial', serial, 'subject', subject,
                'device', device, 'not_after_ms', int(na * 1000),
                'issued_ms', int(ms), 'renew', renew, 'transaction', txid)
-    redis.call('PEXPIREAT', rk, keep)
-    redis.call('SET', k_scep_serial(serial), sha, 'PXAT', keep)
+    redis.call('PEXPIREAT', rk, int(keep))
+    redis.call('SET', k_scep_serial(serial), sha, 'PXAT', int(keep))
     redis.call('ZADD', K_SCEP_ISSUED, na * 1000, sha)
     redis.call('ZREMRANGEBYSCORE', K_SCEP_ISSUED, '-inf', ms - SCEP_KEEP_MS)
     event({ 'type', 'CertificateIssued', 'id', device, 'ms', int(ms),
