@@ -679,11 +679,11 @@ ngx_http_mdm_scep_pki(ngx_http_request_t *r, u_char *der, size_t len)
     argv[12] = signer;
     argv[13] = (char *) dl;
 
+    /* the nonce hex is not NUL-terminated: the numbers follow it */
     for (i = 0; i < 11; i++) {
-        alen[i] = ngx_strlen(argv[i]);
+        alen[i] = (i == 6) ? 32 : ngx_strlen(argv[i]);
     }
 
-    alen[6] = 32;
     alen[11] = dl - na;
     alen[12] = 64;
     alen[13] = p - dl;
