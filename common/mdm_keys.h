@@ -50,6 +50,20 @@
 #define MDM_KEY_PUSH_ALIVE_FIXED     15
 #define MDM_KEY_PUSH_SENDERS         "mdm:push:senders"
 #define MDM_KEY_PUSH_STATS           "mdm:push:stats"
+#define MDM_KEY_SCEP_CH              "mdm:scep:ch:%s"
+#define MDM_KEY_SCEP_CH_NGX          "mdm:scep:ch:%*s"
+#define MDM_KEY_SCEP_CH_FIXED        12
+#define MDM_KEY_SCEP_NONCE           "mdm:scep:nonce:%s"
+#define MDM_KEY_SCEP_NONCE_NGX       "mdm:scep:nonce:%*s"
+#define MDM_KEY_SCEP_NONCE_FIXED     15
+#define MDM_KEY_SCEP_CERT            "mdm:scep:cert:%s"
+#define MDM_KEY_SCEP_CERT_NGX        "mdm:scep:cert:%*s"
+#define MDM_KEY_SCEP_CERT_FIXED      14
+#define MDM_KEY_SCEP_SERIAL          "mdm:scep:serial:%s"
+#define MDM_KEY_SCEP_SERIAL_NGX      "mdm:scep:serial:%*s"
+#define MDM_KEY_SCEP_SERIAL_FIXED    16
+#define MDM_KEY_SCEP_ISSUED          "mdm:scep:issued"
+#define MDM_KEY_SCEP_REVOKED         "mdm:scep:revoked"
 
 
 #endif /* _MDM_KEYS_H_INCLUDED_ */

@@ -2215,3 +2215,34 @@ mdm_events_main(int argc, char **argv)
     redisFree(c);
     return rc;
 }
+
+
+/* ---- for the other admin files (scep.c) ---------------------------------- */
+
+int
+mdm_admin_option(int ch)
+{
+    return mdm_admin_opt(ch);
+}
+
+
+int
+mdm_admin_json(void)
+{
+    return mdm_admin.json;
+}
+
+
+redisContext *
+mdm_admin_connect(void)
+{
+    return mdm_connect(120);
+}
+
+
+redisReply *
+mdm_admin_fcall(redisContext *c, int ro, const char *fn, int n,
+    const char **args, const size_t *lens)
+{
+    return mdm_fcall(c, ro, fn, n, args, lens);
+}

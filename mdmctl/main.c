@@ -40,6 +40,11 @@ static const mdm_cmd_t  mdm_commands[] = {
     { "secret", mdm_secret_main,
       "key files for the tokens sealed in Redis: keygen, check" },
     { "events", mdm_events_main, "follow the event stream" },
+    /* SCEP (issue 11) */
+    { "scep", mdm_scep_main,
+      "SCEP server: challenge, issued, revoke" },
+    { "renew", mdm_renew_main,
+      "queue a fresh enrollment profile: a new identity by SCEP" },
     { NULL, NULL, NULL }
 };
 

@@ -176,4 +176,17 @@ int mdm_unbind_main(int argc, char **argv);
 int mdm_conf_main(int argc, char **argv);
 int mdm_events_main(int argc, char **argv);
 
+/* admin.c, for scep.c: the shared Redis options, connection and FCALL */
+struct redisContext;
+struct redisReply;
+int mdm_admin_option(int ch);
+int mdm_admin_json(void);
+struct redisContext *mdm_admin_connect(void);
+struct redisReply *mdm_admin_fcall(struct redisContext *c, int ro,
+    const char *fn, int n, const char **args, const size_t *lens);
+
+/* scep.c: SCEP challenges, issued certificates, identity renewal */
+int mdm_scep_main(int argc, char **argv);
+int mdm_renew_main(int argc, char **argv);
+
 #endif /* MDMCTL_H */

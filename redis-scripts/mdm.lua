@@ -9,7 +9,7 @@ Bump VERSION whenever a function's arguments or replies change; the module
 refuses to serve (503) against another version.
 ]]
 
-local VERSION = '2'
+local VERSION = '3'
 
 local RESULT_TTL = 604800          -- seconds; mdm:conf result_ttl overrides
 local EVENTS_MAXLEN = 100000       -- mdm:conf events_maxlen overrides
@@ -68,6 +68,12 @@ local function k_push_proc(n) return 'mdm:push:proc:' .. n end
 local function k_push_alive(n) return 'mdm:push:alive:' .. n end
 local K_PUSH_SENDERS = 'mdm:push:senders'
 local K_PUSH_STATS = 'mdm:push:stats'
+local function k_scep_ch(c) return 'mdm:scep:ch:' .. c end
+local function k_scep_nonce(o) return 'mdm:scep:nonce:' .. o end
+local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end
+local function k_scep_serial(s) return 'mdm:scep:serial:' .. s end
+local K_SCEP_ISSUED = 'mdm:scep:issued'
+local K_SCEP_REVOKED = 'mdm:scep:revoked'
 -- END keys
 
 local function device_of(e) return string.match(e, '^[^:]+') end
@@ -280,6 +286,8 @@ local function seen(d, e, ms, checkin)
     end
 end
 
+local scep_renewal_move, scep_revoked     -- SCEP block, below
+
 --[[
 The certificate check every request but Authenticate passes: the device
 channel must be bound to this certificate. User channels ride on their
@@ -297,6 +305,9 @@ local function check_binding(d, sha, certkey, ms)
     local owner = redis.call('GET', certkey)
     if owner and owner ~= d then
         return 'certificate is bound to another device (' .. owner .. ')'
+    end
+    if bound and not owner and scep_renewal_move(d, sha, bound, ms) then
+        return nil, nil
     end
     if not bound then
         if policy('migration') and not owner
@@ -371,6 +382,9 @@ local function checkin(keys, args)
     if late(args[8], ms) then
         return LATE
     end
+    if scep_revoked(sha) then
+        return refuse(403, 'certificate is revoked (mdmctl scep revoke)')
+    end
     local ttl = conf('result_ttl', RESULT_TTL)
     local f = {}
     for i = 9, #args - 1, 2 do
@@ -387,6 +401,16 @@ local function checkin(keys, args)
                                .. owner .. ')')
         end
         local bound = redis.call('HGET', enr, 'cert')
+        if bound and bound ~= sha and not owner
+           and scep_renewal_move(d, sha, bound, ms) then
+            -- a renewed identity re-sends Authenticate: the enrollment goes
+            -- on (queues, tokens and user channels stay)
+            redis.call('HSET', enr, 'authenticate_ms', int(ms))
+            cert_expiry(d, not_after, ms)
+            seen(d, e, ms, true)
+            event({ 'type', mt, 'id', e, 'ms', int(ms), 'renewal', '1' })
+            return OK
+        end
         if bound and bound ~= sha then
             if not policy('allow_rebind') then
                 event({ 'type', 'RebindRefused', 'id', d, 'ms', int(ms),
@@ -512,6 +536,9 @@ local function report(keys, args)
     local ms = now_ms()
     if late(args[8], ms) then
         return LATE
+    end
+    if scep_revoked(sha) then
+        return refuse(403, 'certificate is revoked (mdmctl scep revoke)')
     end
     local ttl = conf('result_ttl', RESULT_TTL)
 
@@ -1377,6 +1404,211 @@ local function conf_set(keys, args)
     return setting_row(name, v)
 end
 
+-- SCEP ----------------------------------------------------------------------
+-- issue 11: challenges, the record of issued certificates, revocation, and
+-- the renewal that moves a device's binding (README, "SCEP").
+
+local SCEP_NONCE_TTL = 604800      -- seconds a senderNonce is remembered
+local SCEP_KEEP_MS = 2592000000    -- records kept 30 days past notAfter
+local SCEP_LIST_MAX = 1000
+local SCEP_FAR_MS = 315360000000   -- revoked with no known notAfter: 10 y
+
+-- true when the certificate (SHA-256 hex) is revoked: one ZSCORE
+scep_revoked = function(sha)
+    return redis.call('ZSCORE', K_SCEP_REVOKED, sha) ~= false
+end
+
+local function scep_revoke_sha(sha, ms, why)
+    local na = tonumber(redis.call('HGET', k_scep_cert(sha), 'not_after_ms'))
+    redis.call('ZADD', K_SCEP_REVOKED, na or (ms + SCEP_FAR_MS), sha)
+    redis.call('ZREMRANGEBYSCORE', K_SCEP_REVOKED, '-inf', ms)
+    if na then
+        redis.call('HSET', k_scep_cert(sha), 'revoked_ms', int(ms))
+    end
+    event({ 'type', 'CertificateRevoked', 'ms', int(ms), 'cert', sha,
+            'why', why })
+end
+
+--[[
+The first request device d makes with certificate sha while bound to
+another one: the binding moves when our SCEP issued sha for d as a renewal
+(a RenewalReq signed with the bound certificate, or d's renewal challenge).
+The old certificate is revoked; until then it kept working.
+]]
+scep_renewal_move = function(d, sha, bound, ms)
+    local h = redis.call('HMGET', k_scep_cert(sha), 'device', 'renew')
+    if h[1] ~= d or h[2] ~= '1' then
+        return false
+    end
+    local dk = k_enr(d, d)
+    redis.call('HSET', dk, 'cert', sha)
+    redis.call('HDEL', dk, 'cert_expiring', 'cert_not_after_ms')
+    redis.call('SET', k_cert(sha), d)
+    redis.call('DEL', k_cert(bound))
+    redis.call('HSET', k_scep_cert(sha), 'renew', '0', 'renewed_from', bound)
+    event({ 'type', 'CertificateRenewed', 'id', d, 'ms', int(ms),
+            'cert', sha, 'old', bound })
+    scep_revoke_sha(bound, ms, 'renewed')
+    return true
+end
+
+--[[
+FCALL mdm_scep_mint 0 <ttl s> <device id or ""> <challenge>... : stores
+single-use challenges (by their SHA-1: Redis holds no usable secret) for
+ttl seconds; with a device id they are that device's renewal challenges
+(admin only). Returns how many.
+]]
+local function scep_mint(keys, args)
+    local ttl, d = tonumber(args[1]), args[2]
+    if not ttl or ttl < 10 or ttl > 2592000 or not d or #args < 3 then
+        return redis.error_reply('usage: mdm_scep_mint 0 <ttl 10-2592000> '
+                                 .. '<device id or ""> <challenge>...')
+    end
+    if d ~= '' then
+        local no = not_admin('mdm_scep_mint for a device')
+        if no then
+            return no
+        end
+        if redis.call('EXISTS', k_enr(d, d)) == 0 then
+            return redis.error_reply('unknown enrollment id ' .. d)
+        end
+    end
+    for i = 3, #args do
+        local c = args[i]
+        if #c < 8 or #c > 128 or string.find(c, '[^!-~]') then
+            return redis.error_reply('a challenge is 8-128 printable '
+                                     .. 'ASCII characters')
+        end
+    end
+    for i = 3, #args do
+        redis.call('SET', k_scep_ch(redis.sha1hex(args[i])),
+                   d == '' and '-' or d, 'EX', ttl)
+    end
+    return #args - 2
+end
+
+--[[
+FCALL mdm_scep_issue 0 <messageType> <challenge> <static 1|0> <nonce hex>
+      <transactionID> <sha256> <serial> <subject> <notAfter s>
+      <signer sha256> <deadline ms>
+Called by the module once the certificate is signed, before it is sent:
+refuses a replayed senderNonce, a RenewalReq whose signer is not the
+certificate bound to a device (or is revoked), and a challenge that is
+unknown, used or expired; else consumes the challenge and records the
+certificate. Returns { 1, "", device } or { 0, reason, "" }.
+]]
+local function scep_issue(keys, args)
+    local mt, ch, static, nonce = args[1], args[2], args[3], args[4]
+    local txid, sha, serial, subject = args[5], args[6], args[7], args[8]
+    local na = string.match(args[9] or '', '^%d+$') and tonumber(args[9])
+    local signer = args[10]
+    local ms = now_ms()
+    if #args ~= 11 or not na then
+        return redis.error_reply('usage: mdm_scep_issue (module only)')
+    end
+    if late(args[11], ms) then
+        return { 0, 'deadline passed before Redis ran the call', '' }
+    end
+    local nk = k_scep_nonce(nonce)
+    if redis.call('EXISTS', nk) == 1 then
+        return { 0, 'replayed transaction (senderNonce seen before)', '' }
+    end
+    local device, renew = '', '0'
+    if mt == '17' then
+        if scep_revoked(signer) then
+            return { 0, 'RenewalReq signed by a revoked certificate', '' }
+        end
+        local owner = redis.call('GET', k_cert(signer))
+        if not owner or redis.call('HGET', k_enr(owner, owner), 'cert')
+                        ~= signer then
+            return { 0, 'RenewalReq not signed by a device\'s bound '
+                        .. 'certificate', '' }
+        end
+        device, renew = owner, '1'
+    end
+    -- a RenewalReq proves itself by its signature; a challenge in it (a
+    -- client reusing its first CSR) is not looked at
+    local ck
+    if mt == '17' then
+        ch = ''
+    end
+    if ch ~= '' and static ~= '1' then
+        ck = k_scep_ch(redis.sha1hex(ch))
+        local v = redis.call('GET', ck)
+        if not v then
+            return { 0, 'unknown, used or expired challenge', '' }
+        end
+        if v ~= '-' then
+            if device ~= '' and device ~= v then
+                return { 0, 'renewal challenge of another device', '' }
+            end
+            device, renew = v, '1'
+        end
+    elseif ch == '' and mt ~= '17' then
+        return { 0, 'PKCSReq without a challengePassword', '' }
+    end
+    if ck then
+        redis.call('DEL', ck)
+    end
+    redis.call('SET', nk, txid, 'EX', SCEP_NONCE_TTL)
+    local keep = na * 1000 + SCEP_KEEP_MS
+    local rk = k_scep_cert(sha)
+    redis.call('HSET', rk, 'serial', serial, 'subject', subject,
+               'device', device, 'not_after_ms', int(na * 1000),
+               'issued_ms', int(ms), 'renew', renew, 'transaction', txid)
+    redis.call('PEXPIREAT', rk, int(keep))
+    redis.call('SET', k_scep_serial(serial), sha, 'PXAT', int(keep))
+    redis.call('ZADD', K_SCEP_ISSUED, na * 1000, sha)
+    redis.call('ZREMRANGEBYSCORE', K_SCEP_ISSUED, '-inf', ms - SCEP_KEEP_MS)
+    event({ 'type', 'CertificateIssued', 'id', device, 'ms', int(ms),
+            'cert', sha, 'serial', serial, 'renewal', renew })
+    return { 1, '', device }
+end
+
+--[[
+FCALL_RO mdm_scep_issued 0 [offset] [count] : { sha256, serial, subject,
+device, not_after_ms, issued_ms, revoked 1|0 }..., latest notAfter first;
+count at most 1000.
+]]
+local function scep_issued(keys, args)
+    local off = tonumber(args[1] or '0') or -1
+    local n = tonumber(args[2] or '100') or -1
+    if off < 0 or n < 1 or n > SCEP_LIST_MAX then
+        return redis.error_reply('usage: mdm_scep_issued 0 [offset] '
+                                 .. '[count 1-' .. SCEP_LIST_MAX .. ']')
+    end
+    local out = {}
+    local shas = redis.call('ZRANGE', K_SCEP_ISSUED, '+inf', '-inf',
+                            'BYSCORE', 'REV', 'LIMIT', off, n)
+    for _, sha in ipairs(shas) do
+        local h = redis.call('HMGET', k_scep_cert(sha), 'serial', 'subject',
+                             'device', 'not_after_ms', 'issued_ms')
+        out[#out + 1] = { sha, h[1] or '', h[2] or '', h[3] or '',
+                          h[4] or '', h[5] or '',
+                          scep_revoked(sha) and 1 or 0 }
+    end
+    return out
+end
+
+-- FCALL mdm_scep_revoke 0 <serial hex|sha256 hex> : the SHA-256 revoked.
+local function scep_revoke(keys, args)
+    local a = args[1] and string.lower(args[1])
+    if not a or #args ~= 1 or not string.match(a, '^[0-9a-f]+$') then
+        return redis.error_reply('usage: mdm_scep_revoke 0 <serial|sha256>')
+    end
+    local sha
+    if #a == 64 then
+        sha = a
+    else
+        sha = redis.call('GET', k_scep_serial(a))
+        if not sha then
+            return redis.error_reply('no certificate issued with serial ' .. a)
+        end
+    end
+    scep_revoke_sha(sha, now_ms(), 'admin')
+    return sha
+end
+
 redis.register_function{ function_name = 'mdm_version',
     callback = function() return VERSION end, flags = { 'no-writes' } }
 redis.register_function('mdm_checkin', checkin)
@@ -1400,3 +1632,10 @@ redis.register_function('mdm_conf_set',
     admin_only('mdm_conf_set', conf_set))
 redis.register_function{ function_name = 'mdm_conf_get', callback = conf_get,
     flags = { 'no-writes' } }
+-- SCEP
+redis.register_function('mdm_scep_mint', scep_mint)
+redis.register_function('mdm_scep_issue', scep_issue)
+redis.register_function{ function_name = 'mdm_scep_issued',
+    callback = scep_issued, flags = { 'no-writes' } }
+redis.register_function('mdm_scep_revoke',
+    admin_only('mdm_scep_revoke', scep_revoke))

@@ -128,7 +128,7 @@ sub ok_reply {
 }
 
 # (Redis.pm reads FCALL_RO as FCALL RO: redis-cli for the read-only calls)
-is cli('nginx', 'FCALL_RO', 'mdm_version', 0), "2\n", 'nginx: FCALL_RO mdm_version';
+is cli('nginx', 'FCALL_RO', 'mdm_version', 0), "3\n", 'nginx: FCALL_RO mdm_version';
 ok_reply checkin('Authenticate', 'D1', 'A', kv => [SerialNumber => 'S1']), 200,
     'nginx: Authenticate';
 ok_reply checkin('TokenUpdate', 'D1', 'A', kv => [Token => 'tok1', PushMagic => 'pm']),
@@ -307,6 +307,22 @@ is $t->put('/mdm/checkin', $t->authenticate('E2E'), cert => 'stranger')->{status
 is $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'CheckOut', UDID => 'E2E'),
            cert => 'e2e')->{status}, 200, 'e2e: CheckOut';
 unlike $t->log_since_mark, qr/NOPERM|mdm: 500/, 'no NOPERM, no 500';
+
+# --- SCEP (issue 11): what nginx's credential may do ------------------------------------
+is call($nginx, 'FCALL', 'mdm_scep_mint', 0, 60, '', 'aclchallenge1'), 1,
+    'nginx: mdm_scep_mint (mdm_enroll)';
+like call($nginx, 'FCALL', 'mdm_scep_mint', 0, 60, 'E2E', 'aclchallenge2'),
+    qr/NOPERM/, 'nginx: a device renewal challenge is admin only';
+my $iss = call($nginx, 'FCALL', 'mdm_scep_issue', 0, '19', 'aclchallenge1', '0',
+               'ab' x 16, 'tx1', 'cd' x 32, 'abc1', '/CN=x', int(time) + 3600,
+               'ef' x 32, 0);
+is ref $iss ? $iss->[0] : $iss, 1, 'nginx: mdm_scep_issue';
+like cli('nginx', 'FCALL_RO', 'mdm_scep_issued', 0), qr/^${\('cd' x 32)}$/m,
+    'nginx: mdm_scep_issued';
+like call($nginx, 'FCALL', 'mdm_scep_revoke', 0, 'abc1'), qr/NOPERM/,
+    'nginx: mdm_scep_revoke is admin only';
+is call($admin, 'FCALL', 'mdm_scep_revoke', 0, 'abc1'), 'cd' x 32,
+    'mdm-admin: mdm_scep_revoke';
 
 $t->finish;
 done_testing;
