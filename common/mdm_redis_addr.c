@@ -275,7 +275,8 @@ mdm_redis_addr_spec(mdm_redis_addr_t *a, const char *spec, char *err,
 
         rc = mdm_redis_addr_option(a, t, p - t, err, errlen);
         if (rc == 1) {
-            return mdm_redis_addr_error(err, errlen, MDM_REDIS_ADDR_OPTIONS,
+            return mdm_redis_addr_error(err, errlen,
+                                        "is not " MDM_REDIS_ADDR_OPTIONS,
                                         t, p - t);
         }
 

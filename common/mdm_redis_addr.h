@@ -33,7 +33,7 @@
 #define MDM_REDIS_DB_MAX         9999
 #define MDM_REDIS_SENTINELS_MAX  8
 #define MDM_REDIS_REPLICAS_MAX   9999
-#define MDM_REDIS_ADDR_OPTIONS   "is not username=, password=, db=, master=, " \
+#define MDM_REDIS_ADDR_OPTIONS   "username=, password=, db=, master=, " \
                                  "sentinel_password=, replicas= or " \
                                  "wait_timeout="
 #define MDM_REDIS_WAIT_DEFAULT   1000    /* ms, when replicas= alone */
