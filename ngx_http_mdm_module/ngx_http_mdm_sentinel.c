@@ -32,6 +32,8 @@ static void ngx_http_mdm_sentinel_sub_handler(ngx_event_t *ev);
 static void ngx_http_mdm_sentinel_connected(const redisAsyncContext *ac,
     int status);
 static ngx_int_t ngx_http_mdm_sentinel_is(redisReply *r, const char *s);
+static ngx_int_t ngx_http_mdm_sentinel_names(redisReply *m, const char *ip,
+    int port);
 
 
 void
@@ -371,7 +373,46 @@ ngx_http_mdm_sentinel_sub_reply(redisAsyncContext *ac, void *rep,
         return;
     }
 
+    /* already on the new primary (a lost connection got there first) */
+    if (rc->primary_known
+        && ngx_http_mdm_sentinel_names(m, rc->primary, rc->primary_port))
+    {
+        return;
+    }
+
     ngx_http_mdm_redis_switched(rc);
+}
+
+
+/* Whether "NAME old-ip old-port new-ip new-port" ends in ip and port. */
+
+static ngx_int_t
+ngx_http_mdm_sentinel_names(redisReply *m, const char *ip, int port)
+{
+    u_char  *p, *end, *sp;
+    char     tail[64];
+    size_t   n;
+
+    end = (u_char *) m->str + m->len;
+    p = end;
+    sp = NULL;
+
+    /* back over "new-port", then "new-ip" */
+    for (n = 0; p > (u_char *) m->str; p--) {
+        if (p[-1] == ' ' && ++n == 2) {
+            sp = p;
+            break;
+        }
+    }
+
+    if (sp == NULL) {
+        return 0;
+    }
+
+    n = ngx_snprintf((u_char *) tail, sizeof(tail), "%s %d", ip, port)
+        - (u_char *) tail;
+
+    return (size_t) (end - sp) == n && ngx_strncmp(sp, tail, n) == 0;
 }
 
 
