@@ -6,7 +6,13 @@
  * a failed setup step...) and every lost connection backs the sender off
  * (exponential, capped, jittered) until a write goes through again. A
  * second connection blocks in Redis (BLMOVE q q LEFT LEFT, which leaves the
- * list unchanged) while the sender is idle. */
+ * list unchanged) while the sender is idle.
+ * sentinel=: the primary is asked of the sentinels before each connect (a
+ * blocking question, bounded by 300ms per sentinel: this process only, and
+ * only while Redis is unreachable anyway), ROLE must say master in the
+ * setup, and READONLY drops the connection so the next one asks again.
+ * replicas=N: a WAIT follows each batch holding writes; a shortfall backs
+ * the sender off like a refusal. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,6 +31,9 @@
 #include <hiredis/hiredis.h>
 
 #include "apnsd.h"
+#include "mdm_redis_sentinel.h"
+
+#define SENTINEL_ASK_MS  300
 
 #define BACKOFF_MIN  100
 #define BACKOFF_MAX  5000
@@ -155,10 +164,23 @@ static redisContext *open_ctx(void)
 {
     const mdm_redis_addr_t *a = &conf.raddr;
     redisContext *c;
+    char host[sizeof conf.raddr.host];
+    int port;
+    if (a->type == MDM_REDIS_ADDR_SENTINEL) {
+        char err[256];
+        if (mdm_redis_sentinel_primary(a, SENTINEL_ASK_MS, host, sizeof host,
+                                       &port, err, sizeof err) != 0) {
+            snprintf(last_err, sizeof last_err, "%s", err);
+            return NULL;
+        }
+    } else if (a->type == MDM_REDIS_ADDR_TCP) {
+        snprintf(host, sizeof host, "%s", a->host);
+        port = a->port;
+    }
     if (a->type == MDM_REDIS_ADDR_UNIX) {
         c = redisConnectUnixNonBlock(a->host);
     } else {
-        int fd = tcp_connect(a->host, a->port);
+        int fd = tcp_connect(host, port);
         if (fd < 0) {
             snprintf(last_err, sizeof last_err, "connect: %s", strerror(errno));
             return NULL;
@@ -177,7 +199,7 @@ static redisContext *open_ctx(void)
     }
     /* hiredis 0.14: without REDIS_BLOCK, EAGAIN means "later" */
     c->flags &= ~REDIS_BLOCK;
-    if (a->type == MDM_REDIS_ADDR_TCP) redisEnableKeepAlive(c);
+    if (a->type != MDM_REDIS_ADDR_UNIX) redisEnableKeepAlive(c);
     return c;
 }
 
@@ -217,16 +239,27 @@ static void fifo_room(size_t more)
     ftail = n;
 }
 
-enum { HS_AUTH = 1, HS_SELECT, HS_VERSION };
+enum { HS_AUTH = 1, HS_SELECT, HS_ROLE, HS_VERSION };
 
 static void hs_cb(redisReply *r, void *ctx)
 {
     int step = (int) (intptr_t) ctx;
     const char *what = step == HS_AUTH ? "AUTH" : step == HS_SELECT ? "SELECT"
+        : step == HS_ROLE ? "ROLE"
         : "FCALL mdm_push_version (is redis-scripts/push.lua loaded?)";
     if (!r) return;                 /* lost: drop() reports it */
     if (r->type == REDIS_REPLY_ERROR) {
         snprintf(last_err, sizeof last_err, "%s: %s", what, r->str);
+        drop(NULL);
+        return;
+    }
+    if (step == HS_ROLE
+        && (r->type != REDIS_REPLY_ARRAY || r->elements == 0
+            || r->element[0]->type != REDIS_REPLY_STRING
+            || strcmp(r->element[0]->str, "master") != 0)) {
+        snprintf(last_err, sizeof last_err, "not the primary (ROLE %s): asking "
+                 "the sentinels again", r->type == REDIS_REPLY_ARRAY
+                 && r->elements && r->element[0]->str ? r->element[0]->str : "?");
         drop(NULL);
         return;
     }
@@ -264,6 +297,10 @@ static void start_connect(int64_t now)
     if (conf.raddr.password[0]) hs_push(HS_AUTH);
     if (conf.raddr.db) hs_push(HS_SELECT);
     append_setup(rc);
+    if (conf.raddr.type == MDM_REDIS_ADDR_SENTINEL) {
+        redisAppendCommand(rc, "ROLE");
+        hs_push(HS_ROLE);
+    }
     redisAppendCommand(rc, "FCALL mdm_push_version 0");
     hs_push(HS_VERSION);
     if (epfd_ >= 0) {
@@ -430,6 +467,8 @@ static int write_out(void)
     return 0;
 }
 
+static void wait_cb(redisReply *r, void *ctx);
+
 /* Hands the queued commands to Redis; replies arrive through store_event. */
 int pipe_send(void)
 {
@@ -439,15 +478,37 @@ int pipe_send(void)
         return -1;
     }
     if (!rc_ready) return 0;        /* sent once the setup is answered */
-    fifo_room((size_t) npq);
+    fifo_room((size_t) npq + 1);
+    int writes = 0;
     for (int i = 0; i < npq; i++) {
         redisAppendFormattedCommand(rc, pq[i].buf, (size_t) pq[i].len);
         free(pq[i].buf);
         pq[i].buf = NULL;
+        writes += pq[i].write;
         fifo[ftail++ % fcap] = pq[i];
     }
     npq = 0;
+    if (writes && conf.raddr.replicas) {
+        /* one WAIT covers every write before it on this connection */
+        redisAppendCommand(rc, "WAIT %d %d", conf.raddr.replicas,
+                           conf.raddr.wait_timeout);
+        fifo[ftail++ % fcap] = (pcmd_t) { wait_cb, NULL, NULL, 0, 0 };
+    }
     return write_out();
+}
+
+/* replicas=N: fewer replicas than N have the batch before it */
+static void wait_cb(redisReply *r, void *ctx)
+{
+    (void) ctx;
+    if (!r || r->type != REDIS_REPLY_INTEGER) return;
+    if (r->integer < conf.raddr.replicas) {
+        char err[128];
+        snprintf(err, sizeof err, "%lld of replicas=%d confirmed the outcomes "
+                 "within %dms", r->integer, conf.raddr.replicas,
+                 conf.raddr.wait_timeout);
+        store_error("WAIT", err);
+    }
 }
 
 /* Readiness of the Redis socket: write what is left, run reply callbacks. */
@@ -482,8 +543,15 @@ void store_event(uint32_t events)
         } else if (cmd.write) {
             oks++;
         }
+        int demoted = rep->type == REDIS_REPLY_ERROR
+                      && conf.raddr.type == MDM_REDIS_ADDR_SENTINEL
+                      && !strncmp(rep->str, "READONLY ", 9);
         if (cmd.cb) cmd.cb(r, cmd.ctx);   /* may disconnect: checked above */
         freeReplyObject(r);
+        if (demoted && rc && gen == rc_gen) {
+            drop("the primary became a replica (READONLY)");
+            return;
+        }
     }
     /* only replies without any refusal end an outage: one record Redis keeps
      * refusing among accepted ones must not hold the backoff at its minimum */

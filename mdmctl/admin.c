@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 #include <jansson.h>
@@ -18,11 +19,13 @@
 #include "mdmctl.h"
 #include "mdm_keys.h"
 #include "mdm_redis_addr.h"
+#include "mdm_redis_sentinel.h"
 #include "mdm_secret.h"
 
 
 #define MDM_CHUNK        10000
 #define MDM_BLOCK_MS     5000
+#define MDM_FAILOVER_MS  15000    /* how long sentinel= waits for a primary */
 
 #define MDM_REDIS_OPTS                                                      \
     { "redis", required_argument, NULL, 'R' },                              \
@@ -35,7 +38,9 @@
 #define MDM_REDIS_HELP                                                      \
     "  --redis SPEC      ADDR [username=U] [password=P] [db=N]; ADDR is\n"  \
     "                    unix:/path, IPv4:port or [IPv6]:port (default:\n" \
-    "                    $MDM_REDIS or unix:/run/redis/redis-server.sock)\n" \
+    "                    $MDM_REDIS or unix:/run/redis/redis-server.sock),\n" \
+    "                    or sentinel=IP:port,... master=NAME; replicas=N\n" \
+    "                    [wait_timeout=MS]: writes confirmed by WAIT\n"     \
     "  --user NAME       Redis ACL user (default: username= of --redis,\n"  \
     "                    else $MDM_REDIS_USER; needs a password)\n"        \
     "  --password SPEC   Redis password: pass:X, env:VAR, file:PATH\n"      \
@@ -54,6 +59,16 @@ typedef struct {
 
 
 static mdm_admin_t  mdm_admin;
+
+/* sentinel= and replicas=: what a reconnect and a write's WAIT need */
+static mdm_redis_addr_t  mdm_addr;
+static int               mdm_timeout;
+static int               mdm_connecting;
+
+static redisContext *mdm_connect(int timeout);
+static redisContext *mdm_connect_primary(mdm_redis_addr_t *a, int timeout);
+static redisContext *mdm_setup(redisContext *c, mdm_redis_addr_t *a,
+    int timeout);
 
 
 /* The options every admin command shares; 1 when ch was one of them. */
@@ -87,15 +102,57 @@ mdm_admin_opt(int ch)
 
 /* ---- Redis --------------------------------------------------------------- */
 
+/*
+ * A primary demoted under us (READONLY): the same context, now connected
+ * to the primary the sentinels name. Nothing ran, so the command is sent
+ * again; a lost connection is not retried (the write may have happened).
+ */
+static int
+mdm_reconnect(redisContext *c)
+{
+    redisContext  *n, tmp;
+
+    n = mdm_connect(mdm_timeout);
+    if (n == NULL) {
+        return -1;
+    }
+
+    tmp = *c;
+    *c = *n;
+    *n = tmp;
+    redisFree(n);
+
+    return 0;
+}
+
+
 static redisReply *
 mdm_cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
 {
+    int          tries;
     redisReply  *r;
 
-    r = redisCommandArgv(c, argc, argv, lens);
-    if (r == NULL) {
-        mdm_err("redis: %s", c->errstr[0] ? c->errstr : "connection lost");
-        return NULL;
+    for (tries = 0; ; tries++) {
+        r = redisCommandArgv(c, argc, argv, lens);
+        if (r == NULL) {
+            mdm_err("redis: %s",
+                    c->errstr[0] ? c->errstr : "connection lost");
+            return NULL;
+        }
+
+        if (r->type != REDIS_REPLY_ERROR
+            || strncmp(r->str, "READONLY ", 9) != 0
+            || mdm_addr.type != MDM_REDIS_ADDR_SENTINEL
+            || mdm_connecting || tries == 3)
+        {
+            break;
+        }
+
+        freeReplyObject(r);
+
+        if (mdm_reconnect(c) != 0) {
+            return NULL;
+        }
     }
 
     if (r->type == REDIS_REPLY_ERROR) {
@@ -111,15 +168,11 @@ mdm_cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
 static redisContext *
 mdm_connect(int timeout)
 {
-    int                n;
-    char              *pass, err[256];
-    const char        *user;
-    const char        *spec, *argv[3];
+    char               err[256];
+    const char        *spec;
     struct timeval     tv;
     redisContext      *c;
-    redisReply        *r;
     mdm_redis_addr_t   a;
-    char               db[24];
 
     spec = mdm_admin.redis ? mdm_admin.redis : getenv("MDM_REDIS");
     if (spec == NULL || spec[0] == '\0') {
@@ -130,6 +183,13 @@ mdm_connect(int timeout)
     if (mdm_redis_addr_spec(&a, spec, err, sizeof(err)) != 0) {
         mdm_err("--redis: %s", err);
         return NULL;
+    }
+
+    mdm_addr = a;
+    mdm_timeout = timeout;
+
+    if (a.type == MDM_REDIS_ADDR_SENTINEL) {
+        return mdm_connect_primary(&a, timeout);
     }
 
     tv.tv_sec = 5;
@@ -148,6 +208,81 @@ mdm_connect(int timeout)
         return NULL;
     }
 
+    return mdm_setup(c, &a, timeout);
+}
+
+
+/*
+ * sentinel=: the primary they name, if its ROLE agrees; during a failover
+ * they may not agree yet, so this asks again for up to MDM_FAILOVER_MS.
+ */
+static redisContext *
+mdm_connect_primary(mdm_redis_addr_t *a, int timeout)
+{
+    int             ok, waited;
+    char            err[256];
+    struct timeval  tv;
+    redisContext   *c;
+
+    tv.tv_sec = 5;
+    tv.tv_usec = 0;
+
+    for (waited = 0; ; waited += 250) {
+        c = NULL;
+        ok = 0;
+
+        if (mdm_redis_sentinel_primary(a, 1000, a->host, sizeof(a->host),
+                                       &a->port, err, sizeof(err))
+            == 0)
+        {
+            c = redisConnectWithTimeout(a->host, a->port, tv);
+            if (c == NULL || c->err) {
+                snprintf(err, sizeof(err), "primary %s:%d: %s", a->host,
+                         a->port, c ? c->errstr : "out of memory");
+                redisFree(c);
+                c = NULL;
+
+            } else {
+                mdm_connecting = 1;
+                c = mdm_setup(c, a, timeout);
+                mdm_connecting = 0;
+
+                if (c) {
+                    ok = mdm_redis_role_is_master(c, err, sizeof(err));
+                }
+            }
+        }
+
+        if (ok == 1) {
+            return c;
+        }
+
+        redisFree(c);
+
+        if (waited >= MDM_FAILOVER_MS) {
+            mdm_err("redis: %s", err);
+            return NULL;
+        }
+
+        usleep(250 * 1000);
+    }
+}
+
+
+/* AUTH and SELECT on a new connection; c is freed on failure. */
+static redisContext *
+mdm_setup(redisContext *c, mdm_redis_addr_t *a, int timeout)
+{
+    int                n;
+    char              *pass;
+    const char        *user;
+    const char        *argv[3];
+    struct timeval     tv;
+    redisReply        *r;
+    char               db[24];
+
+    tv.tv_usec = 0;
+
     tv.tv_sec = timeout;
     redisSetTimeout(c, tv);
 
@@ -162,12 +297,12 @@ mdm_connect(int timeout)
             return NULL;
         }
 
-    } else if (a.password[0]) {
-        pass = strdup(a.password);
+    } else if (a->password[0]) {
+        pass = strdup(a->password);
     }
 
     user = mdm_admin.user ? mdm_admin.user
-           : a.username[0] ? a.username : getenv("MDM_REDIS_USER");
+           : a->username[0] ? a->username : getenv("MDM_REDIS_USER");
     if (user && user[0] == '\0') {
         user = NULL;
     }
@@ -196,7 +331,7 @@ mdm_connect(int timeout)
     }
 
     if (mdm_admin.db == 0) {
-        mdm_admin.db = a.db;
+        mdm_admin.db = a->db;
     }
 
     if (mdm_admin.db) {
@@ -221,6 +356,7 @@ mdm_fcall(redisContext *c, int ro, const char *fn, int n, const char **args,
     const size_t *lens)
 {
     int           i;
+    char          err[256];
     size_t       *l;
     redisReply   *r;
     const char  **argv;
@@ -249,6 +385,17 @@ mdm_fcall(redisContext *c, int ro, const char *fn, int n, const char **args,
 
     free(argv);
     free(l);
+
+    /* replicas=N: an admin write is done once N replicas have it too */
+    if (r && !ro && mdm_redis_wait_replicas(c, &mdm_addr, err, sizeof(err))
+                    != 0)
+    {
+        mdm_err("redis: %s; it may be lost if the primary fails now",
+                err);
+        freeReplyObject(r);
+        return NULL;
+    }
+
     return r;
 }
 

@@ -58,6 +58,18 @@ typedef struct {
     ngx_event_t                 check_ev;
     ngx_queue_t                 waiting;     /* calls made during setup */
     ngx_connection_t            dummy;       /* the timers' data */
+
+    /* sentinel=: the primary as last told (ngx_http_mdm_sentinel.c) */
+    char                        primary[46];
+    int                         primary_port;
+    ngx_uint_t                  primary_known;
+    ngx_uint_t                  next_sentinel;
+    ngx_uint_t                  tried;       /* sentinels asked this round */
+    ngx_uint_t                  sub_next;
+    redisAsyncContext          *sac;         /* asking for the primary */
+    redisAsyncContext          *sub;         /* +switch-master */
+    ngx_event_t                 ask_ev;      /* the ask's deadline */
+    ngx_event_t                 sub_ev;      /* resubscribe */
 } ngx_http_mdm_redis_conn_t;
 
 
@@ -164,6 +176,15 @@ ngx_int_t ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
     ngx_log_t *log, ngx_http_mdm_redis_handler_pt handler, void *data,
     ngx_http_mdm_redis_op_t **op);
 void ngx_http_mdm_redis_cancel(ngx_http_mdm_redis_op_t *op);
+ngx_int_t ngx_http_mdm_redis_attach(redisAsyncContext *ac, ngx_log_t *log);
+void ngx_http_mdm_redis_found(ngx_http_mdm_redis_conn_t *rc);
+void ngx_http_mdm_redis_unfound(ngx_http_mdm_redis_conn_t *rc);
+void ngx_http_mdm_redis_switched(ngx_http_mdm_redis_conn_t *rc);
+
+/* sentinel */
+void ngx_http_mdm_sentinel_init(ngx_http_mdm_redis_conn_t *rc);
+void ngx_http_mdm_sentinel_ask(ngx_http_mdm_redis_conn_t *rc);
+void ngx_http_mdm_sentinel_stop(ngx_http_mdm_redis_conn_t *rc);
 
 
 #endif /* _NGX_HTTP_MDM_H_INCLUDED_ */

@@ -405,6 +405,8 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 /*
  * mdm_redis unix:/path | IPv4:port | [IPv6]:port [timeout=3s]
  *           [username=..] [password=..] [db=N]
+ * mdm_redis sentinel=IP:port,... master=NAME [sentinel_password=..] ...
+ *           [replicas=N [wait_timeout=MS]]
  *
  * The grammar of common/mdm_redis_addr.c, shared with mdm-apnsd and mdmctl.
  */
@@ -464,7 +466,7 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (rc == 1) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "mdm_redis: \"%V\" is not timeout=, "
-                               "username=, password= or db=", &value[i]);
+                               MDM_REDIS_ADDR_OPTIONS, &value[i]);
 
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "mdm_redis: %s", err);
@@ -479,6 +481,19 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (mdm_redis_addr_check(&addr, err, sizeof(err)) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "mdm_redis: %s", err);
+        return NGX_CONF_ERROR;
+    }
+
+    /* WAIT answers before the call's own deadline, never after it */
+    if (addr.replicas && (ngx_msec_t) addr.wait_timeout >= timeout) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "mdm_redis: wait_timeout=%d must be shorter "
+                           "than timeout=%M", addr.wait_timeout, timeout);
+        return NGX_CONF_ERROR;
+    }
+
     mscf->timeout = timeout;
 
     /* servers naming the same Redis (and user, db) share its connection */
@@ -489,13 +504,8 @@ ngx_http_mdm_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     for (i = 0; i < mmcf->conns.nelts; i++) {
         conn = conns[i];
 
-        if (conn->addr.type == addr.type
-            && conn->addr.port == addr.port
-            && conn->addr.db == addr.db
-            && ngx_strcmp(conn->addr.host, addr.host) == 0
-            && ngx_strcmp(conn->addr.username, addr.username) == 0
-            && ngx_strcmp(conn->addr.password, addr.password) == 0)
-        {
+        /* both zeroed before parsing: padding and tails compare equal */
+        if (ngx_memcmp(&conn->addr, &addr, sizeof(mdm_redis_addr_t)) == 0) {
             conn->timeout = ngx_max(conn->timeout, timeout);
             mscf->redis = conn;
             return NGX_CONF_OK;

@@ -18,6 +18,12 @@
  * hiredis 0.14 has no timeouts: each call arms an nginx timer; a late reply
  * only frees the op. The fd is registered level-triggered so hiredis' 16 KB
  * reads simply re-fire.
+ *
+ * sentinel=: the primary is asked for first (DISCOVER, calls wait as in
+ * SETUP), ROLE must say "master" at setup and at each re-check, and a
+ * READONLY answer drops the connection. replicas=N: each FCALL is followed
+ * by WAIT on the same connection; its reply is held until WAIT says enough
+ * replicas have it, else the caller hears REFUSED (503, the device retries).
  */
 
 
@@ -28,9 +34,11 @@
 #define NGX_HTTP_MDM_SETUP            1
 #define NGX_HTTP_MDM_MISMATCH         2
 #define NGX_HTTP_MDM_READY            3
+#define NGX_HTTP_MDM_DISCOVER         4   /* asking the sentinels */
 
 #define NGX_HTTP_MDM_BACKOFF_MIN      100
 #define NGX_HTTP_MDM_BACKOFF_MAX      5000
+#define NGX_HTTP_MDM_BACKOFF_SENTINEL 1000  /* a failover takes seconds */
 #define NGX_HTTP_MDM_RECHECK          5000
 
 
@@ -43,8 +51,12 @@ struct ngx_http_mdm_redis_op_s {
     ngx_queue_t                     queue;    /* in conn->waiting */
     char                           *cmd;      /* formatted, while waiting */
     int                             cmdlen;
+    redisReply                     *held;     /* the FCALL's, until WAIT's */
     unsigned                        done:1;   /* reported or cancelled */
     unsigned                        waiting:1;
+    unsigned                        wait:1;   /* a WAIT follows it */
+    unsigned                        answered:1;   /* the FCALL's came */
+    unsigned                        unconfirmed:1;    /* no WAIT went out */
 };
 
 
@@ -76,6 +88,15 @@ static void ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep,
 static void ngx_http_mdm_op_timeout(ngx_event_t *ev);
 static void ngx_http_mdm_redis_flush(ngx_http_mdm_redis_conn_t *rc,
     ngx_uint_t send);
+static void ngx_http_mdm_redis_role_reply(redisAsyncContext *ac, void *rep,
+    void *data);
+static ngx_int_t ngx_http_mdm_redis_send_wait(ngx_http_mdm_redis_conn_t *rc,
+    ngx_http_mdm_redis_op_t *op);
+static void ngx_http_mdm_op_wait_reply(redisAsyncContext *ac, void *rep,
+    void *data);
+static void ngx_http_mdm_op_report(ngx_http_mdm_redis_op_t *op,
+    redisReply *reply);
+static redisReply *ngx_http_mdm_reply_copy(redisReply *r);
 
 
 static ngx_uint_t                 ngx_http_mdm_exiting;
@@ -151,6 +172,10 @@ ngx_http_mdm_redis_init_process(ngx_cycle_t *cycle)
         rc->backoff = NGX_HTTP_MDM_BACKOFF_MIN;
         ngx_queue_init(&rc->waiting);
 
+        if (rc->addr.type == MDM_REDIS_ADDR_SENTINEL) {
+            ngx_http_mdm_sentinel_init(rc);
+        }
+
         ngx_http_mdm_redis_connect(rc);
     }
 
@@ -188,6 +213,10 @@ ngx_http_mdm_redis_exit_process(ngx_cycle_t *cycle)
 
         ngx_http_mdm_redis_flush(rc, 0);
 
+        if (rc->addr.type == MDM_REDIS_ADDR_SENTINEL) {
+            ngx_http_mdm_sentinel_stop(rc);
+        }
+
         ac = rc->ac;
         if (ac) {
             rc->ac = NULL;
@@ -203,14 +232,24 @@ ngx_http_mdm_redis_connect(ngx_http_mdm_redis_conn_t *rc)
     int                 n;
     const char         *argv[3];
     size_t              len[3];
-    ngx_connection_t   *c;
     redisAsyncContext  *ac;
     mdm_redis_addr_t   *a;
 
     a = &rc->addr;
 
+    if (a->type == MDM_REDIS_ADDR_SENTINEL && !rc->primary_known) {
+        /* calls wait for the answer as they do for a setup */
+        rc->state = NGX_HTTP_MDM_DISCOVER;
+        ngx_http_mdm_sentinel_ask(rc);
+        return;
+    }
+
     if (a->type == MDM_REDIS_ADDR_UNIX) {
         ac = redisAsyncConnectUnix(a->host);
+
+    } else if (a->type == MDM_REDIS_ADDR_SENTINEL) {
+        /* an IP literal, checked in the sentinel's answer */
+        ac = redisAsyncConnect(rc->primary, rc->primary_port);
 
     } else {
         /* an IP literal (checked at configuration): no DNS, no blocking */
@@ -229,26 +268,11 @@ ngx_http_mdm_redis_connect(ngx_http_mdm_redis_conn_t *rc)
         return;
     }
 
-    c = ngx_get_connection(ac->c.fd, ngx_http_mdm_log);
-    if (c == NULL) {
+    if (ngx_http_mdm_redis_attach(ac, ngx_http_mdm_log) != NGX_OK) {
         redisAsyncFree(ac);
         ngx_http_mdm_redis_schedule(rc);
         return;
     }
-
-    c->data = ac;
-    c->log = ngx_http_mdm_log;
-    c->read->log = ngx_http_mdm_log;
-    c->write->log = ngx_http_mdm_log;
-    c->read->handler = ngx_http_mdm_redis_read_handler;
-    c->write->handler = ngx_http_mdm_redis_write_handler;
-
-    ac->ev.data = c;
-    ac->ev.addRead = ngx_http_mdm_redis_add_read;
-    ac->ev.delRead = ngx_http_mdm_redis_del_read;
-    ac->ev.addWrite = ngx_http_mdm_redis_add_write;
-    ac->ev.delWrite = ngx_http_mdm_redis_del_write;
-    ac->ev.cleanup = ngx_http_mdm_redis_cleanup;
 
     ac->data = rc;
     rc->ac = ac;
@@ -286,11 +310,98 @@ ngx_http_mdm_redis_connect(ngx_http_mdm_redis_conn_t *rc)
 }
 
 
-/* Asks for the library version, with a deadline for the answer. */
+/* Puts a hiredis context on nginx's event loop (ac->data is the caller's). */
+
+ngx_int_t
+ngx_http_mdm_redis_attach(redisAsyncContext *ac, ngx_log_t *log)
+{
+    ngx_connection_t  *c;
+
+    c = ngx_get_connection(ac->c.fd, log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = ac;
+    c->log = log;
+    c->read->log = log;
+    c->write->log = log;
+    c->read->handler = ngx_http_mdm_redis_read_handler;
+    c->write->handler = ngx_http_mdm_redis_write_handler;
+
+    ac->ev.data = c;
+    ac->ev.addRead = ngx_http_mdm_redis_add_read;
+    ac->ev.delRead = ngx_http_mdm_redis_del_read;
+    ac->ev.addWrite = ngx_http_mdm_redis_add_write;
+    ac->ev.delWrite = ngx_http_mdm_redis_del_write;
+    ac->ev.cleanup = ngx_http_mdm_redis_cleanup;
+
+    return NGX_OK;
+}
+
+
+/* The sentinels named the primary: connect to it now. */
+
+void
+ngx_http_mdm_redis_found(ngx_http_mdm_redis_conn_t *rc)
+{
+    if (ngx_http_mdm_exiting || rc->ac) {
+        return;
+    }
+
+    rc->primary_known = 1;
+    ngx_http_mdm_redis_connect(rc);
+}
+
+
+/* No sentinel answered: calls waiting hear DOWN, try again later. */
+
+void
+ngx_http_mdm_redis_unfound(ngx_http_mdm_redis_conn_t *rc)
+{
+    ngx_http_mdm_redis_schedule(rc);
+    ngx_http_mdm_redis_flush(rc, 0);
+}
+
+
+/* +switch-master: leave the old primary now and ask again at once. */
+
+void
+ngx_http_mdm_redis_switched(ngx_http_mdm_redis_conn_t *rc)
+{
+    ngx_http_mdm_redis_drop(rc, "has a new primary (sentinel "
+                            "+switch-master)");
+
+    if (ngx_http_mdm_exiting || rc->sac) {
+        return;
+    }
+
+    if (rc->reconnect_ev.timer_set) {
+        ngx_del_timer(&rc->reconnect_ev);
+    }
+
+    rc->backoff = NGX_HTTP_MDM_BACKOFF_MIN;
+    rc->primary_known = 0;
+    ngx_http_mdm_redis_connect(rc);
+}
+
+
+/*
+ * Asks for the library version, with a deadline for the answer; through
+ * sentinels, ROLE first: a demoted primary is left at once.
+ */
 
 static void
 ngx_http_mdm_redis_check_version(ngx_http_mdm_redis_conn_t *rc)
 {
+    if (rc->addr.type == MDM_REDIS_ADDR_SENTINEL
+        && redisAsyncCommand(rc->ac, ngx_http_mdm_redis_role_reply, NULL,
+                             "ROLE")
+           != REDIS_OK)
+    {
+        return;
+    }
+
     if (redisAsyncCommand(rc->ac, ngx_http_mdm_redis_version_reply,
                           NULL, "FCALL_RO mdm_version 0")
         != REDIS_OK)
@@ -313,7 +424,7 @@ ngx_http_mdm_redis_check_version(ngx_http_mdm_redis_conn_t *rc)
 static void
 ngx_http_mdm_redis_schedule(ngx_http_mdm_redis_conn_t *rc)
 {
-    ngx_msec_t  delay;
+    ngx_msec_t  delay, max;
 
     rc->state = NGX_HTTP_MDM_DISCONNECTED;
 
@@ -324,7 +435,10 @@ ngx_http_mdm_redis_schedule(ngx_http_mdm_redis_conn_t *rc)
     delay = rc->backoff;
     delay += (ngx_msec_t) (ngx_random() % (delay / 2 + 1)) - delay / 4;
 
-    rc->backoff = ngx_min(rc->backoff * 2, NGX_HTTP_MDM_BACKOFF_MAX);
+    max = (rc->addr.type == MDM_REDIS_ADDR_SENTINEL)
+          ? NGX_HTTP_MDM_BACKOFF_SENTINEL : NGX_HTTP_MDM_BACKOFF_MAX;
+
+    rc->backoff = ngx_min(rc->backoff * 2, max);
 
     ngx_add_timer(&rc->reconnect_ev, delay);
 }
@@ -337,6 +451,7 @@ ngx_http_mdm_redis_reset(ngx_http_mdm_redis_conn_t *rc)
 {
     rc->ac = NULL;
     rc->checking = 0;
+    rc->primary_known = 0;     /* ask the sentinels again */
 
     if (rc->check_ev.timer_set) {
         ngx_del_timer(&rc->check_ev);
@@ -444,6 +559,40 @@ ngx_http_mdm_redis_setup_reply(redisAsyncContext *ac, void *rep, void *data)
 }
 
 
+/* Through sentinels, a primary that is not "master" (any more) is left. */
+
+static void
+ngx_http_mdm_redis_role_reply(redisAsyncContext *ac, void *rep, void *data)
+{
+    ngx_http_mdm_redis_conn_t  *rc = ac->data;
+
+    redisReply  *reply = rep, *role;
+
+    if (reply == NULL || ac != rc->ac) {
+        return;
+    }
+
+    role = (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0)
+           ? reply->element[0] : NULL;
+
+    if (role && role->type == REDIS_REPLY_STRING && role->len == 6
+        && ngx_strncmp(role->str, "master", 6) == 0)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_http_mdm_log, 0,
+                  "mdm: redis \"%V\": %s:%d is not the primary (ROLE "
+                  "\"%*s\"), asking the sentinels again",
+                  &rc->name, rc->primary, rc->primary_port,
+                  (size_t) (role && role->str ? role->len : 0),
+                  role && role->str ? role->str : "");
+
+    /* the version reply behind it is never seen: no READY on a replica */
+    ngx_http_mdm_redis_drop(rc, NULL);
+}
+
+
 static void
 ngx_http_mdm_redis_version_reply(redisAsyncContext *ac, void *rep,
     void *data)
@@ -518,7 +667,7 @@ ngx_http_mdm_redis_reconnect_handler(ngx_event_t *ev)
     ngx_connection_t           *dummy = ev->data;
     ngx_http_mdm_redis_conn_t  *rc = dummy->data;
 
-    if (ngx_http_mdm_exiting || rc->ac) {
+    if (ngx_http_mdm_exiting || rc->ac || rc->sac) {
         return;
     }
 
@@ -558,6 +707,11 @@ ngx_http_mdm_redis_read_handler(ngx_event_t *ev)
 
     if (c->close) {
         /* worker_shutdown_timeout */
+        if (ac != rc->ac) {
+            ngx_http_mdm_sentinel_stop(rc);
+            return;
+        }
+
         ngx_http_mdm_redis_drop(rc, "closed on shutdown");
         return;
     }
@@ -650,20 +804,23 @@ ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
     ngx_uint_t                wait;
     ngx_http_mdm_redis_op_t  *op;
 
-    if (rc->ac == NULL
-        || (rc->state != NGX_HTTP_MDM_READY
-            && rc->state != NGX_HTTP_MDM_SETUP))
-    {
+    wait = (rc->state == NGX_HTTP_MDM_SETUP
+            || rc->state == NGX_HTTP_MDM_DISCOVER);
+
+    if (!wait && (rc->ac == NULL || rc->state != NGX_HTTP_MDM_READY)) {
         return NGX_DECLINED;
     }
-
-    wait = (rc->state == NGX_HTTP_MDM_SETUP);
 
     /* the op outlives its caller when the caller cancels */
     op = ngx_calloc(sizeof(ngx_http_mdm_redis_op_t), log);
     if (op == NULL) {
         return NGX_ERROR;
     }
+
+    /* replicas=N: writes only; FCALL_RO and the rest need no WAIT */
+    op->wait = rc->addr.replicas > 0 && argvlen[0] == 5
+               && ngx_strncasecmp((u_char *) argv[0], (u_char *) "FCALL", 5)
+                  == 0;
 
     if (wait) {
         op->cmdlen = redisFormatCommandArgv(&op->cmd, argc, argv, argvlen);
@@ -681,6 +838,9 @@ ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
     {
         ngx_free(op);
         return NGX_DECLINED;
+
+    } else {
+        ngx_http_mdm_redis_send_wait(rc, op);
     }
 
     op->conn = rc;
@@ -726,6 +886,7 @@ ngx_http_mdm_redis_flush(ngx_http_mdm_redis_conn_t *rc, ngx_uint_t send)
             redisFreeCommand(op->cmd);
             op->cmd = NULL;
             op->sent = ngx_current_msec;
+            ngx_http_mdm_redis_send_wait(rc, op);
             continue;
         }
 
@@ -778,12 +939,39 @@ ngx_http_mdm_redis_is_transient(redisReply *reply)
 }
 
 
+/*
+ * replicas=N: WAIT right behind the FCALL, on the same connection, so its
+ * count covers that write. A WAIT that cannot go out leaves the op
+ * unconfirmed: it reports REFUSED.
+ */
+
+static ngx_int_t
+ngx_http_mdm_redis_send_wait(ngx_http_mdm_redis_conn_t *rc,
+    ngx_http_mdm_redis_op_t *op)
+{
+    if (!op->wait) {
+        return NGX_OK;
+    }
+
+    if (redisAsyncCommand(rc->ac, ngx_http_mdm_op_wait_reply, op,
+                          "WAIT %d %d", rc->addr.replicas,
+                          rc->addr.wait_timeout)
+        != REDIS_OK)
+    {
+        op->wait = 0;
+        op->unconfirmed = 1;
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep, void *data)
 {
     ngx_http_mdm_redis_op_t  *op = data;
 
-    ngx_int_t                   rv;
     redisReply                 *reply = rep;
     ngx_http_mdm_redis_conn_t  *rc = op->conn;
 
@@ -791,29 +979,148 @@ ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep, void *data)
         rc->last_reply = ngx_current_msec;
     }
 
+    if (op->wait) {
+        /* held until WAIT answers, which frees the op */
+        op->answered = 1;
+        if (reply && !op->done) {
+            op->held = ngx_http_mdm_reply_copy(reply);
+        }
+
+    } else {
+        ngx_http_mdm_op_report(op, reply);
+        ngx_free(op);
+    }
+
+    /* a primary turned replica under us: the sentinels know the new one */
+    if (rc->addr.type == MDM_REDIS_ADDR_SENTINEL
+        && reply && reply->type == REDIS_REPLY_ERROR && reply->len >= 9
+        && ngx_strncmp(reply->str, "READONLY ", 9) == 0 && rc->ac == ac)
+    {
+        ngx_http_mdm_redis_drop(rc, "answered READONLY");
+    }
+}
+
+
+static void
+ngx_http_mdm_op_wait_reply(redisAsyncContext *ac, void *rep, void *data)
+{
+    ngx_http_mdm_redis_op_t  *op = data;
+
+    redisReply   *reply = rep, *held;
+    static char   noreplicas[] = "NOREPLICAS fewer replicas than replicas= "
+                                 "confirmed the write in wait_timeout=";
+    redisReply    refused = { REDIS_REPLY_ERROR, 0, sizeof(noreplicas) - 1,
+                              noreplicas, 0, NULL };
+
+    if (reply) {
+        op->conn->last_reply = ngx_current_msec;
+    }
+
+    held = op->held;
+    op->held = NULL;
+
+    if (held == NULL || held->type == REDIS_REPLY_ERROR) {
+        /* lost, or nothing written: WAIT adds nothing */
+        ngx_http_mdm_op_report(op, held);
+
+    } else if (reply && reply->type == REDIS_REPLY_INTEGER
+               && reply->integer >= op->conn->addr.replicas)
+    {
+        ngx_http_mdm_op_report(op, held);
+
+    } else {
+        ngx_http_mdm_op_report(op, &refused);
+    }
+
+    if (held) {
+        freeReplyObject(held);
+    }
+
+    ngx_free(op);
+}
+
+
+/* The caller hears of its call once, unless it cancelled. */
+
+static void
+ngx_http_mdm_op_report(ngx_http_mdm_redis_op_t *op, redisReply *reply)
+{
+    ngx_int_t  rv;
+
     if (op->timer.timer_set) {
         ngx_del_timer(&op->timer);
     }
 
-    if (!op->done && !ngx_http_mdm_exiting) {
-        op->done = 1;
-
-        if (reply == NULL) {
-            rv = NGX_HTTP_MDM_REDIS_DOWN;
-
-        } else if (reply->type == REDIS_REPLY_ERROR
-                   && ngx_http_mdm_redis_is_transient(reply))
-        {
-            rv = NGX_HTTP_MDM_REDIS_REFUSED;
-
-        } else {
-            rv = NGX_HTTP_MDM_REDIS_REPLY;
-        }
-
-        op->handler(rv, reply, op->data);
+    if (op->done || ngx_http_mdm_exiting) {
+        return;
     }
 
-    ngx_free(op);
+    op->done = 1;
+
+    if (reply == NULL) {
+        rv = NGX_HTTP_MDM_REDIS_DOWN;
+
+    } else if (op->unconfirmed
+               || (reply->type == REDIS_REPLY_ERROR
+                   && ngx_http_mdm_redis_is_transient(reply)))
+    {
+        rv = NGX_HTTP_MDM_REDIS_REFUSED;
+
+    } else {
+        rv = NGX_HTTP_MDM_REDIS_REPLY;
+    }
+
+    op->handler(rv, reply, op->data);
+}
+
+
+/* A reply kept past its callback: hiredis frees the one it passed. */
+
+static redisReply *
+ngx_http_mdm_reply_copy(redisReply *r)
+{
+    size_t       i;
+    redisReply  *c;
+
+    c = calloc(1, sizeof(redisReply));
+    if (c == NULL) {
+        return NULL;
+    }
+
+    c->type = r->type;
+    c->integer = r->integer;
+    c->len = r->len;
+
+    if (r->str) {
+        c->str = malloc(r->len + 1);
+        if (c->str == NULL) {
+            freeReplyObject(c);
+            return NULL;
+        }
+
+        ngx_memcpy(c->str, r->str, r->len);
+        c->str[r->len] = '\0';
+    }
+
+    if (r->type == REDIS_REPLY_ARRAY && r->elements) {
+        c->element = calloc(r->elements, sizeof(redisReply *));
+        if (c->element == NULL) {
+            freeReplyObject(c);
+            return NULL;
+        }
+
+        c->elements = r->elements;
+
+        for (i = 0; i < r->elements; i++) {
+            c->element[i] = ngx_http_mdm_reply_copy(r->element[i]);
+            if (c->element[i] == NULL) {
+                freeReplyObject(c);
+                return NULL;
+            }
+        }
+    }
+
+    return c;
 }
 
 

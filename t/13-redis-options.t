@@ -116,7 +116,7 @@ like $out, qr/mdm_redis: "localhost:\d+" needs an IP address, not a host name/,
     'names refused by nginx -t';
 
 # so are unknown options, db= out of range, username= without password=
-for my $c (["127.0.0.1:$port", 'nosuch=1', qr/"nosuch=1" is not timeout=, username=, password= or db=/],
+for my $c (["127.0.0.1:$port", 'nosuch=1', qr/"nosuch=1" is not timeout=, username=, password=, db=/],
            ["127.0.0.1:$port", 'db=10000', qr/"db=10000" needs a number from 0 to 9999/],
            ["127.0.0.1:$port", 'username=u', qr/username= needs password=/],
            ["::1:$port", '', qr/write it as \[IPv6\]:port/]) {

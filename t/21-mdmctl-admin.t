@@ -480,7 +480,7 @@ my @bad = (
     [['queue', '--redis', 'localhost:6379', 'DEV1'],
      qr/^mdmctl queue: --redis: "localhost:6379" needs an IP address/],
     [['queue', '--redis', '127.0.0.1:6379 timeout=3', 'DEV1'],
-     qr/"timeout=3" is not username=, password= or db=/],
+     qr/"timeout=3" is not username=, password=, db=, master=/],
     [['push', 'DEV1', 'NOSUCH'],
      qr/^mdmctl push: unknown enrollment id NOSUCH$/],
     [['queue'], qr/give one enrollment id/],

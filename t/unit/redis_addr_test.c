@@ -74,6 +74,31 @@ main(void)
             "[::1]:6380", "mdm-nginx", "s3cr=t");
     spec_ok("[fe80::1]:65535\tdb=9999", "[fe80::1]:65535 db=9999", "", "");
 
+    /* Sentinel: the primary is asked for; replicas= confirms writes */
+    spec_ok("sentinel=127.0.0.1:26379,[::1]:26380,10.0.0.2:26381 "
+            "master=mdm", "sentinel=127.0.0.1:26379,[::1]:26380,"
+            "10.0.0.2:26381 master=mdm", "", "");
+    spec_ok("sentinel=127.0.0.1:26379 master=mdm sentinel_password=x=y "
+            "password=p replicas=1", "sentinel=127.0.0.1:26379 master=mdm "
+            "replicas=1", "", "p");
+    spec_ok("127.0.0.1:6379 replicas=2 wait_timeout=250",
+            "127.0.0.1:6379 replicas=2", "", "");
+
+    spec_bad("sentinel=127.0.0.1:26379", "needs master=");
+    spec_bad("sentinel=localhost:26379 master=m", "not a host name");
+    spec_bad("sentinel=127.0.0.1:26379, master=m", "is not unix:/path");
+    spec_bad("sentinel= master=m", "is not unix:/path");
+    spec_bad("sentinel=1.1.1.1:1,1.1.1.1:2,1.1.1.1:3,1.1.1.1:4,1.1.1.1:5,"
+             "1.1.1.1:6,1.1.1.1:7,1.1.1.1:8,1.1.1.1:9 master=m",
+             "more than 8");
+    spec_bad("127.0.0.1:6379 master=m", "needs sentinel=");
+    spec_bad("127.0.0.1:6379 sentinel_password=x", "needs sentinel=");
+    spec_bad("sentinel=127.0.0.1:26379 master=a\x01b", "printable");
+    spec_bad("127.0.0.1:6379 replicas=-1", "0 to 9999");
+    spec_bad("127.0.0.1:6379 replicas=10000", "0 to 9999");
+    spec_bad("127.0.0.1:6379 replicas=1 wait_timeout=0", "1 to 99999");
+    spec_bad("127.0.0.1:6379 wait_timeout=100", "needs replicas=");
+
     spec_bad("redis.example.com:6379", "not a host name");
     spec_bad("localhost:6379", "not a host name");
     spec_bad("::1:6379", "[IPv6]:port");
@@ -125,6 +150,28 @@ main(void)
 
     check(mdm_redis_addr_option(&a, "timeout=3s", 10, err, sizeof(err)) == 1,
           "other options are left to the caller");
+
+    check(mdm_redis_addr_spec(&a, "sentinel=127.0.0.1:26379 master=m "
+                              "sentinel_password=s3 replicas=1", err,
+                              sizeof(err)) == 0
+          && a.type == MDM_REDIS_ADDR_SENTINEL && a.nsentinels == 1
+          && a.sentinels[0].port == 26379
+          && strcmp(a.sentinel_password, "s3") == 0
+          && a.wait_timeout == MDM_REDIS_WAIT_DEFAULT,
+          "sentinel fields, default wait_timeout");
+
+    /* a sentinel password is never echoed either */
+    {
+        char  big[600];
+
+        memset(big, 'p', sizeof(big));
+        memcpy(big, "sentinel_password=", 18);
+        big[sizeof(big) - 1] = '\0';
+        err[0] = '\0';
+        check(mdm_redis_addr_option(&a, big, strlen(big), err, sizeof(err))
+              == -1 && strstr(err, "ppp") == NULL,
+              "an oversized sentinel password is refused without echo");
+    }
 
     /* format truncates safely */
     mdm_redis_addr_spec(&a, "127.0.0.1:6379 db=2", err, sizeof(err));
