@@ -153,6 +153,15 @@ for my $f ($conf =~ m{\Q$d\E/mdm/([^\s;]+)}g) {
     next if $made{$f}++;
     if ($f =~ /secret/) {
         $t->run_cmd("mdmctl secret keygen $d/mdm/$f");
+    } elsif ($f =~ /^scep-ca\./) {
+        # mdm_scep_ca wants an RSA CA (requesters encrypt to it)
+        $made{$_}++ for qw(scep-ca.crt scep-ca.key);
+        $t->run_cmd("openssl req -x509 -new -newkey rsa:2048 -nodes"
+            . " -keyout $d/mdm/scep-ca.key -subj /CN=SCEP-CA -days 30"
+            . " -out $d/mdm/scep-ca.crt");
+    } elsif ($f =~ /\.tpl$/) {
+        # mdm_enroll refuses a template without the challenge tag
+        $t->spew("mdm/$f", "<plist><string>\@MDM_CHALLENGE\@</string></plist>");
     } elsif ($f =~ /\.(crt|key)$/) {
         my $ext = $1;
         my $src = $f =~ /^server/ ? "server.$ext" : 'ca.crt';
