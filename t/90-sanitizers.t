@@ -18,7 +18,7 @@ for my $f (qw(t/10-checkin.t t/11-bad-input.t t/12-faults.t
                 t/20-commands.t t/22-device-facts.t t/23-tenants.t
                 t/30-identity.t
                 t/28-scep-server.t t/28-scep-flow.t
-                t/26-failover-faults.t t/26-failover-burst.t)) {
+                t/26-failover-faults.t)) {
     next unless -e MdmTest::root() . "/$f";
     my $out = qx{cd @{[MdmTest::root()]} && MDM_ASAN=1 prove $f 2>&1};
     ok $? == 0, "$f under ASan+UBSan" or diag $out;
