@@ -98,6 +98,7 @@ typedef struct conf {
     int64_t alive_ttl;
     int64_t recover_interval;
     int64_t stats_interval;
+    int64_t sweep_interval;     /* 0 = never */
     int64_t cert_check;
     int64_t stopped_retry;      /* 0 = never */
     int64_t shutdown_timeout;

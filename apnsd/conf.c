@@ -58,6 +58,7 @@ static opt_t opts[] = {
     { "alive-ttl",         O_MS,   &conf.alive_ttl,         "15s", 300, D, 0 },
     { "recover-interval",  O_MS,   &conf.recover_interval,  "5s", 100, D, 0 },
     { "stats-interval",    O_MS,   &conf.stats_interval,    "60s", 100, D, 0 },
+    { "sweep-interval",    O_MS,   &conf.sweep_interval,    "60s", 0, D, 0 },
     { "cert-check",        O_MS,   &conf.cert_check,        "5s", 100, D, 0 },
     { "stopped-retry",     O_SEC,  &conf.stopped_retry,     "1h", 0, D, 0 },
     { "shutdown-timeout",  O_MS,   &conf.shutdown_timeout,  "20s", 0, D, 0 },
@@ -210,6 +211,11 @@ static const char help_text[] =
 "              How often to look for lists of dead instances. Default: 5s.\n"
 "       --stats-interval MS\n"
 "              Stats line in the log and gauges in mdm:push:stats. Default: 60s.\n"
+"       --sweep-interval MS\n"
+"              How often to run mdm_sweep, which expires queued commands past\n"
+"              their expiry on devices that never poll again and releases\n"
+"              their bodies (bounded calls, repeated while work is due).\n"
+"              0: never (then run mdmctl gc from cron). Default: 60s.\n"
 "       --cert-check MS\n"
 "              How often certificate files are checked for changes. Default: 5s.\n"
 "       --stopped-retry SECONDS\n"

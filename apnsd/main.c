@@ -46,7 +46,8 @@ static int beat_ok;                 /* a heartbeat of ours went through */
 static int first_adopt = 1;
 static int shutting;
 static int64_t shutdown_deadline;
-static int64_t next_beat, next_recover, next_stats, next_cert, next_poll;
+static int64_t next_beat, next_recover, next_stats, next_cert, next_poll, next_sweep;
+static int sweep_inflight;
 static int64_t max_local;
 static int warned_http1;
 
@@ -949,6 +950,22 @@ static void recover_cb(redisReply *r, void *ctx)
     free(name);
 }
 
+/* mdm_sweep: bounded calls, the next one at once while work is due */
+static void sweep_cb(redisReply *r, void *ctx)
+{
+    (void) ctx;
+    sweep_inflight = 0;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+        long long expired = r->element[0]->integer, released = r->element[1]->integer;
+        if (expired || released)
+            log_info("sweep: %lld queued commands expired, %lld commands released",
+                     expired, released);
+        if (r->element[2]->integer) next_sweep = 0;
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        log_err("redis: mdm_sweep: %s", r->str);
+    }
+}
+
 static void senders_cb(redisReply *r, void *ctx)
 {
     (void) ctx;
@@ -1040,6 +1057,11 @@ static void redis_cycle(int64_t now)
         next_beat = now + conf.alive_ttl / 3;
     }
     if (!shutting && !ql_empty(&lookup_q)) pipe_lookups();
+    if (!shutting && conf.sweep_interval && now >= next_sweep && !sweep_inflight) {
+        sweep_inflight = 1;
+        next_sweep = now + conf.sweep_interval;
+        pipe_cmdf(sweep_cb, NULL, "FCALL", "mdm_sweep", "0", (char *) NULL);
+    }
     if (!shutting && now >= next_recover) {
         pipe_cmdf(senders_cb, NULL, "SMEMBERS", MDM_KEY_PUSH_SENDERS, (char *) NULL);
         next_recover = now + conf.recover_interval;
@@ -1329,6 +1351,7 @@ int main(int argc, char **argv)
             if (heap_top(&retry_h)) dl = min_t(dl, heap_top(&retry_h)->due_ms);
             dl = min_t(dl, next_beat);
             dl = min_t(dl, next_recover);
+            if (conf.sweep_interval) dl = min_t(dl, next_sweep);
             dl = min_t(dl, next_stats);
             dl = min_t(dl, next_cert);
             dl = min_t(dl, store_next_event(now));

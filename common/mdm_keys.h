@@ -11,6 +11,9 @@
 #define _MDM_KEYS_H_INCLUDED_
 
 
+#define MDM_KEY_DEVICE               "mdm:{%s}:"
+#define MDM_KEY_DEVICE_NGX           "mdm:{%*s}:"
+#define MDM_KEY_DEVICE_FIXED         7
 #define MDM_KEY_ENR                  "mdm:{%s}:enr:%s"
 #define MDM_KEY_ENR_NGX              "mdm:{%*s}:enr:%*s"
 #define MDM_KEY_ENR_FIXED            11
@@ -23,6 +26,12 @@
 #define MDM_KEY_NN                   "mdm:{%s}:nn:%s"
 #define MDM_KEY_NN_NGX               "mdm:{%*s}:nn:%*s"
 #define MDM_KEY_NN_FIXED             10
+#define MDM_KEY_UNK                  "mdm:{%s}:unk:%s"
+#define MDM_KEY_UNK_NGX              "mdm:{%*s}:unk:%*s"
+#define MDM_KEY_UNK_FIXED            11
+#define MDM_KEY_REFUSED              "mdm:{%s}:refused"
+#define MDM_KEY_REFUSED_NGX          "mdm:{%*s}:refused"
+#define MDM_KEY_REFUSED_FIXED        14
 #define MDM_KEY_RES                  "mdm:{%s}:res:%s:%s"
 #define MDM_KEY_RES_NGX              "mdm:{%*s}:res:%*s:%*s"
 #define MDM_KEY_RES_FIXED            12
@@ -32,11 +41,14 @@
 #define MDM_KEY_CMDT                 "mdm:cmdt:%s"
 #define MDM_KEY_CMDT_NGX             "mdm:cmdt:%*s"
 #define MDM_KEY_CMDT_FIXED           9
+#define MDM_KEY_EXPIRY               "mdm:expiry"
+#define MDM_KEY_SWEEP                "mdm:sweep"
 #define MDM_KEY_CERT                 "mdm:cert:%s"
 #define MDM_KEY_CERT_NGX             "mdm:cert:%*s"
 #define MDM_KEY_CERT_FIXED           9
 #define MDM_KEY_ENROLLMENTS          "mdm:enrollments"
 #define MDM_KEY_EVENTS               "mdm:events"
+#define MDM_KEY_AUDIT                "mdm:audit"
 #define MDM_KEY_CONF                 "mdm:conf"
 #define MDM_KEY_POLICY               "mdm:policy"
 #define MDM_KEY_SEQ                  "mdm:seq"

@@ -23,7 +23,8 @@
 #include "mdm_secret.h"
 
 
-#define MDM_CHUNK        10000
+/* ids per FCALL: a call to 2,000 targets runs well under 50 ms */
+#define MDM_CHUNK        2000
 #define MDM_BLOCK_MS     5000
 #define MDM_FAILOVER_MS  15000    /* how long sentinel= waits for a primary */
 
@@ -904,6 +905,7 @@ typedef struct {
     long         chunk;
     long long    targets;
     long long    pushes;
+    long long    already;           /* ids holding it from an earlier run */
     char        *uuid;
 } mdm_enqueue_t;
 
@@ -956,6 +958,9 @@ mdm_enqueue_chunk(redisContext *c, mdm_enqueue_t *eq, const char *xml,
     eq->uuid = strdup(mdm_rstr(r->element[0]));
     eq->targets += mdm_rint(r->element[1]);
     eq->pushes += mdm_rint(r->element[2]);
+    if (r->elements > 3) {
+        eq->already += mdm_rint(r->element[3]);
+    }
     freeReplyObject(r);
     return 0;
 }
@@ -1077,7 +1082,12 @@ static const char  mdm_enqueue_usage[] =
     "  --no-push         queue only, no push request\n"
     "  --uuid UUID       CommandUUID (default: fresh, or the --plist file's)\n"
     "  --plist FILE      a complete command plist (XML or binary)\n"
-    "  --chunk N         ids per FCALL (default 10000)\n"
+    "  --chunk N         ids per FCALL (default 2000; each call is short, so\n"
+    "                    devices never wait behind a bulk enqueue)\n"
+    "\n"
+    "Ids that already hold the command are skipped: an enqueue that was\n"
+    "interrupted is completed by running it again with the same --uuid\n"
+    "(or --plist), and undone with 'mdmctl cancel --command UUID'.\n"
     "  --secret-key FILE opens the sealed UnlockTokens ClearPasscode reads\n"
     "                    (default: $MDM_SECRET_KEY)\n"
     MDM_REDIS_HELP;
@@ -1227,15 +1237,20 @@ mdm_enqueue_main(int argc, char **argv)
     }
 
     if (mdm_admin.json) {
-        rc = mdm_json_out(json_pack("{s:s,s:s,s:I,s:I}", "uuid", eq.uuid,
+        rc = mdm_json_out(json_pack("{s:s,s:s,s:I,s:I,s:I}", "uuid", eq.uuid,
                                     "request_type", cmd.request_type,
                                     "targets", (json_int_t) eq.targets,
-                                    "pushes", (json_int_t) eq.pushes));
+                                    "pushes", (json_int_t) eq.pushes,
+                                    "already", (json_int_t) eq.already));
     } else {
-        printf("%s %s queued for %lld target%s, %lld push request%s\n",
+        printf("%s %s queued for %lld target%s, %lld push request%s",
                eq.uuid, cmd.request_type, eq.targets,
                eq.targets == 1 ? "" : "s", eq.pushes,
                eq.pushes == 1 ? "" : "s");
+        if (eq.already) {
+            printf(" (%lld already held it)", eq.already);
+        }
+        printf("\n");
         rc = MDM_OK;
     }
 
@@ -1446,10 +1461,65 @@ mdm_queue_main(int argc, char **argv)
 
 static const char  mdm_cancel_usage[] =
     "[options] <id> <uuid>\n"
+    "       mdmctl cancel [options] --command <uuid>\n"
     "\n"
     "Takes a queued command off an enrollment's queue (result: Canceled).\n"
+    "With --command, off every queue that holds it, in short steps\n"
+    "(mdm_cancel_command): the way back from a bulk enqueue.\n"
     "\n"
+    "  --command UUID    every target of the command\n"
     MDM_REDIS_HELP;
+
+
+static const char  *mdm_cancel_uuid;
+
+
+static int
+mdm_cancel_opt(int ch)
+{
+    if (ch != 'C') {
+        return -1;
+    }
+    mdm_cancel_uuid = optarg;
+    return 0;
+}
+
+
+/* mdm_cancel_command until nothing holds the command. */
+static int
+mdm_cancel_command(const char *uuid)
+{
+    int            more;
+    long long      n;
+    redisReply    *r;
+    redisContext  *c;
+
+    if ((c = mdm_connect(120)) == NULL) {
+        return MDM_ERROR;
+    }
+    n = 0;
+    do {
+        r = mdm_fcall1(c, 0, "mdm_cancel_command", uuid, NULL);
+        if (r == NULL || !mdm_is_array(r, 2)) {
+            if (r) {
+                freeReplyObject(r);
+            }
+            redisFree(c);
+            return MDM_ERROR;
+        }
+        n += mdm_rint(r->element[0]);
+        more = mdm_rint(r->element[1]) != 0;
+        freeReplyObject(r);
+    } while (more);
+    redisFree(c);
+
+    if (mdm_admin.json) {
+        return mdm_json_out(json_pack("{s:s,s:I}", "uuid", uuid,
+                                      "canceled", (json_int_t) n));
+    }
+    printf("%s canceled on %lld target%s\n", uuid, n, n == 1 ? "" : "s");
+    return MDM_OK;
+}
 
 
 int
@@ -1458,7 +1528,20 @@ mdm_cancel_main(int argc, char **argv)
     long long      n;
     redisReply    *r;
 
-    MDM_OPTS(mdm_cancel_usage, NULL, NULL);
+    static const struct option  extra[] = {
+        { "command", required_argument, NULL, 'C' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    MDM_OPTS(mdm_cancel_usage, extra, mdm_cancel_opt);
+
+    if (mdm_cancel_uuid) {
+        if (argc != 0) {
+            mdm_err("--command takes no other operands");
+            return MDM_USAGE;
+        }
+        return mdm_cancel_command(mdm_cancel_uuid);
+    }
 
     if (argc != 2) {
         mdm_err("give an enrollment id and a CommandUUID");
@@ -1544,6 +1627,255 @@ mdm_clear_main(int argc, char **argv)
 done:
 
     json_decref(out);
+    mdm_ids_free(&ids);
+    redisFree(c);
+    return rc;
+}
+
+
+/* ---- gc, forget ---------------------------------------------------------- */
+
+static const char  mdm_gc_usage[] =
+    "[options]\n"
+    "\n"
+    "Runs the sweep (mdm_sweep) until nothing is due: queue items past\n"
+    "their expiry end as Expired on every target, polling or not, and the\n"
+    "commands no target holds are released. mdm-apnsd runs it on a timer;\n"
+    "this runs it now. Each call looks at about 1,000 targets.\n"
+    "\n"
+    MDM_REDIS_HELP;
+
+
+int
+mdm_gc_main(int argc, char **argv)
+{
+    int            more;
+    long long      expired, released, calls;
+    redisReply    *r;
+    redisContext  *c;
+
+    MDM_OPTS(mdm_gc_usage, NULL, NULL);
+
+    if (argc != 0) {
+        mdm_err("gc takes no operands");
+        return MDM_USAGE;
+    }
+    if ((c = mdm_connect(120)) == NULL) {
+        return MDM_ERROR;
+    }
+
+    expired = released = calls = 0;
+    do {
+        r = mdm_fcall(c, 0, "mdm_sweep", 0, NULL, NULL);
+        if (r == NULL || !mdm_is_array(r, 3)) {
+            if (r) {
+                freeReplyObject(r);
+            }
+            redisFree(c);
+            return MDM_ERROR;
+        }
+        expired += mdm_rint(r->element[0]);
+        released += mdm_rint(r->element[1]);
+        more = mdm_rint(r->element[2]) != 0;
+        calls++;
+        freeReplyObject(r);
+    } while (more);
+
+    redisFree(c);
+
+    if (mdm_admin.json) {
+        return mdm_json_out(json_pack("{s:I,s:I,s:I}",
+                                      "expired", (json_int_t) expired,
+                                      "released", (json_int_t) released,
+                                      "calls", (json_int_t) calls));
+    }
+    printf("%lld queue item%s expired, %lld command%s released\n",
+           expired, expired == 1 ? "" : "s", released,
+           released == 1 ? "" : "s");
+    return MDM_OK;
+}
+
+
+static const char  mdm_forget_usage[] =
+    "[options] <id>... | -\n"
+    "\n"
+    "Deletes enrollments completely (mdm_forget): the enrollment, its\n"
+    "certificate binding, its queues (items end as Forgotten), and for a\n"
+    "device channel its user channels; then its results and any other key\n"
+    "left under the device (one SCAN pass over the key space, in steps).\n"
+    "The device must enroll again to be managed.\n"
+    "\n"
+    MDM_REDIS_HELP;
+
+
+static int
+mdm_strcmp(const void *a, const void *b)
+{
+    return strcmp(*(char * const *) a, *(char * const *) b);
+}
+
+
+/*
+ * Whether key (mdm:{D}:...) belongs to what was forgotten: anything of a
+ * forgotten device channel D, or the results of a forgotten user channel.
+ */
+static int
+mdm_forgotten_key(const char *key, mdm_ids_t *ids)
+{
+    char        id[512], *p;
+    size_t      n, pre;
+    const char *d, *end, *res, *last;
+
+    /* the text before the device id: "mdm:{" */
+    p = id;
+    pre = (size_t) (strchr(MDM_KEY_DEVICE, '%') - MDM_KEY_DEVICE);
+    if (strncmp(key, MDM_KEY_DEVICE, pre) != 0) {
+        return 0;
+    }
+    d = key + pre;
+    if ((end = strchr(d, '}')) == NULL
+        || (n = (size_t) (end - d)) == 0 || n >= sizeof(id))
+    {
+        return 0;
+    }
+    memcpy(id, d, n);
+    id[n] = '\0';
+    if (bsearch(&p, ids->v, ids->n, sizeof(char *), mdm_strcmp)) {
+        return 1;
+    }
+
+    /* mdm:{D}:res:E:UUID or mdm:{D}:nn:E of a forgotten user channel */
+    if (strncmp(end, "}:res:", 6) == 0) {
+        res = end + 6;
+        if ((last = strrchr(res, ':')) == NULL) {
+            return 0;
+        }
+        n = (size_t) (last - res);
+    } else if (strncmp(end, "}:nn:", 5) == 0) {
+        res = end + 5;
+        n = strlen(res);
+    } else {
+        return 0;
+    }
+    if (n == 0 || n >= sizeof(id)) {
+        return 0;
+    }
+    memcpy(id, res, n);
+    id[n] = '\0';
+    return bsearch(&p, ids->v, ids->n, sizeof(char *), mdm_strcmp) != NULL;
+}
+
+
+/* One SCAN pass deleting the keys left under what was forgotten. */
+static long long
+mdm_forget_scan(redisContext *c, mdm_ids_t *ids)
+{
+    char         cursor[32], match[600];
+    size_t       i;
+    long long    deleted;
+    redisReply  *r, *k, *d;
+
+    if (ids->n == 1 && strchr(ids->v[0], ':') == NULL
+        && strpbrk(ids->v[0], "*?[]\\") == NULL)
+    {
+        snprintf(match, sizeof(match), MDM_KEY_DEVICE "*", ids->v[0]);
+    } else {
+        snprintf(match, sizeof(match), MDM_KEY_DEVICE "*", "*");
+    }
+
+    qsort(ids->v, ids->n, sizeof(char *), mdm_strcmp);
+    strcpy(cursor, "0");
+    deleted = 0;
+
+    do {
+        r = redisCommand(c, "SCAN %s MATCH %s COUNT 1000", cursor, match);
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            mdm_err("SCAN: %s", r && r->type == REDIS_REPLY_ERROR
+                                ? r->str : c->errstr);
+            if (r) {
+                freeReplyObject(r);
+            }
+            return -1;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", mdm_rstr(r->element[0]));
+        k = r->element[1];
+        for (i = 0; i < k->elements; i++) {
+            if (mdm_forgotten_key(k->element[i]->str, ids)) {
+                d = redisCommand(c, "UNLINK %s", k->element[i]->str);
+                if (d) {
+                    deleted += d->type == REDIS_REPLY_INTEGER ? d->integer : 0;
+                    freeReplyObject(d);
+                }
+            }
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+
+    return deleted;
+}
+
+
+int
+mdm_forget_main(int argc, char **argv)
+{
+    int            rc;
+    size_t         i, n;
+    long long      gone, items, keys;
+    mdm_ids_t      ids;
+    redisReply    *r;
+    redisContext  *c;
+
+    MDM_OPTS(mdm_forget_usage, NULL, NULL);
+
+    memset(&ids, 0, sizeof(ids));
+    c = NULL;
+    rc = MDM_ERROR;
+    gone = items = 0;
+
+    if (mdm_ids_args(&ids, argc, argv, NULL, NULL) != 0
+        || (c = mdm_connect(120)) == NULL)
+    {
+        goto done;
+    }
+
+    /* every id is checked by the first call of its chunk */
+    for (i = 0; i < ids.n; i += n) {
+        n = ids.n - i < 500 ? ids.n - i : 500;
+        r = mdm_fcall(c, 0, "mdm_forget", (int) n,
+                      (const char **) ids.v + i, NULL);
+        if (r == NULL || !mdm_is_array(r, 2)) {
+            if (r) {
+                freeReplyObject(r);
+            }
+            if (i > 0) {
+                mdm_err("stopped after %zu of %zu ids were forgotten", i,
+                        ids.n);
+            }
+            goto done;
+        }
+        gone += mdm_rint(r->element[0]);
+        items += mdm_rint(r->element[1]);
+        freeReplyObject(r);
+    }
+
+    if ((keys = mdm_forget_scan(c, &ids)) < 0) {
+        goto done;
+    }
+
+    if (mdm_admin.json) {
+        rc = mdm_json_out(json_pack("{s:I,s:I,s:I}",
+                                    "enrollments", (json_int_t) gone,
+                                    "queue_items", (json_int_t) items,
+                                    "keys_deleted", (json_int_t) keys));
+    } else {
+        printf("%lld enrollment%s forgotten, %lld queued command%s ended, "
+               "%lld result key%s deleted\n", gone, gone == 1 ? "" : "s",
+               items, items == 1 ? "" : "s", keys, keys == 1 ? "" : "s");
+        rc = MDM_OK;
+    }
+
+done:
+
     mdm_ids_free(&ids);
     redisFree(c);
     return rc;
@@ -2179,6 +2511,9 @@ static long         mdm_ev_count = -1, mdm_ev_timeout = -1;
 static const char  *mdm_ev_from = "$";
 
 
+static const char  *mdm_ev_stream = MDM_KEY_EVENTS;
+
+
 static int
 mdm_events_opt(int ch)
 {
@@ -2197,6 +2532,9 @@ mdm_events_opt(int ch)
         return 0;
     case 'f':
         mdm_ev_from = optarg;
+        return 0;
+    case 'a':
+        mdm_ev_stream = MDM_KEY_AUDIT;
         return 0;
     default:
         return -1;
@@ -2257,9 +2595,14 @@ mdm_print_event(redisReply *ev)
 static const char  mdm_events_usage[] =
     "[options]\n"
     "\n"
-    "Follows the event stream (" MDM_KEY_EVENTS "): check-ins, reports,\n"
-    "enqueues, cancels. One line per event, or one JSON object per line.\n"
+    "Follows the event stream (" MDM_KEY_EVENTS "): what devices say,\n"
+    "check-ins and reports (an Idle poll that got nothing is no event).\n"
+    "With --audit, the audit stream (" MDM_KEY_AUDIT "): admin actions\n"
+    "(enqueue, cancel, forget, settings, sweeps) and security decisions\n"
+    "(bindings, refusals, certificates). One line per event, or one JSON\n"
+    "object per line.\n"
     "\n"
+    "  --audit           follow " MDM_KEY_AUDIT " instead\n"
     "  --from ID         start after stream id ID (0: the oldest kept;\n"
     "                    default $: new events only)\n"
     "  --count N         stop after N events\n"
@@ -2282,6 +2625,7 @@ mdm_events_main(int argc, char **argv)
         { "count", required_argument, NULL, 'n' },
         { "timeout", required_argument, NULL, 't' },
         { "from", required_argument, NULL, 'f' },
+        { "audit", no_argument, NULL, 'a' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -2323,7 +2667,7 @@ mdm_events_main(int argc, char **argv)
         args[3] = "BLOCK";
         args[4] = block;
         args[5] = "STREAMS";
-        args[6] = MDM_KEY_EVENTS;
+        args[6] = mdm_ev_stream;
         args[7] = last;
 
         r = mdm_cmd(c, 8, args, NULL);

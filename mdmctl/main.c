@@ -27,6 +27,8 @@ static const mdm_cmd_t  mdm_commands[] = {
     { "queue", mdm_queue_main, "show an enrollment's command queue" },
     { "cancel", mdm_cancel_main, "take a queued command off a queue" },
     { "clear", mdm_clear_main, "empty enrollments' command queues" },
+    { "gc", mdm_gc_main, "expire what is due now (the sweep)" },
+    { "forget", mdm_forget_main, "delete enrollments completely" },
     { "results", mdm_results_main, "show a command's result on a device" },
     { "status", mdm_status_main, "show a command's status on every target" },
     { "devices", mdm_devices_main, "list enrollments, recently seen first" },

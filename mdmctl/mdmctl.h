@@ -167,6 +167,8 @@ int mdm_push_main(int argc, char **argv);
 int mdm_queue_main(int argc, char **argv);
 int mdm_cancel_main(int argc, char **argv);
 int mdm_clear_main(int argc, char **argv);
+int mdm_gc_main(int argc, char **argv);
+int mdm_forget_main(int argc, char **argv);
 int mdm_results_main(int argc, char **argv);
 int mdm_status_main(int argc, char **argv);
 int mdm_devices_main(int argc, char **argv);

@@ -128,7 +128,7 @@ sub ok_reply {
 }
 
 # (Redis.pm reads FCALL_RO as FCALL RO: redis-cli for the read-only calls)
-is cli('nginx', 'FCALL_RO', 'mdm_version', 0), "3\n", 'nginx: FCALL_RO mdm_version';
+is cli('nginx', 'FCALL_RO', 'mdm_version', 0), MdmTest::lib_version() . "\n", 'nginx: FCALL_RO mdm_version';
 ok_reply checkin('Authenticate', 'D1', 'A', kv => [SerialNumber => 'S1']), 200,
     'nginx: Authenticate';
 ok_reply checkin('TokenUpdate', 'D1', 'A', kv => [Token => 'tok1', PushMagic => 'pm']),
@@ -149,7 +149,7 @@ ok_reply checkin('TokenUpdate', 'D1', 'A', deadline => 1000), 503,
     'nginx: a late call is refused';
 
 # commands: shared body (refs), Ack, NotNow, Idle, Expired, Missing, unknown
-is_deeply enqueue('C1', 'D1', 'D2'), ['C1', 2, 0], 'mdm-admin: mdm_enqueue';
+is_deeply enqueue('C1', 'D1', 'D2'), ['C1', 2, 0, 0], 'mdm-admin: mdm_enqueue';
 enqueue($_, 'D1') for qw(C2 C3 C4);
 ok_reply report('D1', 'A', 'Idle'), 200, 'nginx: Idle gets a command';
 ok_reply report('D1', 'A', 'Acknowledged', 'C1'), 200, 'nginx: Acknowledged (refs - 1)';
@@ -169,7 +169,9 @@ ok_reply checkin('Authenticate', 'D1', 'A'), 200,
 is $admin->hget('mdm:{D1}:res:D1:U1:C5', 'status'), 'Cleared', 'Cleared';
 ok_reply checkin('SetBootstrapToken', 'D1', 'A', kv => [BootstrapToken => 'bt2']),
     200, 'nginx: SetBootstrapToken again';
-ok_reply checkin('CheckOut', 'D2', 'B'), 200, 'nginx: CheckOut';
+enqueue('C6', 'D2');
+ok_reply checkin('CheckOut', 'D2', 'B'), 200, 'nginx: CheckOut ends the queue';
+is $admin->hget('mdm:{D2}:res:D2:C6', 'status'), 'CheckedOut', 'CheckedOut';
 ok_reply checkin('Authenticate', 'D2', 'X'), 403,
     'nginx: another certificate refused (policy read)';
 
@@ -194,6 +196,7 @@ my @admin_fns = (
         Command => { dict => [RequestType => 'EraseDevice'] }), 5, 0, 1, 'D1'],
     ['mdm_push', 'D1'], ['mdm_cancel', 'D1', 'C2'], ['mdm_clear', 'D1'],
     ['mdm_unbind', 'D1'], ['mdm_conf_set', 'migration', '1'],
+    ['mdm_forget', 'D1'], ['mdm_cancel_command', 'C2'],
 );
 for my $f (@admin_fns) {
     my ($fn, @a) = @$f;
@@ -246,6 +249,17 @@ is call($apnsd, 'fcall', 'mdm_push_recover', 6, @push, 'mdm:push:proc:s2',
     'apnsd: mdm_push_recover';
 like cli('mdm-apnsd', 'FCALL_RO', 'mdm_push_stats', 3, @push, 'mdm:push:stats'),
     qr/^queue\n/, 'apnsd: mdm_push_stats';
+# the sweep, on the sender's timer: an expired item on a device that never
+# polls, in two steps (budget 1 each)
+enqueue($_, 'D1', 'D1:U1') for qw(S1 S2);
+$admin->zadd('mdm:expiry', 1, $_) for qw(S1 S2);
+is_deeply call($apnsd, 'fcall', 'mdm_sweep', 0, 1), [2, 1, 1],
+    'apnsd: mdm_sweep, one command per call';
+is_deeply call($apnsd, 'fcall', 'mdm_sweep', 0, 5), [2, 1, 0],
+    'apnsd: mdm_sweep, the rest';
+is $admin->hget('mdm:{D1}:res:D1:U1:S2', 'status'), 'Expired', 'swept: Expired';
+ok !$admin->exists('mdm:cmd:S1') && !$admin->exists('mdm:cmd:S2'),
+    'swept: bodies released';
 for my $c (['blmove', 'mdm:push:q', 'mdm:push:q', 'LEFT', 'LEFT', '0.01'],
            ['lrange', $proc, 0, -1], ['smembers', 'mdm:push:senders'],
            ['llen', 'mdm:push:q'], ['hset', 'mdm:push:stats', 'queue', 0]) {

@@ -372,8 +372,8 @@ is $r->{rc}, 0, 'unbind';
 is $r->{out}, "DEV2: certificate $sha2 unbound\n", 'unbind output';
 ok !$redis->hexists('mdm:{DEV2}:enr:DEV2', 'cert'), 'binding gone';
 ok !$redis->exists("mdm:cert:$sha2"), 'owner key gone';
-is +{ @{ $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 1)->[0][1] } }->{type},
-    'Unbind', 'Unbind event';
+is +{ @{ $redis->xrevrange('mdm:audit', '+', '-', 'COUNT', 1)->[0][1] } }->{type},
+    'Unbind', 'Unbind event (mdm:audit)';
 is_deeply json_of(ctl('unbind', '--json', 'DEV2')), { id => 'DEV2', cert => undef },
     'unbind --json, nothing bound';
 $r = ctl('unbind', 'NOPE');
@@ -392,6 +392,8 @@ migration        0          mdm:policy (default)
 result_ttl       604800     mdm:conf (default)
 events_maxlen    100000     mdm:conf (default)
 cert_warn_days   30         mdm:conf (default)
+audit_maxlen     1000000    mdm:conf (default)
+command_max_age  2592000    mdm:conf (default)
 EOF
 $r = ctl('conf', 'set', 'allow_rebind', '1');
 is $r->{out}, "allow_rebind     1          mdm:policy\n", 'conf set allow_rebind';
@@ -426,6 +428,12 @@ $t->spew('no-rt.plist', MdmTest::plist(CommandUUID => 'BAD-2',
     Command => { dict => [Payload => 'x'] }));
 $r = ctl('enqueue', '--no-push', '--uuid', 'DUP-1', 'ProfileList', 'DEV2');
 is $r->{rc}, 0, 'DUP-1 queued for DEV2';
+# running an enqueue again completes it: ids that hold it are skipped
+$r = ctl('enqueue', '--no-push', '--uuid', 'DUP-1', 'ProfileList', 'DEV3',
+         'DEV2');
+is $r->{out}, "DUP-1 ProfileList queued for 1 target, 0 push requests "
+    . "(1 already held it)\n", 'enqueue again: only the new id queued';
+is $redis->hget('mdm:cmd:DUP-1', 'refs'), 2, 'DUP-1: two targets';
 
 my @bad = (
     [['enqueue', 'Bogus', 'DEV1'],
@@ -464,8 +472,6 @@ my @bad = (
     [['enqueue', 'ProfileList', 'DEV1', 'NOSUCH'],
      qr/^mdmctl enqueue: unknown enrollment id NOSUCH$/],
     [['enqueue', 'ProfileList', 'DEV1', 'DEV1'], qr/id DEV1 given twice/],
-    [['enqueue', '--uuid', 'DUP-1', 'ProfileList', 'DEV3', 'DEV2'],
-     qr/^mdmctl enqueue: CommandUUID DUP-1 was already queued for DEV2$/],
     [['enqueue', '--uuid', 'DUP-1', 'SecurityInfo', 'DEV3'],
      qr/CommandUUID DUP-1 is already queued with another body/],
     [['enqueue', '--uuid', 'bad uuid!', 'ProfileList', 'DEV1'],
@@ -528,9 +534,9 @@ my $bj = json_of($r) // {};
 is $bj->{targets}, 20000, 'bulk: 20,000 targets';
 my @enq = grep { $_->[1]{uuid} && $_->[1]{uuid} eq ($bj->{uuid} // '') }
           map { [$_->[0], { @{ $_->[1] } }] }
-          @{ $redis->xrange('mdm:events', '-', '+') };
-is_deeply [map { $_->[1]{targets} } @enq], [10000, 10000],
-    'bulk: two FCALLs of 10,000 with one CommandUUID';
+          @{ $redis->xrange('mdm:audit', '-', '+') };
+is_deeply [map { $_->[1]{targets} } @enq], [(2000) x 10],
+    'bulk: ten FCALLs of 2,000 with one CommandUUID';
 
 $r = ctl('status', '--summary', $bj->{uuid});
 is $r->{out}, "20000 targets: Queued 20000\n", 'bulk: status summary';
@@ -542,7 +548,7 @@ is scalar @{ $st->{statuses} // [] }, 20000, 'bulk: status --json lists each';
 $r = ctl({ stdin => join("\n", @bulk[0 .. 99], '') }, 'enqueue', '--json',
          '--no-push', '--chunk', 30, 'SecurityInfo', '-');
 is +(json_of($r) // {})->{targets}, 100, 'bulk: --chunk 30';
-my @ev = @{ $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 4) };
+my @ev = @{ $redis->xrevrange('mdm:audit', '+', '-', 'COUNT', 4) };
 is_deeply [reverse map { { @{ $_->[1] } }->{targets} } @ev], [30, 30, 30, 10],
     'bulk: four chunks';
 
@@ -581,7 +587,8 @@ my $pid = fork // die;
 if (!$pid) {
     open STDOUT, '>', $out or die;
     open STDERR, '>', "$out.err" or die;
-    exec $BIN, 'events', '--json', '--count', 2 or POSIX::_exit(127);
+    exec $BIN, 'events', '--audit', '--json', '--count', 2
+        or POSIX::_exit(127);
 }
 my $waiting = 0;
 for (1 .. 200) {

@@ -122,7 +122,7 @@ is $r->{status}, 200, 'until the new cert is used the old one works';
 my $ev0 = $t->events_len;
 $r = $t->put('/mdm/checkin', $t->authenticate('SCEPDEV2'), cert => $n2);
 is $r->{status}, 200, 'Authenticate with the renewed certificate';
-my @ev = @{ $t->redis->xrange('mdm:events', '-', '+') };
+my @ev = @{ $t->redis->xrange('mdm:audit', '-', '+') };
 my ($ren) = grep { my %f = @{ $_->[1] }; ($f{type} // '') eq 'CertificateRenewed' } @ev;
 ok $ren, 'CertificateRenewed event';
 my %rf = @{ $ren->[1] // [] };

@@ -218,28 +218,37 @@ is $r->{status}, 403, 'forwarded certificate of another device refused';
 # The binding (enrollment cert + mdm:cert:<sha>) stays in every state; only
 # mdm:policy allow_rebind = 1 or an admin's mdm_unbind lets another
 # certificate Authenticate for a bound device.
-sub last_event { my $ev = $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 1);
+sub last_event { my $ev = $redis->xrevrange($_[0] // 'mdm:events', '+', '-',
+                                            'COUNT', 1);
                  return { @{ $ev->[0][1] } } }
+# security decisions go to mdm:audit
+sub last_audit { last_event('mdm:audit') }
 sub bound { $redis->hget("mdm:{$_[0]}:enr:$_[0]", 'cert') // '' }
 
 # refused: 403, one line, a RebindRefused event, nothing else changed
 sub rebind_refused {
     my ($name, $udid, $cert, $owner) = @_;
+    # a device's refusals are audited once a minute: start a new minute
+    $redis->del("mdm:{$udid}:refused");
     my $state = $t->redis_state;
-    my $n = $t->events_len;
+    my $n = $redis->xlen('mdm:audit');
     $t->mark_log;
     my $r = $t->put('/mdm/checkin', $t->authenticate($udid), cert => $c{$cert});
     is $r->{status}, 403, "$name: 403";
     ok $t->wait_for_log(qr/mdm: 403 Authenticate id="\Q$udid\E" .*bound to another certificate \(mdm:policy allow_rebind off/, 2),
         "$name: logged" or diag $t->log_since_mark;
-    is $t->events_len, $n + 1, "$name: one event";
-    my $ev = last_event();
+    is $redis->xlen('mdm:audit'), $n + 1, "$name: one audit event";
+    my $ev = last_audit();
     is_deeply [@$ev{qw(type id cert bound)}],
         ['RebindRefused', $udid, $c{$cert}{sha256}, $c{$owner}{sha256}],
         "$name: RebindRefused event names both certificates";
     $t->state_unchanged($state, "$name: binding and enrollment unchanged");
     is bound($udid), $c{$owner}{sha256}, "$name: still bound to $owner";
     ok !$redis->exists("mdm:cert:$c{$cert}{sha256}"), "$name: $cert not bound";
+    $r = $t->put('/mdm/checkin', $t->authenticate($udid), cert => $c{$cert});
+    is $r->{status}, 403, "$name: again 403";
+    is $redis->xlen('mdm:audit'), $n + 1,
+        "$name: again within the minute: no second audit event";
 }
 
 # enabled enrollment
@@ -274,7 +283,7 @@ is bound('UDID-R'), $c{devR}{sha256}, 'binding kept';
 
 # an admin unbinds: the next Authenticate binds the new certificate
 is $t->fcall('mdm_unbind', [], 'UDID-R'), $c{devR}{sha256}, 'mdm_unbind returns the released hash';
-my $ev = last_event();
+my $ev = last_audit();
 is_deeply [@$ev{qw(type id cert)}], ['Unbind', 'UDID-R', $c{devR}{sha256}], 'Unbind event';
 is bound('UDID-R'), '', 'cert field removed';
 ok !$redis->exists("mdm:cert:$c{devR}{sha256}"), 'owner key removed';
@@ -313,9 +322,9 @@ is $t->put('/mdm/connect', $idle, cert => 'devM')->{status}, 403,
 $redis->hset('mdm:policy', 'migration', '1');
 is $t->put('/mdm/connect', $idle, cert => 'devM')->{status}, 200,
     'migration mode binds on the next request';
-is last_event()->{type}, 'Report', 'reported';
 ok scalar(grep { my %e = @{ $_->[1] }; $e{type} eq 'MigrationBind' && $e{id} eq 'UDID-M' }
-          @{ $redis->xrevrange('mdm:events', '+', '-', 'COUNT', 3) }), 'MigrationBind event';
+          @{ $redis->xrevrange('mdm:audit', '+', '-', 'COUNT', 3) }),
+    'MigrationBind event (mdm:audit)';
 is $redis->hget('mdm:{UDID-M}:enr:UDID-M', 'cert'), $c{devM}{sha256}, 'bound once';
 is $t->put('/mdm/connect', $idle, cert => 'devN')->{status}, 403,
     'a second certificate cannot bind';
@@ -336,7 +345,7 @@ is $t->put('/mdm/checkin', $t->authenticate('UDID-S'), cert => 'soon')->{status}
     200, 'certificate expiring in 10 days accepted';
 is $redis->hget('mdm:{UDID-S}:enr:UDID-S', 'cert_expiring'), '1',
     'enrollment flagged';
-my @evs = map { { @{ $_->[1] } } } @{ $redis->xrange('mdm:events', '-', '+') };
+my @evs = map { { @{ $_->[1] } } } @{ $redis->xrange('mdm:audit', '-', '+') };
 ok scalar(grep { $_->{type} eq 'CertificateExpiring' && $_->{id} eq 'UDID-S' } @evs),
     'CertificateExpiring event';
 is $redis->hget('mdm:{UDID-B}:enr:UDID-B', 'cert_expiring'), '0',

@@ -182,6 +182,22 @@ ok $t->wait_for(sub { $t->enr('DEV-P')->{push_ms} }, 10), 'pushed with other set
 is $r->{headers}{'apns-priority'}, '1', 'environment overrides the config file';
 ok abs($r->{headers}{'apns-expiration'} - (time + 3600)) < 60, 'expiration configurable';
 
+# ---- the sweep on a timer: an expired command on a device that never polls ----------
+is $t->stop_apnsd($a1), 0, 'stopped for the sweep run';
+$t->enroll('DEV-GONE', topic => $T1);
+my $cmd = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict>"
+    . "<key>CommandUUID</key><string>SWEEP-1</string><key>Command</key><dict>"
+    . "<key>RequestType</key><string>ProfileList</string></dict></dict></plist>\n";
+$t->redis->fcall('mdm_enqueue', 0, $cmd, 5, 1, 1, 'DEV-GONE');
+$a1 = $t->start_apnsd(cert => [$c1->{pem}], opts => { 'sweep-interval' => '200ms' });
+ok $t->wait_for(sub { ($t->redis->hget('mdm:{DEV-GONE}:res:DEV-GONE:SWEEP-1', 'status')
+                       // '') eq 'Expired' }, 10),
+    '--sweep-interval: the item expired without a poll';
+ok !$t->redis->exists('mdm:cmd:SWEEP-1'), 'its body released';
+is $t->redis->zcard('mdm:{DEV-GONE}:q:DEV-GONE'), 0, 'the queue is empty';
+ok $t->wait_for(sub { $t->apnsd_log =~ /sweep: 1 queued commands expired, 1 commands released/ }, 5),
+    'logged';
+
 $t->finish_apnsd;
 $t->finish;
 done_testing;

@@ -280,7 +280,10 @@ sub redis_state {
     my ($self) = @_;
     my $r = $self->redis;
     require Digest::MD5;
-    my @keys = sort grep { $_ ne 'mdm:events' } $r->keys('mdm:*');
+    # the streams, and the once-a-minute mark of an audited refusal, are
+    # records of the refusal itself
+    my @keys = sort grep { !/^mdm:(events|audit)$|^mdm:\{[^}]*\}:refused$/ }
+               $r->keys('mdm:*');
     my $s = '';
     for my $k (@keys) {
         my $type = $r->type($k);
@@ -311,6 +314,13 @@ sub state_unchanged {
 }
 
 sub events_len { $_[0]->redis->xlen('mdm:events') }
+
+# The mdm library's VERSION, as redis-scripts/mdm.lua declares it.
+sub lib_version {
+    open my $fh, '<', "$ROOT/redis-scripts/mdm.lua" or die "mdm.lua: $!";
+    local $/;
+    return (<$fh> =~ /^local VERSION = '(\d+)'/m)[0];
+}
 
 # ---- nginx -------------------------------------------------------------
 
