@@ -1457,6 +1457,38 @@ mdm_queue_main(int argc, char **argv)
 }
 
 
+/*
+ * The bounded functions (mdm_sweep, mdm_cancel_command) reply with counts
+ * and a last element "more": call until it is 0, summing the counts.
+ */
+static int
+mdm_fcall_steps(redisContext *c, const char *fn, const char *arg,
+    long long *sum, size_t nsum, long long *calls)
+{
+    int          more;
+    size_t       i;
+    redisReply  *r;
+
+    do {
+        r = mdm_fcall(c, 0, fn, arg ? 1 : 0, &arg, NULL);
+        if (r == NULL || !mdm_is_array(r, nsum + 1)) {
+            if (r) {
+                freeReplyObject(r);
+            }
+            return -1;
+        }
+        for (i = 0; i < nsum; i++) {
+            sum[i] += mdm_rint(r->element[i]);
+        }
+        more = mdm_rint(r->element[nsum]) != 0;
+        (*calls)++;
+        freeReplyObject(r);
+    } while (more);
+
+    return 0;
+}
+
+
 /* ---- cancel, clear ------------------------------------------------------- */
 
 static const char  mdm_cancel_usage[] =
@@ -1489,29 +1521,19 @@ mdm_cancel_opt(int ch)
 static int
 mdm_cancel_command(const char *uuid)
 {
-    int            more;
-    long long      n;
-    redisReply    *r;
+    int            rc;
+    long long      n, calls;
     redisContext  *c;
 
     if ((c = mdm_connect(120)) == NULL) {
         return MDM_ERROR;
     }
-    n = 0;
-    do {
-        r = mdm_fcall1(c, 0, "mdm_cancel_command", uuid, NULL);
-        if (r == NULL || !mdm_is_array(r, 2)) {
-            if (r) {
-                freeReplyObject(r);
-            }
-            redisFree(c);
-            return MDM_ERROR;
-        }
-        n += mdm_rint(r->element[0]);
-        more = mdm_rint(r->element[1]) != 0;
-        freeReplyObject(r);
-    } while (more);
+    n = calls = 0;
+    rc = mdm_fcall_steps(c, "mdm_cancel_command", uuid, &n, 1, &calls);
     redisFree(c);
+    if (rc != 0) {
+        return MDM_ERROR;
+    }
 
     if (mdm_admin.json) {
         return mdm_json_out(json_pack("{s:s,s:I}", "uuid", uuid,
@@ -1635,6 +1657,7 @@ done:
 
 /* ---- gc, forget ---------------------------------------------------------- */
 
+
 static const char  mdm_gc_usage[] =
     "[options]\n"
     "\n"
@@ -1649,9 +1672,8 @@ static const char  mdm_gc_usage[] =
 int
 mdm_gc_main(int argc, char **argv)
 {
-    int            more;
-    long long      expired, released, calls;
-    redisReply    *r;
+    int            rc;
+    long long      n[2], calls;
     redisContext  *c;
 
     MDM_OPTS(mdm_gc_usage, NULL, NULL);
@@ -1664,34 +1686,21 @@ mdm_gc_main(int argc, char **argv)
         return MDM_ERROR;
     }
 
-    expired = released = calls = 0;
-    do {
-        r = mdm_fcall(c, 0, "mdm_sweep", 0, NULL, NULL);
-        if (r == NULL || !mdm_is_array(r, 3)) {
-            if (r) {
-                freeReplyObject(r);
-            }
-            redisFree(c);
-            return MDM_ERROR;
-        }
-        expired += mdm_rint(r->element[0]);
-        released += mdm_rint(r->element[1]);
-        more = mdm_rint(r->element[2]) != 0;
-        calls++;
-        freeReplyObject(r);
-    } while (more);
-
+    n[0] = n[1] = calls = 0;
+    rc = mdm_fcall_steps(c, "mdm_sweep", NULL, n, 2, &calls);
     redisFree(c);
+    if (rc != 0) {
+        return MDM_ERROR;
+    }
 
     if (mdm_admin.json) {
         return mdm_json_out(json_pack("{s:I,s:I,s:I}",
-                                      "expired", (json_int_t) expired,
-                                      "released", (json_int_t) released,
+                                      "expired", (json_int_t) n[0],
+                                      "released", (json_int_t) n[1],
                                       "calls", (json_int_t) calls));
     }
     printf("%lld queue item%s expired, %lld command%s released\n",
-           expired, expired == 1 ? "" : "s", released,
-           released == 1 ? "" : "s");
+           n[0], n[0] == 1 ? "" : "s", n[1], n[1] == 1 ? "" : "s");
     return MDM_OK;
 }
 

@@ -29,26 +29,7 @@ $ENV{MDM_REDIS} = 'unix:' . $t->redis_sock;
 my $H = '[0-9A-F]';
 my $UUID_RE = qr/^$H{8}-$H{4}-4$H{3}-[89AB]$H{3}-$H{12}$/;
 
-# ctl(@args) or ctl({ stdin => $text }, @args) -> { rc, out, err };
-# MDMCTL_WRAP="valgrind -q --error-exitcode=99 --leak-check=full" checks it.
-my $nrun = 0;
-sub ctl {
-    my $o = ref $_[0] eq 'HASH' ? shift : {};
-    my @args = @_;
-    my $n = ++$nrun;
-    my $in = $t->spew("ctl$n.in", $o->{stdin} // '');
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDIN, '<', $in or die;
-        open STDOUT, '>', "$dir/ctl$n.out" or die;
-        open STDERR, '>', "$dir/ctl$n.err" or die;
-        exec split(' ', $ENV{MDMCTL_WRAP} // ''), $BIN, @args
-            or POSIX::_exit(127);
-    }
-    waitpid $pid, 0;
-    return { rc => $? >> 8, sig => $? & 127, out => $t->slurp("ctl$n.out"),
-             err => $t->slurp("ctl$n.err") };
-}
+sub ctl { $t->mdmctl(@_) }
 
 sub json_of {
     my ($r) = @_;

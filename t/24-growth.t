@@ -22,22 +22,7 @@ my $redis = $t->redis;
 my $dir = $t->dir;
 $ENV{MDM_REDIS} = 'unix:' . $t->redis_sock;
 
-my $nrun = 0;
-sub ctl {
-    my $o = ref $_[0] eq 'HASH' ? shift : {};
-    my $n = ++$nrun;
-    my $in = $t->spew("ctl$n.in", $o->{stdin} // '');
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDIN, '<', $in or die;
-        open STDOUT, '>', "$dir/ctl$n.out" or die;
-        open STDERR, '>', "$dir/ctl$n.err" or die;
-        exec $BIN, @_ or POSIX::_exit(127);
-    }
-    waitpid $pid, 0;
-    return { rc => $? >> 8, out => $t->slurp("ctl$n.out"),
-             err => $t->slurp("ctl$n.err") };
-}
+sub ctl { $t->mdmctl(@_) }
 
 sub cmd {
     my ($uuid, $rt) = @_;

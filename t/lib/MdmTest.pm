@@ -315,6 +315,28 @@ sub state_unchanged {
 
 sub events_len { $_[0]->redis->xlen('mdm:events') }
 
+# $t->mdmctl(@args) or $t->mdmctl({ stdin => $text }, @args) -> { rc, sig,
+# out, err }: mdmctl against this test's Redis when MDM_REDIS points at it.
+# MDMCTL_WRAP="valgrind -q --error-exitcode=99 --leak-check=full" checks it.
+sub mdmctl {
+    my $self = shift;
+    my $o = ref $_[0] eq 'HASH' ? shift : {};
+    my $n = ++$self->{mdmctl_runs};
+    my $d = $self->dir;
+    my $in = $self->spew("ctl$n.in", $o->{stdin} // '');
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDIN, '<', $in or die;
+        open STDOUT, '>', "$d/ctl$n.out" or die;
+        open STDERR, '>', "$d/ctl$n.err" or die;
+        exec split(' ', $ENV{MDMCTL_WRAP} // ''), "$ROOT/mdmctl/mdmctl", @_
+            or POSIX::_exit(127);
+    }
+    waitpid $pid, 0;
+    return { rc => $? >> 8, sig => $? & 127, out => $self->slurp("ctl$n.out"),
+             err => $self->slurp("ctl$n.err") };
+}
+
 # The mdm library's VERSION, as redis-scripts/mdm.lua declares it.
 sub lib_version {
     open my $fh, '<', "$ROOT/redis-scripts/mdm.lua" or die "mdm.lua: $!";
