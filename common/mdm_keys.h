@@ -65,6 +65,7 @@
 #define MDM_KEY_PUSHCERT             "mdm:pushcert:%s"
 #define MDM_KEY_PUSHCERT_NGX         "mdm:pushcert:%*s"
 #define MDM_KEY_PUSHCERT_FIXED       13
+#define MDM_KEY_PUSHCERTS            "mdm:pushcerts"
 #define MDM_KEY_SCEP_CH              "mdm:scep:ch:%s"
 #define MDM_KEY_SCEP_CH_NGX          "mdm:scep:ch:%*s"
 #define MDM_KEY_SCEP_CH_FIXED        12

@@ -81,6 +81,7 @@ local function k_push_alive(n) return 'mdm:push:alive:' .. n end
 local K_PUSH_SENDERS = 'mdm:push:senders'
 local K_PUSH_STATS = 'mdm:push:stats'
 local function k_pushcert(t) return 'mdm:pushcert:' .. t end
+local K_PUSHCERTS = 'mdm:pushcerts'
 local function k_scep_ch(c) return 'mdm:scep:ch:' .. c end
 local function k_scep_nonce(o) return 'mdm:scep:nonce:' .. o end
 local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end
@@ -2022,6 +2023,8 @@ local function api_pushcert(method, q, body, topic, not_after)
         end
         redis.call('HSET', k_pushcert(topic), 'pem', body,
                    'not_after', not_after, 'ms', int(now_ms()))
+        -- mdm-apnsd loads what this set names when its ms changes
+        redis.call('SADD', K_PUSHCERTS, topic)
         audit({ 'type', 'PushCert', 'topic', topic, 'not_after', not_after,
                 'ms', int(now_ms()) })
         return { 200, '{"topic":' .. jstr(topic) .. ',"not_after":'
