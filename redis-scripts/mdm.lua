@@ -1895,7 +1895,7 @@ query string. NanoMDM's paths and shapes (enqueue, push, pushcert,
 version), then ours. PUT v1/pushcert comes with the certificate already
 checked by the module (topic and notAfter passed along).
 ]]
-local API_MAX_IDS = 5000       -- per call: one call stays far under 50 ms
+local API_MAX_IDS = 2000       -- per call: one call stays under 50 ms
 
 local function jstr(v) return cjson.encode(v) end
 
@@ -1930,28 +1930,42 @@ local function api_ids(s)
     return ids
 end
 
--- known and unknown ids, in the order given
+-- known and unknown ids, in the order given; one EXISTS per CHUNK ids
+-- when all are known (the usual case)
 local function api_split_known(ids)
     local known, unknown = {}, {}
-    for _, e in ipairs(ids) do
-        local d = device_of(e)
-        if d and redis.call('EXISTS', k_enr(d, e)) == 1 then
-            known[#known + 1] = e
-        else
-            unknown[#unknown + 1] = e
+    for part in parts(ids) do
+        local keys, ok = {}, true
+        for k, e in ipairs(part) do
+            local d = device_of(e)
+            ok = ok and d ~= nil
+            keys[k] = d and k_enr(d, e) or ''
+        end
+        local all = ok and redis.call('EXISTS', unpack(keys)) == #keys
+        for k, e in ipairs(part) do
+            if all or (keys[k] ~= ''
+                       and redis.call('EXISTS', keys[k]) == 1) then
+                known[#known + 1] = e
+            else
+                unknown[#unknown + 1] = e
+            end
         end
     end
     return known, unknown
 end
 
--- { id: {...} } with 200 (all fine), 207 (some) or 500 (none), as NanoMDM
-local function api_multi(status_by_id, ok, failed, extra)
+-- { id: {...} } with 200 (all fine), 207 (some) or 500 (none), as NanoMDM;
+-- rows: { ids, the JSON object each of them gets }
+local function api_multi(rows, ok, failed, extra)
     local code = failed == 0 and 200 or (ok > 0 and 207 or 500)
-    local parts = {}
-    for id, v in pairs(status_by_id) do
-        parts[#parts + 1] = jstr(id) .. ':' .. (next(v) and jstr(v) or '{}')
+    local out = {}
+    for _, row in ipairs(rows) do
+        local v = row[2]
+        for _, id in ipairs(row[1]) do
+            out[#out + 1] = jstr(id) .. ':' .. v
+        end
     end
-    return { code, '{"status":{' .. table.concat(parts, ',') .. '}'
+    return { code, '{"status":{' .. table.concat(out, ',') .. '}'
                    .. (extra or '') .. '}' }
 end
 
@@ -1968,14 +1982,11 @@ local function api_enqueue(ids, body, nopush)
         return { 400, '{"command_error":' .. jstr(err) .. '}' }
     end
     local known, unknown = api_split_known(ids)
-    local st = {}
-    for _, e in ipairs(unknown) do
-        st[e] = { command_error = 'unknown enrollment id' }
-    end
+    local rows = { { unknown, '{"command_error":"unknown enrollment id"}' } }
     local extra = ',"command_uuid":' .. jstr(u) .. ',"request_type":'
                   .. jstr(rt) .. (nopush and ',"no_push":true' or '')
     if #known == 0 then
-        return api_multi(st, 0, #unknown, extra)
+        return api_multi(rows, 0, #unknown, extra)
     end
     local args = { body, '5', '0', nopush and '1' or '0' }
     for _, e in ipairs(known) do
@@ -1983,17 +1994,13 @@ local function api_enqueue(ids, body, nopush)
     end
     local r = enqueue({}, args)
     if r.err then
-        for _, e in ipairs(known) do
-            st[e] = { command_error = r.err }
-        end
-        return api_multi(st, 0, #ids, extra .. ',"command_error":'
-                                      .. jstr(r.err))
+        rows[2] = { known, '{"command_error":' .. jstr(r.err) .. '}' }
+        return api_multi(rows, 0, #ids, extra .. ',"command_error":'
+                                        .. jstr(r.err))
     end
-    for _, e in ipairs(known) do
-        -- pushes go through the sender: "queued" (or already pending)
-        st[e] = nopush and {} or { push_result = 'queued' }
-    end
-    return api_multi(st, #known, #unknown, extra)
+    -- pushes go through the sender: "queued" (or already pending)
+    rows[2] = { known, nopush and '{}' or '{"push_result":"queued"}' }
+    return api_multi(rows, #known, #unknown, extra)
 end
 
 local function api_push(ids)
@@ -2005,15 +2012,10 @@ local function api_push(ids)
                               .. ' per call')
     end
     local known, unknown = api_split_known(ids)
-    local st = {}
-    for _, e in ipairs(unknown) do
-        st[e] = { push_error = 'unknown enrollment id' }
-    end
     push_requests(known)
-    for _, e in ipairs(known) do
-        st[e] = { push_result = 'queued' }
-    end
-    return api_multi(st, #known, #unknown)
+    return api_multi({ { unknown, '{"push_error":"unknown enrollment id"}' },
+                       { known, '{"push_result":"queued"}' } },
+                     #known, #unknown)
 end
 
 local function api_pushcert(method, q, body, topic, not_after)

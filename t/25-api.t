@@ -169,7 +169,7 @@ my @bad = (
     ['PUT', '/api/v1/enqueue/DEV1', MdmTest::plist(CommandUUID => 'X'), 400,
      qr/RequestType/],
     ['PUT', '/api/v1/enqueue/', cmd('X1', 'ProfileList'), 400, qr/no enrollment ids/],
-    ['POST', '/api/v1/enqueue', encode_json({ ids => [map { "I$_" } 1 .. 5001],
+    ['POST', '/api/v1/enqueue', encode_json({ ids => [map { "I$_" } 1 .. 2001],
                                               command => cmd('X2', 'ProfileList') }),
      400, qr/too many ids/],
     ['POST', '/api/v1/enqueue', '{"ids": 5}', 400, qr/takes JSON/],
