@@ -568,8 +568,9 @@ sim_redis_cleanup(sim_t *sim, redisContext *rc, int n, char **ids,
 /*
  * One command to --targets ids in calls of --enqueue-chunk ids, after
  * enrolling them directly; reports the time of all the calls, the longest
- * one and the memory they took.  With a reply that reports skipped ids,
- * the first chunk is sent once more: it must queue nothing.
+ * one and the memory they took.  Then the first chunk once more, as a
+ * retry after a lost reply: it must queue nothing (an mdm_enqueue without
+ * idempotent chunks refuses it, which is recorded, not fatal).
  */
 void
 sim_redis_bulk(sim_t *sim)
