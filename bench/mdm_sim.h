@@ -133,11 +133,11 @@ typedef struct {
     int64_t           swept;        /* after the sweep ... */
     int64_t           swept_dataset;
     int64_t           swept_ttl;    /* ... of which keys with a TTL */
-    int64_t           swept_events; /* ... and the capped event stream */
+    int64_t           swept_streams; /* ... and the capped streams */
     int64_t           ht_swept;     /* ... and db hash tables */
     int64_t           after_ttl;    /* once those keys expired */
     int64_t           after_dataset;
-    int64_t           after_events;
+    int64_t           after_streams;
     int64_t           ht_after;
     uint64_t          answers;
     uint64_t          ttl_keys;     /* keys of the step with a TTL */

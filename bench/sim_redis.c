@@ -342,6 +342,15 @@ sim_redis_key_memory(redisContext *rc, const char *key)
 }
 
 
+/* The capped streams (events, audit): no per-target storage. */
+static long long
+sim_redis_streams(redisContext *rc)
+{
+    return sim_redis_key_memory(rc, MDM_KEY_EVENTS)
+           + sim_redis_key_memory(rc, MDM_KEY_AUDIT);
+}
+
+
 /* Redis' clock, Unix ms: the one mdm_enqueue and mdm_sweep go by. */
 static long long
 sim_redis_time_ms(redisContext *rc)
@@ -523,8 +532,9 @@ sim_redis_enroll(sim_t *sim, redisContext *rc, int n, char **ids)
 
 /*
  * Takes the targets out again: enrollment, certificate binding, queue,
- * NotNow set and the index entry of every id, then the command (body and
- * target table).  UNLINK frees in the background, pipelined.
+ * NotNow set and the index entry of every id, then the command (body,
+ * target table, its entries in the expiry index and the sweep's cursors).
+ * UNLINK frees in the background, pipelined.
  */
 static void
 sim_redis_cleanup(sim_t *sim, redisContext *rc, int n, char **ids,
@@ -557,7 +567,9 @@ sim_redis_cleanup(sim_t *sim, redisContext *rc, int n, char **ids,
         redisAppendCommand(rc, "UNLINK %s", key);
         snprintf(key, sizeof(key), MDM_KEY_CMDT, uuid);
         redisAppendCommand(rc, "UNLINK %s", key);
-        pending += 2;
+        redisAppendCommand(rc, "ZREM %s %s", MDM_KEY_EXPIRY, uuid);
+        redisAppendCommand(rc, "HDEL %s %s", MDM_KEY_SWEEP, uuid);
+        pending += 4;
     }
 
     sim_redis_drain(rc, pending, "UNLINK");
@@ -905,7 +917,7 @@ sim_redis_growth(sim_t *sim)
     sim_redis_enroll(sim, rc, n, ids);
 
     g->base = sim_redis_used_memory(rc);
-    ev0 = sim_redis_key_memory(rc, MDM_KEY_EVENTS);
+    ev0 = sim_redis_streams(rc);
     sim_redis_memory_stats(rc, &ds0, &ht0);
     g->base_dataset = ds0;
     x0 = sim_redis_expires(rc);
@@ -957,7 +969,7 @@ sim_redis_growth(sim_t *sim)
     m = sim_redis_used_memory(rc);
     sim_redis_memory_stats(rc, &ds, &ht);
     sim_redis_scan_step(sim, rc, sim->stats.enq.uuid);
-    g->swept_events = sim_redis_key_memory(rc, MDM_KEY_EVENTS) - ev0;
+    g->swept_streams = sim_redis_streams(rc) - ev0;
     g->swept = m - g->base;
     g->swept_dataset = ds - ds0;
     g->ht_swept = ht - ht0;
@@ -976,7 +988,7 @@ sim_redis_growth(sim_t *sim)
 
     m = sim_redis_used_memory(rc);
     sim_redis_memory_stats(rc, &ds, &ht);
-    g->after_events = sim_redis_key_memory(rc, MDM_KEY_EVENTS) - ev0;
+    g->after_streams = sim_redis_streams(rc) - ev0;
     g->after_ttl = m - g->base;
     g->after_dataset = ds - ds0;
     g->ht_after = ht - ht0;

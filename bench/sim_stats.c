@@ -171,8 +171,8 @@ sim_growth_print(sim_t *sim, int json)
         printf("growth       baseline %lld B (dataset %lld); above it:"
                " queued %lld, answered %lld (%llu)\n"
                "  swept      %lld, dataset %lld (TTL keys %lld in %llu,"
-               " events %lld, hash tables %lld)\n"
-               "  after TTL  %lld, dataset %lld (events %lld, hash tables"
+               " streams %lld, hash tables %lld)\n"
+               "  after TTL  %lld, dataset %lld (streams %lld, hash tables"
                " %lld)\n"
                "  sweep      %.1f ms (%llu calls, longest %.1f ms, expired"
                " %llu, released %llu); queues left %llu, body %s\n"
@@ -182,9 +182,9 @@ sim_growth_print(sim_t *sim, int json)
                (long long) g->queued, (long long) g->answered,
                (unsigned long long) g->answers, (long long) g->swept,
                (long long) g->swept_dataset, (long long) g->swept_ttl,
-               (unsigned long long) g->ttl_keys, (long long) g->swept_events,
+               (unsigned long long) g->ttl_keys, (long long) g->swept_streams,
                (long long) g->ht_swept, (long long) g->after_ttl,
-               (long long) g->after_dataset, (long long) g->after_events,
+               (long long) g->after_dataset, (long long) g->after_streams,
                (long long) g->ht_after, g->sweep_ms,
                (unsigned long long) g->sweep_calls, g->sweep_max_ms,
                (unsigned long long) g->expired,
@@ -198,9 +198,9 @@ sim_growth_print(sim_t *sim, int json)
     printf("\"growth\":{\"base\":%lld,\"base_dataset\":%lld,"
            "\"queued\":%lld,\"answered\":%lld,\"answers\":%llu,"
            "\"swept\":%lld,\"swept_dataset\":%lld,\"swept_ttl\":%lld,"
-           "\"ttl_keys\":%llu,\"swept_events\":%lld,\"ht_swept\":%lld,"
+           "\"ttl_keys\":%llu,\"swept_streams\":%lld,\"ht_swept\":%lld,"
            "\"after_ttl\":%lld,\"after_dataset\":%lld,"
-           "\"after_events\":%lld,\"ht_after\":%lld,"
+           "\"after_streams\":%lld,\"ht_after\":%lld,"
            "\"sweep_ms\":%.3f,\"sweep_calls\":%llu,"
            "\"sweep_max_ms\":%.3f,\"expired\":%llu,\"released\":%llu,"
            "\"left_keys\":%llu,\"cmd_left\":%d,\"expiry_wait_s\":%.3f,"
@@ -209,9 +209,9 @@ sim_growth_print(sim_t *sim, int json)
            (long long) g->queued, (long long) g->answered,
            (unsigned long long) g->answers, (long long) g->swept,
            (long long) g->swept_dataset, (long long) g->swept_ttl,
-           (unsigned long long) g->ttl_keys, (long long) g->swept_events,
+           (unsigned long long) g->ttl_keys, (long long) g->swept_streams,
            (long long) g->ht_swept, (long long) g->after_ttl,
-           (long long) g->after_dataset, (long long) g->after_events,
+           (long long) g->after_dataset, (long long) g->after_streams,
            (long long) g->ht_after, g->sweep_ms,
            (unsigned long long) g->sweep_calls, g->sweep_max_ms,
            (unsigned long long) g->expired, (unsigned long long) g->released,
