@@ -147,7 +147,7 @@ typedef struct {
     uint64_t          expired;      /* mdm_sweep replies, summed */
     uint64_t          released;
     double            sweep_ms;
-    double            sweep_max_ms;
+    double            sweep_max_ms; /* --gc: Redis' SLOWLOG, 0 if < 10 ms */
     double            expiry_wait_s;
     double            ttl_wait_s;
     int64_t           result_ttl;

@@ -342,6 +342,41 @@ sim_redis_key_memory(redisContext *rc, const char *key)
 }
 
 
+/*
+ * used_memory, dataset.bytes and the key tables as the median of five
+ * samples 100 ms apart: client buffers and the AOF buffer come and go.
+ */
+static void
+sim_redis_memory_settled(redisContext *rc, long long *um, long long *ds,
+    long long *ht)
+{
+    int        i, j, k;
+    long long  v[3][5], t;
+
+    for (i = 0; i < 5; i++) {
+        if (i > 0) {
+            usleep(100000);
+        }
+        v[0][i] = sim_redis_used_memory(rc);
+        sim_redis_memory_stats(rc, &v[1][i], &v[2][i]);
+    }
+
+    for (k = 0; k < 3; k++) {
+        for (i = 1; i < 5; i++) {
+            for (j = i; j > 0 && v[k][j - 1] > v[k][j]; j--) {
+                t = v[k][j];
+                v[k][j] = v[k][j - 1];
+                v[k][j - 1] = t;
+            }
+        }
+    }
+
+    *um = v[0][2];
+    *ds = v[1][2];
+    *ht = v[2][2];
+}
+
+
 /* The capped streams (events, audit): no per-target storage. */
 static long long
 sim_redis_streams(redisContext *rc)
@@ -824,6 +859,45 @@ sim_redis_scan_step(sim_t *sim, redisContext *rc, const char *uuid)
 }
 
 
+/*
+ * The longest mdm_sweep call Redis ran since the SLOWLOG RESET, in ms, as
+ * Redis timed it (only calls above slowlog-log-slower-than, 10 ms, are
+ * logged): how long the sweep of --gc held Redis at a time.
+ */
+static double
+sim_redis_slowest_sweep(redisContext *rc)
+{
+    size_t       i;
+    double       ms;
+    redisReply  *r, *e, *a;
+
+    ms = 0;
+    r = redisCommand(rc, "SLOWLOG GET 1024");
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        sim_die("redis SLOWLOG failed");
+    }
+
+    for (i = 0; i < r->elements; i++) {
+        e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 4) {
+            continue;
+        }
+        a = e->element[3];
+        if (a->type == REDIS_REPLY_ARRAY && a->elements > 1
+            && a->element[1]->type == REDIS_REPLY_STRING
+            && strcmp(a->element[1]->str, "mdm_sweep") == 0
+            && e->element[2]->integer / 1e3 > ms)
+        {
+            ms = e->element[2]->integer / 1e3;
+        }
+    }
+
+    freeReplyObject(r);
+
+    return ms;
+}
+
+
 /* FCALL mdm_sweep 0 until more = 0, each call timed. */
 static void
 sim_redis_sweep(sim_t *sim, redisContext *rc)
@@ -837,10 +911,12 @@ sim_redis_sweep(sim_t *sim, redisContext *rc)
     t0 = sim_now();
 
     if (sim->conf.gc_command != NULL) {
+        freeReplyObject(redisCommand(rc, "SLOWLOG RESET"));
         if (system(sim->conf.gc_command) != 0) {
             sim_die("%s failed", sim->conf.gc_command);
         }
         g->sweep_ms = (sim_now() - t0) * 1e3;
+        g->sweep_max_ms = sim_redis_slowest_sweep(rc);
         return;
     }
 
@@ -916,9 +992,9 @@ sim_redis_growth(sim_t *sim)
 
     sim_redis_enroll(sim, rc, n, ids);
 
-    g->base = sim_redis_used_memory(rc);
+    sim_redis_memory_settled(rc, &m, &ds0, &ht0);
     ev0 = sim_redis_streams(rc);
-    sim_redis_memory_stats(rc, &ds0, &ht0);
+    g->base = m;
     g->base_dataset = ds0;
     x0 = sim_redis_expires(rc);
 
@@ -966,8 +1042,7 @@ sim_redis_growth(sim_t *sim)
 
     sim_redis_sweep(sim, rc);
 
-    m = sim_redis_used_memory(rc);
-    sim_redis_memory_stats(rc, &ds, &ht);
+    sim_redis_memory_settled(rc, &m, &ds, &ht);
     sim_redis_scan_step(sim, rc, sim->stats.enq.uuid);
     g->swept_streams = sim_redis_streams(rc) - ev0;
     g->swept = m - g->base;
@@ -986,8 +1061,7 @@ sim_redis_growth(sim_t *sim)
     }
     g->ttl_wait_s = sim_now() - t;
 
-    m = sim_redis_used_memory(rc);
-    sim_redis_memory_stats(rc, &ds, &ht);
+    sim_redis_memory_settled(rc, &m, &ds, &ht);
     g->after_streams = sim_redis_streams(rc) - ev0;
     g->after_ttl = m - g->base;
     g->after_dataset = ds - ds0;
