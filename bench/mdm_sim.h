@@ -110,6 +110,7 @@ typedef struct {
     uint64_t          already;      /* reply: ids skipped, queued before */
     double            total_ms;     /* wall time of all the calls */
     double            max_ms;       /* the longest single call */
+    double            server_max_ms; /* the same in SLOWLOG, 0 if < 10 ms */
     double            t_start;
     double            t_end;
     int64_t           memory;       /* used_memory delta */

@@ -78,6 +78,46 @@ sim_redis_ids_free(char **ids)
 
 
 /*
+ * The longest FCALL of function fn Redis ran since the SLOWLOG RESET, in
+ * ms, as Redis timed it (only calls above slowlog-log-slower-than, 10 ms,
+ * are logged): how long one call held Redis, without the time it waited
+ * behind other clients.
+ */
+static double
+sim_redis_slowest(redisContext *rc, const char *fn)
+{
+    size_t       i;
+    double       ms;
+    redisReply  *r, *e, *a;
+
+    ms = 0;
+    r = redisCommand(rc, "SLOWLOG GET 1024");
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        sim_die("redis SLOWLOG failed");
+    }
+
+    for (i = 0; i < r->elements; i++) {
+        e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 4) {
+            continue;
+        }
+        a = e->element[3];
+        if (a->type == REDIS_REPLY_ARRAY && a->elements > 1
+            && a->element[1]->type == REDIS_REPLY_STRING
+            && strcmp(a->element[1]->str, fn) == 0
+            && e->element[2]->integer / 1e3 > ms)
+        {
+            ms = e->element[2]->integer / 1e3;
+        }
+    }
+
+    freeReplyObject(r);
+
+    return ms;
+}
+
+
+/*
  * FCALL mdm_enqueue 0 plist priority expires nopush id... in calls of at
  * most chunk ids, the same body each time: one command, stored once.  The
  * reply is { uuid, queued, pushes[, already] }.  Every call is timed on
@@ -114,6 +154,10 @@ sim_redis_enqueue_ids(redisContext *rc, const char *plist, int expires,
     argv[6] = "1";                  /* no push: nothing consumes them here */
     for (j = 0; j < 7; j++) {
         lens[j] = strlen(argv[j]);
+    }
+
+    if (!soft) {
+        freeReplyObject(redisCommand(rc, "SLOWLOG RESET"));
     }
 
     t0 = sim_now();
@@ -169,6 +213,13 @@ sim_redis_enqueue_ids(redisContext *rc, const char *plist, int expires,
 
     enq->t_end = sim_now();
     enq->total_ms += (enq->t_end - t0) * 1e3;
+
+    if (!soft) {
+        t = sim_redis_slowest(rc, "mdm_enqueue");
+        if (t > enq->server_max_ms) {
+            enq->server_max_ms = t;
+        }
+    }
 
     free(argv);
     free(lens);
@@ -859,45 +910,6 @@ sim_redis_scan_step(sim_t *sim, redisContext *rc, const char *uuid)
 }
 
 
-/*
- * The longest mdm_sweep call Redis ran since the SLOWLOG RESET, in ms, as
- * Redis timed it (only calls above slowlog-log-slower-than, 10 ms, are
- * logged): how long the sweep of --gc held Redis at a time.
- */
-static double
-sim_redis_slowest_sweep(redisContext *rc)
-{
-    size_t       i;
-    double       ms;
-    redisReply  *r, *e, *a;
-
-    ms = 0;
-    r = redisCommand(rc, "SLOWLOG GET 1024");
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        sim_die("redis SLOWLOG failed");
-    }
-
-    for (i = 0; i < r->elements; i++) {
-        e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 4) {
-            continue;
-        }
-        a = e->element[3];
-        if (a->type == REDIS_REPLY_ARRAY && a->elements > 1
-            && a->element[1]->type == REDIS_REPLY_STRING
-            && strcmp(a->element[1]->str, "mdm_sweep") == 0
-            && e->element[2]->integer / 1e3 > ms)
-        {
-            ms = e->element[2]->integer / 1e3;
-        }
-    }
-
-    freeReplyObject(r);
-
-    return ms;
-}
-
-
 /* FCALL mdm_sweep 0 until more = 0, each call timed. */
 static void
 sim_redis_sweep(sim_t *sim, redisContext *rc)
@@ -916,7 +928,7 @@ sim_redis_sweep(sim_t *sim, redisContext *rc)
             sim_die("%s failed", sim->conf.gc_command);
         }
         g->sweep_ms = (sim_now() - t0) * 1e3;
-        g->sweep_max_ms = sim_redis_slowest_sweep(rc);
+        g->sweep_max_ms = sim_redis_slowest(rc, "mdm_sweep");
         return;
     }
 

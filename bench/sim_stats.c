@@ -314,9 +314,11 @@ sim_stats_print(sim_t *sim, int json)
         }
         if (s->enq.calls) {
             printf("enqueue      %llu calls of up to %d ids: %.1f ms,"
-                   " longest %.1f ms; queued %llu, already %llu\n",
+                   " longest %.1f ms (in Redis %.1f); queued %llu,"
+                   " already %llu\n",
                    (unsigned long long) s->enq.calls,
                    sim->conf.enqueue_chunk, s->enq.total_ms, s->enq.max_ms,
+                   s->enq.server_max_ms,
                    (unsigned long long) s->enq.queued,
                    (unsigned long long) s->enq.already);
         }
@@ -385,13 +387,15 @@ sim_stats_print(sim_t *sim, int json)
            (long long) s->enroll_memory, (long long) s->enqueue_memory);
     printf("},\"enqueue\":{\"calls\":%llu,\"chunk\":%d,\"queued\":%llu,"
            "\"already\":%llu,\"total_ms\":%.3f,\"max_ms\":%.3f,"
+           "\"server_max_ms\":%.3f,"
            "\"memory\":%lld,\"uuid\":\"%s\",\"retry\":%d,"
            "\"retry_queued\":%llu,\"retry_already\":%llu,"
            "\"cleanup_ms\":%.3f},",
            (unsigned long long) s->enq.calls, sim->conf.enqueue_chunk,
            (unsigned long long) s->enq.queued,
            (unsigned long long) s->enq.already, s->enq.total_ms,
-           s->enq.max_ms, (long long) s->enq.memory, s->enq.uuid,
+           s->enq.max_ms, s->enq.server_max_ms,
+           (long long) s->enq.memory, s->enq.uuid,
            s->enq.retry, (unsigned long long) s->enq.retry_queued,
            (unsigned long long) s->enq.retry_already, s->cleanup_ms);
     sim_growth_print(sim, 1);
