@@ -140,6 +140,10 @@ typedef struct {
     int64_t           after_dataset;
     int64_t           after_streams;
     int64_t           ht_after;
+    long long         keys_base;    /* MEMORY USAGE of every key but the */
+    long long         nkeys_base;   /*   streams, and the key count */
+    long long         keys_after;
+    long long         nkeys_after;
     uint64_t          answers;
     uint64_t          ttl_keys;     /* keys of the step with a TTL */
     uint64_t          left_keys;    /* queues (no TTL) left after the sweep */

@@ -915,6 +915,55 @@ sim_redis_scan_step(sim_t *sim, redisContext *rc, const char *uuid)
 }
 
 
+/*
+ * MEMORY USAGE (SAMPLES 0) of every key but the capped streams, summed,
+ * and the number of keys: what the data model holds, key by key.
+ */
+static long long
+sim_redis_all_keys(redisContext *rc, long long *nkeys)
+{
+    char         cursor[32];
+    size_t       i;
+    long long    sum;
+    redisReply  *r, *k, *a;
+
+    sum = 0;
+    *nkeys = 0;
+    snprintf(cursor, sizeof(cursor), "0");
+
+    do {
+        r = redisCommand(rc, "SCAN %s COUNT 2000", cursor);
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            sim_die("redis SCAN failed");
+        }
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        k = r->element[1];
+
+        for (i = 0; i < k->elements; i++) {
+            redisAppendCommand(rc, "MEMORY USAGE %s SAMPLES 0",
+                               k->element[i]->str);
+        }
+        for (i = 0; i < k->elements; i++) {
+            if (redisGetReply(rc, (void **) &a) != REDIS_OK) {
+                sim_die("redis: %s", rc->errstr);
+            }
+            if (a->type == REDIS_REPLY_INTEGER
+                && strcmp(k->element[i]->str, MDM_KEY_EVENTS) != 0
+                && strcmp(k->element[i]->str, MDM_KEY_AUDIT) != 0)
+            {
+                sum += a->integer;
+                (*nkeys)++;
+            }
+            freeReplyObject(a);
+        }
+
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+
+    return sum;
+}
+
+
 /* FCALL mdm_sweep 0 until more = 0, each call timed. */
 static void
 sim_redis_sweep(sim_t *sim, redisContext *rc)
@@ -1009,6 +1058,7 @@ sim_redis_growth(sim_t *sim)
 
     sim_redis_enroll(sim, rc, n, ids);
 
+    g->keys_base = sim_redis_all_keys(rc, &g->nkeys_base);
     sim_redis_memory_settled(rc, &m, &ds0, &ht0);
     ev0 = sim_redis_streams(rc);
     g->base = m;
@@ -1078,6 +1128,7 @@ sim_redis_growth(sim_t *sim)
     }
     g->ttl_wait_s = sim_now() - t;
 
+    g->keys_after = sim_redis_all_keys(rc, &g->nkeys_after);
     sim_redis_memory_settled(rc, &m, &ds, &ht);
     g->after_streams = sim_redis_streams(rc) - ev0;
     g->after_ttl = m - g->base;

@@ -177,7 +177,8 @@ sim_growth_print(sim_t *sim, int json)
                "  sweep      %.1f ms (%llu calls, longest %.1f ms, expired"
                " %llu, released %llu); queues left %llu, body %s\n"
                "  waited     %.1f s for the expiry, %.1f s for the TTL"
-               " (result_ttl %lld)\n",
+               " (result_ttl %lld)\n"
+               "  keys       %lld B in %lld before, %lld B in %lld after\n",
                (long long) g->base, (long long) g->base_dataset,
                (long long) g->queued, (long long) g->answered,
                (unsigned long long) g->answers, (long long) g->swept,
@@ -191,7 +192,8 @@ sim_growth_print(sim_t *sim, int json)
                (unsigned long long) g->released,
                (unsigned long long) g->left_keys,
                g->cmd_left ? "left" : "released", g->expiry_wait_s,
-               g->ttl_wait_s, (long long) g->result_ttl);
+               g->ttl_wait_s, (long long) g->result_ttl, g->keys_base,
+               g->nkeys_base, g->keys_after, g->nkeys_after);
         return;
     }
 
@@ -204,7 +206,9 @@ sim_growth_print(sim_t *sim, int json)
            "\"sweep_ms\":%.3f,\"sweep_calls\":%llu,"
            "\"sweep_max_ms\":%.3f,\"expired\":%llu,\"released\":%llu,"
            "\"left_keys\":%llu,\"cmd_left\":%d,\"expiry_wait_s\":%.3f,"
-           "\"ttl_wait_s\":%.3f,\"result_ttl\":%lld}",
+           "\"ttl_wait_s\":%.3f,\"result_ttl\":%lld,"
+           "\"keys_base\":%lld,\"nkeys_base\":%lld,\"keys_after\":%lld,"
+           "\"nkeys_after\":%lld}",
            (long long) g->base, (long long) g->base_dataset,
            (long long) g->queued, (long long) g->answered,
            (unsigned long long) g->answers, (long long) g->swept,
@@ -216,7 +220,8 @@ sim_growth_print(sim_t *sim, int json)
            (unsigned long long) g->sweep_calls, g->sweep_max_ms,
            (unsigned long long) g->expired, (unsigned long long) g->released,
            (unsigned long long) g->left_keys, g->cmd_left,
-           g->expiry_wait_s, g->ttl_wait_s, (long long) g->result_ttl);
+           g->expiry_wait_s, g->ttl_wait_s, (long long) g->result_ttl,
+           g->keys_base, g->nkeys_base, g->keys_after, g->nkeys_after);
 }
 
 
