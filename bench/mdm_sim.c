@@ -75,6 +75,9 @@ static const char  *sim_usage =
 "                          in one call); the same body every call\n"
 "      --expires S         the command expires after S seconds (default\n"
 "                          none; growth: 5)\n"
+"      --enqueue-pace P    --enqueue-during: after each call wait so that the\n"
+"                          enqueue takes at most P % of the time, as mdmctl\n"
+"                          enqueue --pace (default 50; 100: back to back)\n"
 "      --enqueue-during    poll/cycle/mixed: enroll --targets ids first; once\n"
 "                          the clock starts, enqueue one command to them from\n"
 "                          a second thread while the fleet talks; the run\n"
@@ -101,7 +104,7 @@ enum {
     OPT_NO_UNLOCK, OPT_MIXED,
     OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU,
     OPT_MAX_OPENING, OPT_TARGET_PREFIX, OPT_ENROLL, OPT_ENROLL_ONLY,
-    OPT_CHUNK, OPT_EXPIRES, OPT_DURING, OPT_CLEANUP, OPT_ANSWER, OPT_GC
+    OPT_CHUNK, OPT_PACE, OPT_EXPIRES, OPT_DURING, OPT_CLEANUP, OPT_ANSWER, OPT_GC
 };
 
 static const struct option  sim_options[] = {
@@ -139,6 +142,7 @@ static const struct option  sim_options[] = {
     { "enroll", required_argument, NULL, OPT_ENROLL },
     { "enroll-only", no_argument, NULL, OPT_ENROLL_ONLY },
     { "enqueue-chunk", required_argument, NULL, OPT_CHUNK },
+    { "enqueue-pace", required_argument, NULL, OPT_PACE },
     { "expires", required_argument, NULL, OPT_EXPIRES },
     { "enqueue-during", no_argument, NULL, OPT_DURING },
     { "cleanup", no_argument, NULL, OPT_CLEANUP },
@@ -197,6 +201,7 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
     cf->udid_prefix = "00008030-5133AA00";
     cf->targets = 100000;
     cf->enqueue_chunk = 2000;
+    cf->enqueue_pace = 50;
     cf->answer = 0.9;
     connect = "127.0.0.1:8443";
 
@@ -250,6 +255,7 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
             break;
         case OPT_ENROLL_ONLY: cf->enroll_only = 1; break;
         case OPT_CHUNK: cf->enqueue_chunk = atoi(optarg); break;
+        case OPT_PACE: cf->enqueue_pace = atoi(optarg); break;
         case OPT_EXPIRES: cf->expires = atoi(optarg); break;
         case OPT_DURING: cf->enqueue_during = 1; break;
         case OPT_CLEANUP: cf->cleanup = 1; break;
@@ -278,10 +284,12 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
     if (cf->devices < 1 || cf->targets < 1 || cf->commands < 0) {
         sim_die("--devices and --targets must be positive");
     }
-    if (cf->enqueue_chunk < 0 || cf->expires < 0 || cf->answer < 0
+    if (cf->enqueue_chunk < 0 || cf->enqueue_pace < 1 || cf->enqueue_pace > 100
+        || cf->expires < 0 || cf->answer < 0
         || cf->answer > 1)
     {
         sim_die("--enqueue-chunk and --expires must not be negative,"
+                " --enqueue-pace is 1-100,"
                 " --answer is a share 0-1");
     }
     if (cf->target_prefix == NULL) {

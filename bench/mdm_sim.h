@@ -93,6 +93,7 @@ typedef struct {
     sim_enroll_e      enroll;       /* how the targets are enrolled */
     int               enroll_only;
     int               enqueue_chunk; /* ids per mdm_enqueue call */
+    int               enqueue_pace;  /* --enqueue-during: % of Redis time */
     int               expires;      /* seconds, 0 = none */
     int               enqueue_during; /* poll etc.: enqueue to the targets
                                         while the fleet talks */

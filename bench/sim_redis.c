@@ -121,11 +121,14 @@ sim_redis_slowest(redisContext *rc, const char *fn)
  * FCALL mdm_enqueue 0 plist priority expires nopush id... in calls of at
  * most chunk ids, the same body each time: one command, stored once.  The
  * reply is { uuid, queued, pushes[, already] }.  Every call is timed on
- * its own: no call may hold Redis for long.
+ * its own: no call may hold Redis for long.  pace (1-99): after a call
+ * that took T, wait T * (100 - pace) / pace, as mdmctl enqueue --pace
+ * does, so the devices keep the rest of Redis' time.
  */
 static int
 sim_redis_enqueue_ids(redisContext *rc, const char *plist, int expires,
-    int chunk, int n, char **ids, sim_enq_t *enq, int soft, int verbose)
+    int chunk, int n, char **ids, sim_enq_t *enq, int soft, int verbose,
+    int pace)
 {
     int           i, j, m, argc;
     char          exp[16];
@@ -174,6 +177,11 @@ sim_redis_enqueue_ids(redisContext *rc, const char *plist, int expires,
         t = sim_now();
         r = redisCommandArgv(rc, argc, argv, lens);
         t = (sim_now() - t) * 1e3;
+
+        /* mdmctl enqueue --pace: Redis time left to the devices */
+        if (pace > 0 && pace < 100 && i + m < n) {
+            usleep((useconds_t) (t * 1e3 * (100 - pace) / pace));
+        }
 
         if (r == NULL) {
             sim_die("redis: %s", rc->errstr);
@@ -263,7 +271,7 @@ sim_redis_enqueue(sim_t *sim)
         memset(&enq, 0, sizeof(enq));
         sim_redis_enqueue_ids(rc, plist.data, sim->conf.expires,
                               sim->conf.enqueue_chunk, n, ids, &enq, 0,
-                              sim->conf.verbose);
+                              sim->conf.verbose, 100);
         sim->stats.enqueue_ms += enq.total_ms;
         sim->stats.cmd_enqueued += n;
         sim->stats.enq.calls += enq.calls;
@@ -705,7 +713,7 @@ sim_redis_bulk(sim_t *sim)
         sim_redis_enqueue_ids(rc, plist.data, sim->conf.expires,
                               sim->conf.enqueue_chunk, n, ids,
                               &sim->stats.enq, 0,
-                              sim->conf.verbose);
+                              sim->conf.verbose, 100);
         sim->stats.t_start = sim->stats.enq.t_start;
         sim->stats.t_end = sim->stats.enq.t_end;
         sim->stats.enqueue_ms = sim->stats.enq.total_ms;
@@ -719,7 +727,7 @@ sim_redis_bulk(sim_t *sim)
         chunk = chunk > 0 && chunk < n ? chunk : n;
         memset(&again, 0, sizeof(again));
         if (sim_redis_enqueue_ids(rc, plist.data, sim->conf.expires, chunk,
-                                  chunk, ids, &again, 1, 0) == 0)
+                                  chunk, ids, &again, 1, 0, 100) == 0)
         {
             sim->stats.enq.retry = 1;
             sim->stats.enq.retry_queued = again.queued;
@@ -785,7 +793,7 @@ sim_redis_bg_thread(void *arg)
     sim_redis_enqueue_ids(rc, sim->bg_plist.data, sim->conf.expires,
                           sim->conf.enqueue_chunk, sim->conf.targets,
                           sim->targets, &sim->stats.enq, 0,
-                              sim->conf.verbose);
+                          sim->conf.verbose, sim->conf.enqueue_pace);
     sim->stats.enq.memory = sim_redis_used_memory(rc) - m0;
 
     __atomic_store_n(&sim->bg_done, 1, __ATOMIC_RELEASE);
@@ -1091,7 +1099,7 @@ sim_redis_growth(sim_t *sim)
 
     sim_redis_enqueue_ids(rc, plist.data, sim->conf.expires,
                           sim->conf.enqueue_chunk, n, ids, &sim->stats.enq,
-                          0, sim->conf.verbose);
+                          0, sim->conf.verbose, 100);
     sim->stats.enqueue_ms = sim->stats.enq.total_ms;
     sim->stats.cmd_enqueued = sim->stats.enq.queued;
     due = sim_redis_time_ms(rc) + sim->conf.expires * 1000LL;
