@@ -84,7 +84,7 @@ like(qx{dpkg-query -W -f='\${Depends}' libnginx-mod-http-mdm},
 ok(-x '/usr/sbin/mdm-apnsd' && -x '/usr/bin/mdmctl'
    && -x '/usr/bin/mdm-redis-load', 'binaries');
 ok(-f "/usr/share/mdm/redis-functions/$_", "redis-functions/$_")
-    for qw(mdm.lua push.lua);
+    for qw(mdm.lua push.lua metrics.lua);
 ok(-f '/usr/share/doc/mdm-redis-functions/examples/users.acl', 'users.acl');
 
 my @pw = getpwnam('mdm-apnsd');
