@@ -217,5 +217,14 @@ cmp_ok $m->{mdm_redis_reconnects_total}, '>=', 2,
     "reconnects counted ($m->{mdm_redis_reconnects_total})";
 is $m->{mdm_enrollments}, 0, 'the new (empty) Redis';
 
+# --- a reload keeps the zone, and the counters in it ---------------------------
+my $auth = 'type="Authenticate",code="200"';
+my $before = req(scrape(), $auth);
+my $ready = () = $t->slurp('error.log') =~ /mdm: redis ready/g;
+$t->signal_nginx('HUP');
+ok wait_until(sub { (() = $t->slurp('error.log') =~ /mdm: redis ready/g)
+                    >= $ready + 2 }, 10), 'reloaded: two new workers';
+is req(scrape(), $auth), $before, "counters survive a reload ($before)";
+
 $t->finish;
 done_testing;
