@@ -190,6 +190,32 @@ SKIP: {
     is $?, 0, 'promtool check metrics passes' or diag $out, $r2->{body};
 }
 
+# --- the library missing, or another version: the gauges leave -------------
+$t->mark_log;
+$redis->function_delete('mdm_metrics');
+ok wait_until(sub { (scrape()->{mdm_redis_up} // 1) == 0 }, 6),
+    'no mdm_metrics library: mdm_redis_up 0';
+ok !defined scrape()->{mdm_enrollments}, '... no gauges';
+ok $t->wait_for_log(qr/gauges are left out: ERR Function not found/, 3),
+    '... and a line saying why';
+$t->spew('other.lua', "#!lua name=mdm_metrics\n"
+    . "redis.register_function{ function_name = 'mdm_metrics', "
+    . "callback = function() return { '2', 0, 0, 0, 0, 0, 0, 0 } end, "
+    . "flags = { 'no-writes' } }\n");
+my $d = $t->dir;
+qx{redis-cli -s $d/redis.sock -x FUNCTION LOAD REPLACE < $d/other.lua};
+sleep 2.1;                                  # past mdm_metrics_cache
+scrape();
+sleep 0.3;
+$m = scrape();
+is $m->{mdm_redis_up}, 0, 'another version: mdm_redis_up 0';
+ok !defined $m->{mdm_enrollments}, '... no gauges';
+is scalar(() = $t->log_since_mark =~ /gauges are left out/g), 1,
+    'one line for the whole outage';
+$t->load_functions;
+ok wait_until(sub { (scrape()->{mdm_redis_up} // 0) == 1 }, 6),
+    'loaded again: mdm_redis_up 1';
+
 # --- Redis down: counters still answer, the gauges leave --------------------
 $t->mark_log;
 $t->stop_redis;
