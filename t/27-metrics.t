@@ -13,9 +13,38 @@ use MdmTest;
 $SIG{PIPE} = 'IGNORE';
 
 my $t = MdmTest->new;
+my $d = $t->dir;
+
+# a second Redis, for a server (a tenant) of its own
+my $sock_b = "$d/redis-b.sock";
+my $pid_b = fork // die;
+if (!$pid_b) {
+    open STDOUT, '>', '/dev/null';
+    exec 'redis-server', '--port', '0', '--unixsocket', $sock_b,
+        '--unixsocketperm', '777', '--dir', $d, '--dbfilename', 'b.rdb',
+        '--save', '', '--appendonly', 'no', '--logfile', "$d/redis-b.log"
+        or die;
+}
+push @{ $t->{procs} }, $pid_b;
+ok wait_until(sub { -S $sock_b && qx{redis-cli -s $sock_b PING} =~ /PONG/ }),
+    'second redis up';
+for my $f (sort glob(MdmTest::root() . '/redis-scripts/*.lua')) {
+    my $out = qx{redis-cli -s $sock_b -x FUNCTION LOAD REPLACE < $f 2>&1};
+    die "FUNCTION LOAD $f: $out" if $out =~ /ERR/;
+}
+qx{redis-cli -s $sock_b ZADD mdm:enrollments 1 B1 2 B2 3 B3};
+
 my $conf = $t->conf(
     http => q{log_format pids '$pid $status'; }
-          . q{access_log %%TESTDIR%%/pids.log pids;},
+          . q{access_log %%TESTDIR%%/pids.log pids;} . <<'EOF',
+    server {
+        listen 127.0.0.1:%%PORT_b%% ssl;
+        ssl_certificate %%TESTDIR%%/server.crt;
+        ssl_certificate_key %%TESTDIR%%/server.key;
+        mdm_redis unix:%%TESTDIR%%/redis-b.sock;
+        location = /metrics { mdm_metrics; mdm_metrics_cache 1s; }
+    }
+EOF
     locations => <<'EOF');
         location = /mdm/checkin { mdm_checkin; }
         location = /mdm/connect { mdm_command; }
@@ -24,7 +53,7 @@ my $conf = $t->conf(
         location = /metrics0 { mdm_metrics; mdm_metrics_cache 0; }
 EOF
 # one listening socket per worker: the kernel spreads connections over both
-$conf =~ s/(listen \S+ ssl);/$1 reuseport;/;
+$conf =~ s/(listen \S+%%PORT_https%% ssl);/$1 reuseport;/;
 $t->start_nginx($conf, workers => 2);
 my $redis = $t->redis;
 
@@ -142,6 +171,10 @@ is $m->{'mdm_stream_length{stream="audit"}'}, $redis->xlen('mdm:audit'),
 is $m->{mdm_commands}, 0, 'no commands';
 is $m->{mdm_queued_commands}, 0, 'nothing queued';
 
+ok wait_until(sub { (scrape('/metrics', port => 'b')->{mdm_enrollments} // 0)
+                    == 3 }, 5), "a server with its own Redis: its gauges";
+is scrape()->{mdm_enrollments}, $n, '... and this one its own';
+
 # cached: many scrapes, at most one mdm_metrics call per mdm_metrics_cache
 $redis->hset('mdm:push:stats', sent => 7, ok => 5, failed => 2,
              'inflight:host-1' => 3, 'failed:BadTopic' => 2);
@@ -202,7 +235,6 @@ $t->spew('other.lua', "#!lua name=mdm_metrics\n"
     . "redis.register_function{ function_name = 'mdm_metrics', "
     . "callback = function() return { '2', 0, 0, 0, 0, 0, 0, 0 } end, "
     . "flags = { 'no-writes' } }\n");
-my $d = $t->dir;
 qx{redis-cli -s $d/redis.sock -x FUNCTION LOAD REPLACE < $d/other.lua};
 sleep 2.1;                                  # past mdm_metrics_cache
 scrape();
