@@ -15,7 +15,9 @@
  * than mdm_metrics_cache, one worker (whoever claims the refresh) sends
  * one FCALL_RO through the async adapter; the reply fills the cache for
  * the next scrape. Without an answer the gauges are left out and
- * mdm_redis_up says 0.
+ * mdm_redis_up says 0. Each answer also brings one slice of the census of
+ * enrollments by type and enabled state; the slices are added up in the
+ * zone and published when the census cursor comes back 0.
  */
 
 
@@ -98,6 +100,15 @@ static const char  *ngx_http_mdm_m_le[] = {
 };
 
 
+/* the census: the enrollment hash's type, then enabled 0 or 1 */
+static const char  *ngx_http_mdm_m_etypes[] = {
+    "other", "Device", "User", "SharediPad", "UserEnrollmentDevice",
+    "UserEnrollmentUser", NULL
+};
+
+#define NGX_HTTP_MDM_M_ETYPES       6
+
+
 /* the reply of mdm_metrics after its version, then mdm:push:stats */
 static const char  *ngx_http_mdm_m_push[] = {
     "sent", "recovered", "ok", "unregistered", "bad_token", "failed",
@@ -124,6 +135,13 @@ typedef struct {
     uint64_t                    updated;     /* ms, last attempt */
     uint64_t                    good;        /* ms, last answer */
     int64_t                     v[NGX_HTTP_MDM_M_GAUGES];
+
+    /* the census: this pass so far, the last complete one */
+    int64_t                     pass[NGX_HTTP_MDM_M_ETYPES][2];
+    int64_t                     census[NGX_HTTP_MDM_M_ETYPES][2];
+    uint64_t                    census_ms;   /* 0: none complete yet */
+    size_t                      cursor_len;  /* 0: a pass starts */
+    u_char                      cursor[24];  /* ZSCAN's, 64-bit decimal */
 } ngx_http_mdm_m_gauges_t;
 
 
@@ -630,13 +648,13 @@ static void
 ngx_http_mdm_metrics_refresh(ngx_http_request_t *r,
     ngx_http_mdm_m_gauges_t *g, uint64_t now, ngx_msec_t cache)
 {
+    u_char                      cursor[24];
+    size_t                      len[4];
     ngx_int_t                   rc;
+    const char                 *argv[4];
     ngx_atomic_uint_t           busy;
     ngx_http_mdm_srv_conf_t    *mscf;
     ngx_http_mdm_redis_op_t    *op;
-
-    static const char          *argv[] = { "FCALL_RO", "mdm_metrics", "0" };
-    static const size_t         len[] = { 8, 11, 1 };
 
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_mdm_module);
 
@@ -656,7 +674,28 @@ ngx_http_mdm_metrics_refresh(ngx_http_request_t *r,
         return;
     }
 
-    rc = ngx_http_mdm_redis_call(mscf->redis, 3, argv, len, mscf->timeout,
+    argv[0] = "FCALL_RO";
+    len[0] = 8;
+    argv[1] = "mdm_metrics";
+    len[1] = 11;
+    argv[2] = "0";
+    len[2] = 1;
+
+    ngx_shmtx_lock(&ngx_http_mdm_m_pool->mutex);
+
+    len[3] = g->cursor_len;
+    ngx_memcpy(cursor, g->cursor, g->cursor_len);
+
+    ngx_shmtx_unlock(&ngx_http_mdm_m_pool->mutex);
+
+    if (len[3] == 0) {
+        cursor[0] = '0';
+        len[3] = 1;
+    }
+
+    argv[3] = (char *) cursor;
+
+    rc = ngx_http_mdm_redis_call(mscf->redis, 4, argv, len, mscf->timeout,
                                  ngx_cycle->log, ngx_http_mdm_metrics_done,
                                  g, &op);
     if (rc != NGX_OK) {
@@ -696,11 +735,17 @@ static void
 ngx_http_mdm_metrics_store(ngx_http_mdm_m_gauges_t *g, redisReply *reply,
     const char *why)
 {
-    size_t        i, j;
+    size_t        i, j, n, t, en, clen;
+    u_char        cursor[24];
     int64_t       v[NGX_HTTP_MDM_M_GAUGES];
+    int64_t       slice[NGX_HTTP_MDM_M_ETYPES][2];
+    ngx_str_t     s;
     redisReply  **e;
 
     ngx_memzero(v, sizeof(v));
+    ngx_memzero(slice, sizeof(slice));
+    clen = 0;
+    n = 0;
 
     if (reply && why == NULL) {
         e = reply->element;
@@ -709,9 +754,15 @@ ngx_http_mdm_metrics_store(ngx_http_mdm_m_gauges_t *g, redisReply *reply,
             why = reply->str;
 
         } else if (reply->type != REDIS_REPLY_ARRAY
-                   || reply->elements < 1 + NGX_HTTP_MDM_M_FIXED
+                   || reply->elements < 3 + NGX_HTTP_MDM_M_FIXED
                    || e[0]->type != REDIS_REPLY_STRING
-                   || e[0]->len != 1 || e[0]->str[0] != '1')
+                   || e[0]->len != 1 || e[0]->str[0] != '1'
+                   || e[8]->type != REDIS_REPLY_STRING
+                   || e[8]->len > sizeof(cursor)
+                   || e[9]->type != REDIS_REPLY_INTEGER
+                   || e[9]->integer < 0
+                   || (size_t) e[9]->integer
+                      > (reply->elements - 10) / 3)
         {
             why = "mdm_metrics is not version 1: load "
                   "redis-scripts/metrics.lua";
@@ -722,9 +773,26 @@ ngx_http_mdm_metrics_store(ngx_http_mdm_m_gauges_t *g, redisReply *reply,
                        ? e[1 + i]->integer : -1;
             }
 
-            for (i = 1 + NGX_HTTP_MDM_M_FIXED; i + 1 < reply->elements;
-                 i += 2)
-            {
+            clen = e[8]->len;
+            ngx_memcpy(cursor, e[8]->str, clen);
+            n = (size_t) e[9]->integer;
+
+            for (i = 10; i < 10 + 3 * n; i += 3) {
+                if (e[i]->type != REDIS_REPLY_STRING
+                    || e[i + 1]->type != REDIS_REPLY_STRING
+                    || e[i + 2]->type != REDIS_REPLY_INTEGER)
+                {
+                    continue;
+                }
+
+                s.data = (u_char *) e[i]->str;
+                s.len = e[i]->len;
+                t = ngx_http_mdm_metrics_index(ngx_http_mdm_m_etypes, &s);
+                en = (e[i + 1]->len == 1 && e[i + 1]->str[0] == '1');
+                slice[t][en] += e[i + 2]->integer;
+            }
+
+            for (i = 10 + 3 * n; i + 1 < reply->elements; i += 2) {
                 if (e[i]->type != REDIS_REPLY_STRING
                     || e[i + 1]->type != REDIS_REPLY_STRING)
                 {
@@ -758,13 +826,32 @@ ngx_http_mdm_metrics_store(ngx_http_mdm_m_gauges_t *g, redisReply *reply,
         g->up = 1;
         g->complained = 0;
 
-    } else if (g->complained) {
-        /* one line per outage, not one per refresh */
-        g->up = 0;
-        why = NULL;
+        for (t = 0; t < NGX_HTTP_MDM_M_ETYPES; t++) {
+            g->pass[t][0] += slice[t][0];
+            g->pass[t][1] += slice[t][1];
+        }
+
+        if (clen == 1 && cursor[0] == '0') {
+            ngx_memcpy(g->census, g->pass, sizeof(g->pass));
+            ngx_memzero(g->pass, sizeof(g->pass));
+            g->census_ms = g->updated;
+            clen = 0;
+        }
+
+        ngx_memcpy(g->cursor, cursor, clen);
+        g->cursor_len = clen;
 
     } else {
+        /* a pass is counted against one data set: start again */
+        ngx_memzero(g->pass, sizeof(g->pass));
+        g->cursor_len = 0;
         g->up = 0;
+
+        /* one line per outage, not one per refresh */
+        if (g->complained) {
+            why = NULL;
+        }
+
         g->complained = 1;
     }
 
@@ -921,6 +1008,32 @@ ngx_http_mdm_metrics_render(ngx_http_request_t *r, u_char *p, u_char *last,
     p = ngx_http_mdm_m_head(p, last, "mdm_enrollments", "gauge",
                             "Enrollments (mdm:enrollments).");
     p = ngx_slprintf(p, last, "mdm_enrollments %L\n", g->v[0]);
+
+    if (g->census_ms) {
+        p = ngx_http_mdm_m_head(p, last, "mdm_enrollments_by_type", "gauge",
+                                "Enrollments by type and enabled state, "
+                                "from the last complete census.");
+
+        for (i = 0; i < NGX_HTTP_MDM_M_ETYPES; i++) {
+            p = ngx_slprintf(p, last,
+                             "mdm_enrollments_by_type{type=\"%s\","
+                             "enabled=\"0\"} %L\n"
+                             "mdm_enrollments_by_type{type=\"%s\","
+                             "enabled=\"1\"} %L\n",
+                             ngx_http_mdm_m_etypes[i], g->census[i][0],
+                             ngx_http_mdm_m_etypes[i], g->census[i][1]);
+        }
+
+        n = ngx_http_mdm_metrics_ms() - g->census_ms;
+
+        p = ngx_http_mdm_m_head(p, last,
+                                "mdm_enrollments_census_age_seconds",
+                                "gauge", "Age of the last complete census "
+                                "of enrollments.");
+        p = ngx_slprintf(p, last,
+                         "mdm_enrollments_census_age_seconds %uL.%03uL\n",
+                         n / 1000, n % 1000);
+    }
 
     p = ngx_http_mdm_m_head(p, last, "mdm_commands", "gauge",
                             "Commands with a body still queued somewhere.");

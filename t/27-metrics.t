@@ -32,7 +32,22 @@ for my $f (sort glob(MdmTest::root() . '/redis-scripts/*.lua')) {
     my $out = qx{redis-cli -s $sock_b -x FUNCTION LOAD REPLACE < $f 2>&1};
     die "FUNCTION LOAD $f: $out" if $out =~ /ERR/;
 }
-qx{redis-cli -s $sock_b ZADD mdm:enrollments 1 B1 2 B2 3 B3};
+# 3,000 enrollments: the census takes several slices (ZSCAN about 1,000)
+{
+    open my $p, '|-', "redis-cli -s $sock_b --pipe >/dev/null" or die;
+    for my $i (1 .. 3000) {
+        my ($id, $type, $en) = $i <= 2000 ? ("B$i", 'Device', 1)
+                             : $i <= 2500 ? ("B1:U$i", 'User', 0)
+                             : ("B$i", undef, undef);
+        my @c = (['ZADD', 'mdm:enrollments', $i, $id]);
+        my ($dv) = $id =~ /^([^:]+)/;
+        push @c, ['HSET', "mdm:{$dv}:enr:$id", 'type', $type, 'enabled', $en]
+            if $type;
+        print $p join '', '*' . @$_ . "\r\n",
+            map { '$' . length($_) . "\r\n$_\r\n" } @$_ for @c;
+    }
+    close $p;
+}
 
 my $conf = $t->conf(
     http => q{log_format pids '$pid $status'; }
@@ -42,7 +57,7 @@ my $conf = $t->conf(
         ssl_certificate %%TESTDIR%%/server.crt;
         ssl_certificate_key %%TESTDIR%%/server.key;
         mdm_redis unix:%%TESTDIR%%/redis-b.sock;
-        location = /metrics { mdm_metrics; mdm_metrics_cache 1s; }
+        location = /metrics { mdm_metrics; mdm_metrics_cache 0; }
     }
 EOF
     locations => <<'EOF');
@@ -172,8 +187,24 @@ is $m->{mdm_commands}, 0, 'no commands';
 is $m->{mdm_queued_commands}, 0, 'nothing queued';
 
 ok wait_until(sub { (scrape('/metrics', port => 'b')->{mdm_enrollments} // 0)
-                    == 3 }, 5), "a server with its own Redis: its gauges";
+                    == 3000 }, 5), "a server with its own Redis: its gauges";
 is scrape()->{mdm_enrollments}, $n, '... and this one its own';
+
+# the census: one slice per refresh, published when the pass is complete
+sub census {
+    my ($m) = @_;
+    return join ' ', map { $m->{"mdm_enrollments_by_type{$_}"} // '-' }
+        'type="Device",enabled="1"', 'type="User",enabled="0"',
+        'type="other",enabled="0"', 'type="Device",enabled="0"';
+}
+is census(scrape()), "$n 0 0 0", "census: $n Device enabled (one slice)";
+my @census;
+ok wait_until(sub { push @census, census(scrape('/metrics', port => 'b'));
+                    $census[-1] eq '2000 500 500 0' }, 10),
+    'census of 3,000 enrollments: 2000 Device enabled, 500 User disabled, '
+    . '500 without a hash';
+ok !(grep { $_ ne '-' && $_ ne '- - - -' && $_ ne '2000 500 500 0' }
+     @census), 'never a partial pass (' . scalar(@census) . ' scrapes)';
 
 # cached: many scrapes, at most one mdm_metrics call per mdm_metrics_cache
 $redis->hset('mdm:push:stats', sent => 7, ok => 5, failed => 2,
