@@ -32,7 +32,7 @@ for my $f (sort glob(MdmTest::root() . '/redis-scripts/*.lua')) {
     my $out = qx{redis-cli -s $sock_b -x FUNCTION LOAD REPLACE < $f 2>&1};
     die "FUNCTION LOAD $f: $out" if $out =~ /ERR/;
 }
-# 3,000 enrollments: the census takes several slices (ZSCAN about 1,000)
+# 3,000 enrollments: the census takes several slices (ZSCAN about 250)
 {
     open my $p, '|-', "redis-cli -s $sock_b --pipe >/dev/null" or die;
     for my $i (1 .. 3000) {
