@@ -53,6 +53,8 @@ local function k_push_proc(n) return 'mdm:push:proc:' .. n end
 local function k_push_alive(n) return 'mdm:push:alive:' .. n end
 local K_PUSH_SENDERS = 'mdm:push:senders'
 local K_PUSH_STATS = 'mdm:push:stats'
+local function k_pushcert(t) return 'mdm:pushcert:' .. t end
+local K_PUSHCERTS = 'mdm:pushcerts'
 local function k_scep_ch(c) return 'mdm:scep:ch:' .. c end
 local function k_scep_nonce(o) return 'mdm:scep:nonce:' .. o end
 local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end

@@ -60,6 +60,8 @@ sub start_redis {
         '--dir', "$d/r$i", '--save', '', '--appendonly', 'no',
         '--logfile', "$d/redis$i.log", '--maxmemory-policy', 'noeviction',
         '--hash-max-listpack-value', '2048',
+        # a new replica syncs at once (the default waits 5 s for others)
+        '--repl-diskless-sync-delay', '0',
         ($o{replicaof} ? ('--replicaof', '127.0.0.1', $o{replicaof}) : ()),
         @{ $o{args} // [] });
     MdmTest::wait_until(sub { $self->cli($i, 'PING') =~ /PONG/ }, 10)
@@ -118,6 +120,14 @@ sub primary_port {
                           $self->{master});
     my @l = split /\n/, $out;
     return $l[1];
+}
+
+# How many sentinels report redis $i as the primary: one that is slow to
+# answer on a loaded machine must not hide a promotion.
+sub promoted {
+    my ($self, $i) = @_;
+    return scalar grep { ($self->primary_port($_) // 0) == $self->port($i) }
+                       0 .. $#{ $self->{sports} };
 }
 
 sub kill_proc {
