@@ -121,7 +121,7 @@ $t->start_redis(no_functions => 1);
 my $sock = $t->redis_sock;
 ($rc, $out) = sh("mdm-redis-load -s $sock");
 is($rc, 0, 'mdm-redis-load') or diag($out);
-like($out, qr/^mdm \S+\nmdm_push \S+\n\z/, '... prints each version');
+like($out, qr/^mdm \S+\nmdm_metrics \S+\nmdm_push \S+\n\z/, '... prints each version');
 like(qx{redis-cli -s $sock FUNCTION LIST}, qr/mdm_push/, '... loaded');
 ($rc, $out) = sh("mdm-redis-load -s $d/none.sock");
 isnt($rc, 0, 'mdm-redis-load fails on an unreachable Redis');
