@@ -182,6 +182,11 @@ void ngx_http_mdm_redis_found(ngx_http_mdm_redis_conn_t *rc);
 void ngx_http_mdm_redis_unfound(ngx_http_mdm_redis_conn_t *rc);
 void ngx_http_mdm_redis_switched(ngx_http_mdm_redis_conn_t *rc);
 
+/* metrics: counters the adapter feeds (ngx_http_mdm_metrics.c) */
+void ngx_http_mdm_metrics_rtt(uint64_t usec);
+void ngx_http_mdm_metrics_reconnect(void);
+uint64_t ngx_http_mdm_metrics_now_us(void);
+
 /* sentinel */
 void ngx_http_mdm_sentinel_init(ngx_http_mdm_redis_conn_t *rc);
 void ngx_http_mdm_sentinel_ask(ngx_http_mdm_redis_conn_t *rc);
