@@ -866,7 +866,9 @@ sim_redis_scan_step(sim_t *sim, redisContext *rc, const char *uuid)
     sim_growth_t  *g;
 
     g = &sim->stats.growth;
-    snprintf(match, sizeof(match), "mdm:{%s*", sim->conf.target_prefix);
+    /* every key under the devices whose id starts with the prefix */
+    snprintf(key, sizeof(key), "%s*", sim->conf.target_prefix);
+    snprintf(match, sizeof(match), MDM_KEY_DEVICE "*", key);
     snprintf(cursor, sizeof(cursor), "0");
 
     do {
@@ -979,7 +981,9 @@ sim_redis_touch_step(sim_t *sim, redisContext *rc, const char *uuid)
     char         cursor[32], match[96], key[128];
     redisReply  *r;
 
-    snprintf(match, sizeof(match), "mdm:{%s*", sim->conf.target_prefix);
+    /* every key under the devices whose id starts with the prefix */
+    snprintf(key, sizeof(key), "%s*", sim->conf.target_prefix);
+    snprintf(match, sizeof(match), MDM_KEY_DEVICE "*", key);
     snprintf(cursor, sizeof(cursor), "0");
 
     do {
