@@ -859,7 +859,7 @@ sim_redis_bg_finish(sim_t *sim)
 static void
 sim_redis_scan_step(sim_t *sim, redisContext *rc, const char *uuid)
 {
-    char           cursor[32], match[96], key[128];
+    char           cursor[32], match[160], key[128];
     size_t         i;
     long long      ttl;
     redisReply    *r, *k, *a, *b;
@@ -978,7 +978,7 @@ sim_redis_all_keys(redisContext *rc, long long *nkeys)
 static void
 sim_redis_touch_step(sim_t *sim, redisContext *rc, const char *uuid)
 {
-    char         cursor[32], match[96], key[128];
+    char         cursor[32], match[160], key[128];
     redisReply  *r;
 
     /* every key under the devices whose id starts with the prefix */
