@@ -13,7 +13,7 @@ MODULE     := $(BUILD)/nginx/objs/ngx_http_mdm_module.so
 MODULE_ASAN := $(BUILD)/nginx-asan/objs/ngx_http_mdm_module.so
 MODULE_SRCS := $(wildcard ngx_http_mdm_module/*.c ngx_http_mdm_module/*.h \
                  common/*.c common/*.h) config
-TOOLS      := apnsd mdmctl bench
+TOOLS      := apnsd webhookd mdmctl bench
 
 export MDM_MODULE := $(MODULE)
 

@@ -174,6 +174,7 @@ static long long consecutive_fail;  /* receiver health: global backoff */
 static long long hold_until;
 
 static long long stat_ok, stat_fail, stat_dead;
+static long long last_fail_log;
 
 
 static unsigned
@@ -736,7 +737,9 @@ build_body(ev_t *e, redisReply *enr, redisReply *res)
         if (enr->element[0]->type == REDIS_REPLY_STRING) {
             type = enr->element[0]->str;
         }
-        if (!report && enr->element[2]->type == REDIS_REPLY_STRING) {
+        if ((!strcmp(e->type, "Authenticate") || !strcmp(e->type, "TokenUpdate"))
+            && enr->element[2]->type == REDIS_REPLY_STRING)
+        {
             raw = enr->element[2]->str;
             rawlen = enr->element[2]->len;
         }
@@ -916,7 +919,11 @@ finished(CURLMsg *m)
             snprintf(e->err, sizeof(e->err), "HTTP %ld", status);
         }
     }
-    if (conf.verbose) {
+    if (conf.verbose || (!ok && mono_ms() - last_fail_log >= 1000)) {
+        /* failures: at most one line a second unless --verbose */
+        if (!ok) {
+            last_fail_log = mono_ms();
+        }
         logmsg("info", "%s %s %s attempt %d: %s (%lld ms)", e->sid, e->type,
                e->id, e->attempts, ok ? "delivered" : e->err,
                mono_ms() - r->start);
