@@ -61,9 +61,10 @@ end
 --[[
 FCALL mdm_webhook_take 3 mdm:events mdm:webhook:backlog mdm:webhook:stats
       <group> <consumer> <count> <max_backlog> <start id for a new group>
-Reply: { moved, read, backlog length, gap (1 when entries after the group's
-position were trimmed before it read them, first time seen), full (1 when
-the backlog is at its bound) }
+Reply: { moved, read, backlog length, gap, full }: gap is the number of
+entries trimmed from mdm:events before the group read them (-1: some, how
+many unknown; counted once, in stats gaps and lost), full is 1 when the
+backlog is at its bound (nothing read).
 ]]
 local function take(keys, args)
     local ev, bl, st = keys[1], keys[2], keys[3]
@@ -85,25 +86,38 @@ local function take(keys, args)
     -- the group (created on first use) and whether trimming overtook it
     local gap = 0
     local groups = redis.pcall('XINFO', 'GROUPS', ev)
-    local last
+    local last, read
     if type(groups) == 'table' and not groups.err then
         for _, g in ipairs(groups) do
             local gi = kv(g)
             if gi.name == group then
                 last = gi['last-delivered-id']
+                read = gi['entries-read']
             end
         end
     end
     if not last then
         redis.call('XGROUP', 'CREATE', ev, group, start)
     else
+        -- trimming (MAXLEN) passed the group's position when the oldest
+        -- entry left is newer than it: what was added and neither read
+        -- nor still there was lost
         local si = kv(redis.call('XINFO', 'STREAM', ev))
-        local md = si['max-deleted-entry-id']
-        if md and id_less(last, md)
-           and redis.call('HGET', st, 'gap_id') ~= md then
-            redis.call('HSET', st, 'gap_id', md, 'gap_ms', now_ms())
-            redis.call('HINCRBY', st, 'gaps', 1)
-            gap = 1
+        local first = si['first-entry']
+        if type(first) == 'table' and first[1] and id_less(last, first[1]) then
+            local lost = -1
+            if type(read) == 'number' and type(si['entries-added']) == 'number'
+            then
+                lost = si['entries-added'] - read - si.length
+            end
+            if lost ~= 0 and redis.call('HGET', st, 'gap_id') ~= first[1] then
+                redis.call('HSET', st, 'gap_id', first[1], 'gap_ms', now_ms())
+                redis.call('HINCRBY', st, 'gaps', 1)
+                if lost > 0 then
+                    redis.call('HINCRBY', st, 'lost', lost)
+                end
+                gap = lost
+            end
         end
     end
     local r = redis.call('XREADGROUP', 'GROUP', group, consumer,

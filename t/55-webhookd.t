@@ -71,13 +71,13 @@ for my $g (@got) {
     like $j->{created_at}, qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/,
         "$j->{topic}: created_at RFC 3339";
 }
-my ($a, $tu, $idl, $ak, $out) = map { $_->{json} } @got;
-is_deeply [ sort keys %$a ], [ qw(checkin_event created_at event_id topic) ],
+my ($au, $tu, $idl, $ak, $out) = map { $_->{json} } @got;
+is_deeply [ sort keys %$au ], [ qw(checkin_event created_at event_id topic) ],
     'Authenticate: top-level fields';
-is_deeply [ sort keys %{ $a->{checkin_event} } ], [ qw(raw_payload udid) ],
+is_deeply [ sort keys %{ $au->{checkin_event} } ], [ qw(raw_payload udid) ],
     'Authenticate: checkin_event fields';
-is $a->{checkin_event}{udid}, $U, 'Authenticate: udid';
-my $raw = decode_base64($a->{checkin_event}{raw_payload});
+is $au->{checkin_event}{udid}, $U, 'Authenticate: udid';
+my $raw = decode_base64($au->{checkin_event}{raw_payload});
 like $raw, qr{<key>MessageType</key>\s*<string>Authenticate</string>},
     'Authenticate: raw_payload is the message, as an XML plist';
 like $raw, qr{<string>\Q$U\E</string>}, 'Authenticate: raw_payload has the UDID';

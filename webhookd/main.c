@@ -138,6 +138,8 @@ struct enq_s {                      /* one enrollment's events, in order */
 
 enum { L_READY = 1, L_WAIT = 2 };
 
+#define TAKE_COUNT 1000            /* entries per mdm_webhook_take */
+
 typedef struct {
     CURL               *h;
     enq_t              *q;
@@ -425,7 +427,7 @@ take(void)
     redisReply *r;
     long long moved, nread;
 
-    snprintf(count, sizeof(count), "%d", 500);
+    snprintf(count, sizeof(count), "%d", TAKE_COUNT);
     snprintf(maxb, sizeof(maxb), "%lld", conf.max_backlog);
     a[0] = "FCALL";
     a[1] = "mdm_webhook_take";
@@ -449,10 +451,11 @@ take(void)
     moved = r->element[0]->integer;
     nread = r->element[1]->integer;
     if (r->element[3]->integer) {
-        logmsg("warn", "mdm:events was trimmed past entries the group %s had "
-               "not read: events lost before they reached the backlog "
-               "(mdm:webhook:stats gaps; raise events_maxlen or keep "
-               "mdm-webhookd running)", conf.group);
+        logmsg("warn", "%s was trimmed past entries the group %s had "
+               "not read: %lld events lost before they reached the backlog "
+               "(-1: unknown; %s gaps, lost; raise events_maxlen or keep "
+               "mdm-webhookd running)", MDM_KEY_EVENTS, conf.group,
+               r->element[3]->integer, MDM_KEY_WEBHOOK_STATS);
     }
     if (r->element[4]->integer) {
         static long long last_warn;
@@ -468,7 +471,7 @@ take(void)
     if (moved > 0) {
         backlog_more = 1;
     }
-    return nread >= 500;
+    return nread >= TAKE_COUNT;
 }
 
 static const char *

@@ -103,7 +103,19 @@ sub hook_log {
 
 # requests answered 200
 sub delivered { grep { $_->{mode} eq 'ok' } $_[0]->hook_log }
-sub received { scalar $_[0]->delivered }
+sub received {
+    my $n = () = $_[0]->slurp('hook.jsonl') =~ /^\{"t":\d+,"mode":"ok"/mg;
+    return $n;
+}
+
+# brief log (--brief), quickly: [event_id, udid] of each request answered 200
+sub delivered_brief {
+    my ($self) = @_;
+    return grep { defined }
+        map { /^\{"t":\d+,"mode":"ok".*"event_id":"([^"]+)","topic":"[^"]*",
+                 "udid":"([^"]*)"/x ? [$1, $2] : undef }
+        split /\n/, $self->slurp('hook.jsonl');
+}
 
 # start_webhookd(opts => {...}, args => [...], env => {...}, name => 'w1')
 sub start_webhookd {
