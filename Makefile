@@ -68,7 +68,7 @@ bench: deps all
 # .debs land in build/ and not in the parent directory of the checkout.
 DEB_OUT  := $(BUILD)/deb
 DEB_SRCS := $(wildcard debian/* debian/source/* ngx_http_mdm_module/* \
-              common/* apnsd/* mdmctl/* redis-scripts/*) config \
+              common/* apnsd/* webhookd/* mdmctl/* redis-scripts/*) config \
               conf.example README.md tools/mdm-redis-load
 
 deb: $(DEB_OUT)/.stamp
