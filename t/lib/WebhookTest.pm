@@ -52,13 +52,14 @@ sub rules {
     rename "$p.tmp", $p or die "rename: $!";
 }
 
-# start_receiver(brief => 1, delay => ms)
+# start_receiver(brief => 1, delay => ms, log => 0)
 sub start_receiver {
     my ($self, %o) = @_;
     my $d = $self->dir;
     $self->rules({ default => 'ok' }) unless -e "$d/rules.json";
     my @args = ('node', $RECEIVER, '--port', $self->port('hook'),
-                '--rules', "$d/rules.json", '--log', "$d/hook.jsonl");
+                '--rules', "$d/rules.json");
+    push @args, '--log', "$d/hook.jsonl" unless defined $o{log} && !$o{log};
     push @args, '--brief' if $o{brief};
     push @args, '--delay', $o{delay} if $o{delay};
     unlink "$d/hook.out";
