@@ -80,9 +80,6 @@ local function take(keys, args)
     if count > maxb - n then
         count = maxb - n
     end
-    if redis.call('EXISTS', ev) == 0 then
-        return { 0, 0, n, 0, 0 }
-    end
     -- the group (created on first use) and whether trimming overtook it
     local gap = 0
     local groups = redis.pcall('XINFO', 'GROUPS', ev)
@@ -97,7 +94,21 @@ local function take(keys, args)
         end
     end
     if not last then
-        redis.call('XGROUP', 'CREATE', ev, group, start)
+        -- MKSTREAM: a group created before the first event exists must
+        -- not start after it. ENTRIESREAD: what the group counts as read
+        -- (everything for '$', what was trimmed before for '0'), so that
+        -- entries-read stays exact for the gap check below
+        local added, len = 0, 0
+        if redis.call('EXISTS', ev) == 1 then
+            local si = kv(redis.call('XINFO', 'STREAM', ev))
+            added, len = si['entries-added'] or 0, si.length or 0
+        end
+        local er = added
+        if start ~= '$' then
+            er = added - len
+        end
+        redis.call('XGROUP', 'CREATE', ev, group, start, 'MKSTREAM',
+                   'ENTRIESREAD', er)
     else
         -- trimming (MAXLEN) passed the group's position when the oldest
         -- entry left is newer than it: what was added and neither read
@@ -110,8 +121,10 @@ local function take(keys, args)
             then
                 lost = si['entries-added'] - read - si.length
             end
-            if lost ~= 0 and redis.call('HGET', st, 'gap_id') ~= first[1] then
-                redis.call('HSET', st, 'gap_id', first[1], 'gap_ms', now_ms())
+            if lost ~= 0
+               and redis.call('HGET', st, 'gap_id:' .. group) ~= first[1] then
+                redis.call('HSET', st, 'gap_id:' .. group, first[1],
+                           'gap_ms', now_ms())
                 redis.call('HINCRBY', st, 'gaps', 1)
                 if lost > 0 then
                     redis.call('HINCRBY', st, 'lost', lost)

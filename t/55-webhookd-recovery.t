@@ -61,6 +61,18 @@ sub deliveries {
 
 $t->start_receiver(brief => 1, delay => 2);
 
+# --- a group created before mdm:events exists (from-start off) -------------------
+ok !$r->exists('mdm:events'), 'no mdm:events yet';
+my $f = $t->start_webhookd(name => 'fresh',
+    opts => { group => 'fresh', 'from-start' => undef });
+ok $t->wait_for(sub { $r->exists('mdm:events')
+        && grep { $_->[1] eq 'fresh' } @{ $r->xinfo('GROUPS', 'mdm:events') } }, 10),
+    'the group is created at once (MKSTREAM)';
+my $fid = $t->seed('Authenticate', 'F-1');
+ok $t->wait_for(sub { grep { $_->[0] eq $fid } $t->delivered_brief }, 10),
+    'the first event after the start is delivered';
+$t->stop_webhookd($f);
+
 # --- SIGKILL mid-backlog, restart ------------------------------------------------
 my $want = seed_many(3000, 30, 'K');
 my $w = $t->start_webhookd;
@@ -116,7 +128,8 @@ $w = $t->start_webhookd(opts => { 'max-backlog' => 100 });
 $want = seed_many(300, 3, 'B');
 ok $t->wait_for(sub { ($t->stats->{full} // 0) > 0 }, 10), 'the bound is hit';
 is $t->stats->{backlog}, 100, 'the backlog stops at --max-backlog';
-my $info = { @{ $r->xinfo('GROUPS', 'mdm:events')->[0] } };
+my ($info) = grep { $_->{name} eq 'mdm-webhookd' }
+    map { +{ @$_ } } @{ $r->xinfo('GROUPS', 'mdm:events') };
 is scalar @{ $r->xrange('mdm:events', "($info->{'last-delivered-id'}", '+') },
     200, 'the rest waits in mdm:events, unread';
 like $t->webhookd_log, qr/backlog at its bound/, 'logged';
