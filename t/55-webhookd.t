@@ -207,8 +207,15 @@ is scalar(grep { ($_->{event_id} // '') eq $id } $t->hook_log), 3,
     'three attempts';
 is $t->stats->{dead}, 2, 'counted';
 is $t->stats->{backlog}, 0, 'out of the backlog';
+my $old = $t->seed('Authenticate', 'OLD-1',
+                   ms => int(time * 1000) - 2 * 86400 * 1000);
+ok $t->wait_for(sub { $t->stats->{dead} >= 3 }, 10),
+    'an event older than max-age (24 h) is dead-lettered';
+my $od = decode_json($r->lindex('mdm:webhook:dead', 0));
+is $od->{event_id}, $old, '... that one';
+is $od->{attempts}, 1, '... at its first failure';
 $t->seed('Authenticate', "DEAD-$_") for 2 .. 8;
-ok $t->wait_for(sub { $t->stats->{dead} >= 9 }, 10), 'more dead-lettered';
+ok $t->wait_for(sub { $t->stats->{dead} >= 10 }, 10), 'more dead-lettered';
 is $r->llen('mdm:webhook:dead'), 5, 'the dead-letter list is bounded (max-dead)';
 $t->rules({ default => 'ok' });
 
