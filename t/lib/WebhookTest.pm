@@ -145,7 +145,7 @@ sub start_webhookd {
     my $pid = fork // die;
     if (!$pid) {
         $ENV{$_} = $o{env}{$_} for keys %{ $o{env} // {} };
-        $ENV{ASAN_OPTIONS} = 'detect_leaks=0:abort_on_error=0';
+        $ENV{ASAN_OPTIONS} = 'detect_leaks=1:abort_on_error=0';
         $ENV{UBSAN_OPTIONS} = 'print_stacktrace=1';
         open STDOUT, '>>', "$d/webhookd-$name.log";
         open STDERR, '>>', "$d/webhookd-$name.log";
