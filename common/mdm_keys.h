@@ -79,6 +79,9 @@
 #define MDM_KEY_WEBHOOK_BACKLOG      "mdm:webhook:backlog"
 #define MDM_KEY_WEBHOOK_DEAD         "mdm:webhook:dead"
 #define MDM_KEY_WEBHOOK_STATS        "mdm:webhook:stats"
+#define MDM_KEY_WEBHOOK_LOCK         "mdm:webhook:lock:%s"
+#define MDM_KEY_WEBHOOK_LOCK_NGX     "mdm:webhook:lock:%*s"
+#define MDM_KEY_WEBHOOK_LOCK_FIXED   17
 
 
 #endif /* _MDM_KEYS_H_INCLUDED_ */

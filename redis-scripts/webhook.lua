@@ -59,19 +59,35 @@ local function id_less(a, b)
 end
 
 --[[
-FCALL mdm_webhook_take 3 mdm:events mdm:webhook:backlog mdm:webhook:stats
+FCALL mdm_webhook_take 4 mdm:events mdm:webhook:backlog mdm:webhook:stats
+      mdm:webhook:lock:<group>
       <group> <consumer> <count> <max_backlog> <start id for a new group>
+      <nonce> <lock ttl ms> <takeover 0|1>
+(the lock key and its arguments are optional)
 Reply: { moved, read, backlog length, gap, full }: gap is the number of
 entries trimmed from mdm:events before the group read them (-1: some, how
 many unknown; counted once, in stats gaps and lost), full is 1 when the
 backlog is at its bound (nothing read).
 ]]
 local function take(keys, args)
-    local ev, bl, st = keys[1], keys[2], keys[3]
+    local ev, bl, st, lock = keys[1], keys[2], keys[3], keys[4]
     local group, consumer = args[1], args[2]
     local count = tonumber(args[3]) or 100
     local maxb = tonumber(args[4]) or 1000000
     local start = args[5] or '$'
+    -- one deliverer per group: the lock holds the process's nonce; a new
+    -- process takes over (takeover 1 on its first call), the old one is
+    -- told on its next call and stops
+    if lock then
+        local nonce, ttl, takeover = args[6], tonumber(args[7]) or 10000,
+                                     args[8]
+        local cur = redis.call('GET', lock)
+        if cur and cur ~= nonce and takeover ~= '1' then
+            return redis.error_reply('LOCKED another mdm-webhookd took over '
+                                     .. 'group ' .. group .. ' (' .. cur .. ')')
+        end
+        redis.call('SET', lock, nonce, 'PX', ttl)
+    end
     local n = redis.call('XLEN', bl)
     if n >= maxb then
         redis.call('HINCRBY', st, 'full', 1)

@@ -11,6 +11,7 @@ use lib 't/lib';
 use Test::More;
 use JSON::PP;
 use Time::HiRes qw(time sleep);
+use POSIX ();
 use WebhookTest;
 
 plan skip_all => "build webhookd first (" . WebhookTest::bin() . ")"
@@ -93,6 +94,15 @@ diag "SIGKILL at $at_kill of 3000 delivered: $dups delivered twice";
 is $t->stats->{backlog}, 0, 'backlog empty';
 is $r->xpending('mdm:events', 'mdm-webhookd')->[0], 0,
     'nothing pending in the group';
+
+# --- a second deliverer of the same group takes over, the first stops ---------------
+my $w2 = $t->start_webhookd(name => 'w2');
+ok $t->wait_for(sub { waitpid($w, POSIX::WNOHANG()) == $w }, 10),
+    'the first deliverer stops once another takes over its group';
+is $? >> 8, 0, '... with exit 0 (no restart loop under systemd)';
+delete $t->{webhookd}{$w};
+like $t->webhookd_log('w1'), qr/LOCKED.*took over/, '... and says why';
+$w = $w2;
 
 # --- a backlog larger than events_maxlen survives the trim ----------------------
 $t->stop_receiver;

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 
 /* ---- logging, clocks -------------------------------------------------- */
@@ -158,6 +159,10 @@ static long long redis_retry_at;
 static int redis_backoff = 100;
 static CURLM *multi;
 static volatile sig_atomic_t stopping;
+static int locked_out, took_over;
+static char nonce[64];
+
+#define LOCK_TTL 10000               /* ms: the group lock outlives a pause */
 
 #define HBUCKETS 65536
 static enq_t *htab[HBUCKETS];
@@ -327,6 +332,12 @@ rcmd(int argc, const char **argv, const size_t *lens)
     if (r->type == REDIS_REPLY_ERROR) {
         logmsg("error", "redis: %s: %s", argv[0][0] == 'F' ? argv[1] : argv[0],
                r->str);
+        if (!strncmp(r->str, "LOCKED", 6)) {
+            /* another deliverer of this group took over: it delivers the
+             * backlog from its start; stop here (exit 0: no restart) */
+            locked_out = 1;
+            stopping = 1;
+        }
         freeReplyObject(r);
         return NULL;
     }
@@ -423,28 +434,39 @@ redis_connect(void)
 static int
 take(void)
 {
-    char count[24], maxb[24];
-    const char *a[11];
+    char count[24], maxb[24], lock[300], ttl[24];
+    const char *a[16];
     redisReply *r;
     long long moved, nread;
 
     snprintf(count, sizeof(count), "%d", TAKE_COUNT);
     snprintf(maxb, sizeof(maxb), "%lld", conf.max_backlog);
+    snprintf(lock, sizeof(lock), MDM_KEY_WEBHOOK_LOCK, conf.group);
+    snprintf(ttl, sizeof(ttl), "%d", LOCK_TTL);
     a[0] = "FCALL";
     a[1] = "mdm_webhook_take";
-    a[2] = "3";
+    a[2] = "4";
     a[3] = MDM_KEY_EVENTS;
     a[4] = MDM_KEY_WEBHOOK_BACKLOG;
     a[5] = MDM_KEY_WEBHOOK_STATS;
-    a[6] = conf.group;
-    a[7] = conf.name;
-    a[8] = count;
-    a[9] = maxb;
-    a[10] = conf.from_start ? "0" : "$";
-    r = rcmd(11, a, NULL);
+    a[6] = lock;
+    a[7] = conf.group;
+    a[8] = conf.name;
+    a[9] = count;
+    a[10] = maxb;
+    a[11] = conf.from_start ? "0" : "$";
+    a[12] = nonce;
+    a[13] = ttl;
+    a[14] = took_over ? "0" : "1";
+    r = rcmd(15, a, NULL);
     if (!r) {
         return 0;
     }
+    if (r->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(r);
+        return 0;
+    }
+    took_over = 1;
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 5) {
         freeReplyObject(r);
         return 0;
@@ -1129,6 +1151,8 @@ main(int argc, char **argv)
     if (RAND_bytes((unsigned char *) &rng, sizeof(rng)) != 1 || !rng) {
         rng = (uint64_t) wall_ms() ^ 0x9e3779b97f4a7c15ULL;
     }
+    snprintf(nonce, sizeof(nonce), "%s/%ld/%016llx", conf.name, (long) getpid(),
+             (unsigned long long) rnd());
     if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
         fprintf(stderr, "mdm-webhookd: curl_global_init failed\n");
         return 1;
@@ -1210,7 +1234,8 @@ main(int argc, char **argv)
         flush_done();
         flush_dead();
     }
-    logmsg("info", "stopped: delivered %lld, failed attempts %lld, dead %lld",
-           stat_ok, stat_fail, stat_dead);
+    logmsg("info", "stopped: delivered %lld, failed attempts %lld, dead %lld%s",
+           stat_ok, stat_fail, stat_dead,
+           locked_out ? " (another mdm-webhookd took over the group)" : "");
     return 0;
 }
