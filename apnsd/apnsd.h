@@ -134,6 +134,8 @@ typedef struct ident {
  * PKCS#12). On error returns NULL and writes the reason to err. */
 ident_t *ident_load(const char *cert_path, const char *key_path,
                     const char *password, char *err, size_t errlen);
+ident_t *ident_load_pem(const char *pem, size_t len, const char *label,
+                        char *err, size_t errlen);
 void ident_free(ident_t *id);
 void ident_unref(ident_t *id);          /* apns.c */
 const char *apns_version(void);         /* apns.c */

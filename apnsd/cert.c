@@ -76,6 +76,38 @@ static int pw_cb(char *buf, int size, int rwflag, void *u)
     return n;
 }
 
+static ident_t *ident_make(X509 *cert, EVP_PKEY *pkey, STACK_OF(X509) *chain,
+                           const char *label, char *err, size_t errlen);
+
+/* A certificate and key given in memory, PEM (PUT v1/pushcert, via Redis). */
+ident_t *ident_load_pem(const char *pem, size_t len, const char *label,
+                        char *err, size_t errlen)
+{
+    ident_t *id = NULL;
+    X509 *cert = NULL, *c;
+    EVP_PKEY *pkey = NULL;
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    BIO *in, *kin;
+
+    ERR_clear_error();
+    in = BIO_new_mem_buf(pem, (int) len);
+    kin = BIO_new_mem_buf(pem, (int) len);
+    cert = in ? PEM_read_bio_X509(in, NULL, NULL, (void *) "") : NULL;
+    while (cert && chain && (c = PEM_read_bio_X509(in, NULL, NULL, (void *) "")))
+        sk_X509_push(chain, c);
+    pkey = kin ? PEM_read_bio_PrivateKey(kin, NULL, NULL, (void *) "") : NULL;
+    if (!cert) ssl_err(err, errlen, "no PEM certificate");
+    else if (!pkey) ssl_err(err, errlen, "no unencrypted PEM private key");
+    else id = ident_make(cert, pkey, chain, label, err, errlen);
+    BIO_free(in);
+    BIO_free(kin);
+    X509_free(cert);
+    EVP_PKEY_free(pkey);
+    sk_X509_pop_free(chain, X509_free);
+    ERR_clear_error();
+    return id;
+}
+
 ident_t *ident_load(const char *cert_path, const char *key_path,
                     const char *password, char *err, size_t errlen)
 {
@@ -83,7 +115,7 @@ ident_t *ident_load(const char *cert_path, const char *key_path,
     X509 *cert = NULL;
     EVP_PKEY *pkey = NULL;
     STACK_OF(X509) *chain = NULL;
-    BIO *in = NULL, *kin = NULL, *out = NULL, *kout = NULL;
+    BIO *in = NULL, *kin = NULL;
     PKCS12 *p12 = NULL;
 
     ERR_clear_error();
@@ -120,6 +152,26 @@ ident_t *ident_load(const char *cert_path, const char *key_path,
             goto done;
         }
     }
+    id = ident_make(cert, pkey, chain, cert_path, err, errlen);
+
+done:
+    BIO_free(in);
+    BIO_free(kin);
+    PKCS12_free(p12);
+    X509_free(cert);
+    EVP_PKEY_free(pkey);
+    sk_X509_pop_free(chain, X509_free);
+    ERR_clear_error();
+    return id;
+}
+
+/* The identity of a loaded certificate and key: checked, topic, PEM copies. */
+static ident_t *ident_make(X509 *cert, EVP_PKEY *pkey, STACK_OF(X509) *chain,
+                           const char *label, char *err, size_t errlen)
+{
+    ident_t *id = NULL;
+    BIO *out = NULL, *kout = NULL;
+
     if (!X509_check_private_key(cert, pkey)) {
         ssl_err(err, errlen, "private key does not match the certificate");
         goto done;
@@ -149,7 +201,7 @@ ident_t *ident_load(const char *cert_path, const char *key_path,
     id = xcalloc(1, sizeof *id);
     id->refs = 1;                   /* the caller's reference */
     id->topic = topic;
-    id->path = xstrdup(cert_path);
+    id->path = xstrdup(label);
 
     struct tm tm;
     if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm))
@@ -186,13 +238,6 @@ done:
         BIO_free(kout);
     }
     BIO_free(out);
-    BIO_free(in);
-    BIO_free(kin);
-    PKCS12_free(p12);
-    X509_free(cert);
-    EVP_PKEY_free(pkey);
-    sk_X509_pop_free(chain, X509_free);
-    ERR_clear_error();
     return id;
 }
 

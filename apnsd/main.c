@@ -479,6 +479,63 @@ static int is_cert_name(const char *n)
                       || !strcasecmp(n + l - 4, ".pfx")));
 }
 
+/*
+ * Certificates uploaded through the HTTP API (PUT v1/pushcert) are kept in
+ * Redis; each is loaded when its upload time changes, on the cert-check
+ * timer, and takes over its topic as a replaced file would.
+ */
+typedef struct rcert { char *topic, *ms; struct rcert *next; } rcert_t;
+static rcert_t *rcerts;
+
+static void rcert_cb(redisReply *r, void *ctx)
+{
+    char *topic = ctx;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2
+        && r->element[0]->type == REDIS_REPLY_STRING
+        && r->element[1]->type == REDIS_REPLY_STRING) {
+        rcert_t *c;
+        for (c = rcerts; c && strcmp(c->topic, topic); c = c->next) {}
+        if (!c) {
+            c = xcalloc(1, sizeof *c);
+            c->topic = xstrdup(topic);
+            c->next = rcerts;
+            rcerts = c;
+        }
+        if (!c->ms || strcmp(c->ms, r->element[0]->str) != 0) {
+            free(c->ms);
+            c->ms = xstrdup(r->element[0]->str);    /* tried once per upload */
+            char err[512], *label = xasprintf("redis:" MDM_KEY_PUSHCERT, topic);
+            ident_t *id = ident_load_pem(r->element[1]->str, r->element[1]->len,
+                                         label, err, sizeof err);
+            if (!id) {
+                log_err("certificate %s: %s", label, err);
+            } else if (strcmp(id->topic, topic) != 0) {
+                log_err("certificate %s holds topic %s, not %s: not loaded",
+                        label, id->topic, topic);
+                ident_unref(id);
+            } else {
+                topic_install(id, 0);
+                ident_unref(id);
+            }
+            free(label);
+        }
+    }
+    free(topic);
+}
+
+static void rcerts_cb(redisReply *r, void *ctx)
+{
+    (void) ctx;
+    if (!r || r->type != REDIS_REPLY_ARRAY) return;
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_STRING) continue;
+        char *k = xasprintf(MDM_KEY_PUSHCERT, r->element[i]->str);
+        pipe_cmdf(rcert_cb, xstrdup(r->element[i]->str), "HMGET", k, "ms", "pem",
+                  (char *) NULL);
+        free(k);
+    }
+}
+
 static void certs_scan(int force)
 {
     if (conf.cert_dir) {
@@ -1391,6 +1448,8 @@ int main(int argc, char **argv)
         if (!more_in_q && !waiter_armed && now >= next_poll) more_in_q = 1;
         if (now >= next_cert) {
             certs_scan(0);
+            if (store_connected())
+                pipe_cmdf(rcerts_cb, NULL, "SMEMBERS", MDM_KEY_PUSHCERTS, (char *) NULL);
             topics_tick(now);
             next_cert = now + conf.cert_check;
         }

@@ -21,6 +21,7 @@
 static const char  *sim_usage =
 "usage: mdm-sim [options]\n"
 "  -s, --scenario NAME     enroll | poll | cycle | mixed | static | enqueue\n"
+"                          | growth\n"
 "  -n, --devices N         simulated devices (default 100)\n"
 "  -c, --connections N     devices talking at once (default N); fewer\n"
 "                          connections than devices rotate devices\n"
@@ -61,7 +62,32 @@ static const char  *sim_usage =
 "      --commands K        cycle/mixed: enqueue K commands to every device\n"
 "                          first (FCALL mdm_enqueue), then check each is\n"
 "                          acknowledged exactly once\n"
-"      --targets N         enqueue: time one mdm_enqueue to N ids\n"
+"      --targets N         enqueue: enroll N ids, then time the enqueue of\n"
+"                          one command to all of them (default 100000)\n"
+"      --target-prefix S   their ids: S and 8 hex digits (default: the\n"
+"                          --udid-prefix)\n"
+"      --enroll MODE       how the targets are enrolled: checkin (FCALL\n"
+"                          mdm_checkin Authenticate, pipelined; default),\n"
+"                          light (a minimal enrollment hash, what\n"
+"                          mdm_enqueue checks) or none (enrolled already)\n"
+"      --enroll-only       enqueue: enroll the targets, enqueue nothing\n"
+"      --enqueue-chunk N   ids per mdm_enqueue call (default 2000; 0: all\n"
+"                          in one call); the same body every call\n"
+"      --expires S         the command expires after S seconds (default\n"
+"                          none; growth: 5)\n"
+"      --enqueue-pace P    --enqueue-during: after each call wait so that the\n"
+"                          enqueue takes at most P % of the time, as mdmctl\n"
+"                          enqueue --pace (default 50; 100: back to back)\n"
+"      --enqueue-during    poll/cycle/mixed: enroll --targets ids first; once\n"
+"                          the clock starts, enqueue one command to them from\n"
+"                          a second thread while the fleet talks; the run\n"
+"                          ends when that enqueue is done\n"
+"      --cleanup           enqueue, --enqueue-during: delete the targets'\n"
+"                          keys and the command afterwards\n"
+"      --answer P          growth: share of the targets that acknowledge\n"
+"                          (mdm_report; default 0.9), the rest never poll\n"
+"      --gc CMD            growth: sweep with this shell command (mdmctl gc)\n"
+"                          instead of FCALL mdm_sweep until more = 0\n"
 "      --warmup            start measuring once every connection is up and\n"
 "                          has answered once (no handshakes in the figures)\n"
 "      --cpu-pid LABEL:PID CPU time of PID (utime + stime) over the measured\n"
@@ -77,7 +103,8 @@ enum {
     OPT_CERTS, OPT_CERT, OPT_KEY, OPT_SIGNATURE, OPT_SIGN_LOAD, OPT_RSA,
     OPT_NO_UNLOCK, OPT_MIXED,
     OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU,
-    OPT_MAX_OPENING
+    OPT_MAX_OPENING, OPT_TARGET_PREFIX, OPT_ENROLL, OPT_ENROLL_ONLY,
+    OPT_CHUNK, OPT_PACE, OPT_EXPIRES, OPT_DURING, OPT_CLEANUP, OPT_ANSWER, OPT_GC
 };
 
 static const struct option  sim_options[] = {
@@ -111,6 +138,16 @@ static const struct option  sim_options[] = {
     { "redis", required_argument, NULL, OPT_REDIS },
     { "commands", required_argument, NULL, OPT_COMMANDS },
     { "targets", required_argument, NULL, OPT_TARGETS },
+    { "target-prefix", required_argument, NULL, OPT_TARGET_PREFIX },
+    { "enroll", required_argument, NULL, OPT_ENROLL },
+    { "enroll-only", no_argument, NULL, OPT_ENROLL_ONLY },
+    { "enqueue-chunk", required_argument, NULL, OPT_CHUNK },
+    { "enqueue-pace", required_argument, NULL, OPT_PACE },
+    { "expires", required_argument, NULL, OPT_EXPIRES },
+    { "enqueue-during", no_argument, NULL, OPT_DURING },
+    { "cleanup", no_argument, NULL, OPT_CLEANUP },
+    { "answer", required_argument, NULL, OPT_ANSWER },
+    { "gc", required_argument, NULL, OPT_GC },
     { "json", no_argument, NULL, OPT_JSON },
     { "warmup", no_argument, NULL, OPT_WARMUP },
     { "max-connecting", required_argument, NULL, OPT_MAX_OPENING },
@@ -125,7 +162,7 @@ static sim_scenario_e
 sim_scenario(const char *s)
 {
     static const char  *names[] = {
-        "enroll", "poll", "cycle", "mixed", "static", "enqueue"
+        "enroll", "poll", "cycle", "mixed", "static", "enqueue", "growth"
     };
     size_t  i;
 
@@ -163,6 +200,9 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
     cf->topic = "com.apple.mgmt.External.e0bd1eac-1f17-4c8e-8a63-dd17d3dd35d9";
     cf->udid_prefix = "00008030-5133AA00";
     cf->targets = 100000;
+    cf->enqueue_chunk = 2000;
+    cf->enqueue_pace = 50;
+    cf->answer = 0.9;
     connect = "127.0.0.1:8443";
 
     while ((o = getopt_long(argc, argv, "s:n:c:d:vh", sim_options, NULL))
@@ -201,6 +241,26 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
         case OPT_REDIS: cf->redis = optarg; break;
         case OPT_COMMANDS: cf->commands = atoi(optarg); break;
         case OPT_TARGETS: cf->targets = atoi(optarg); break;
+        case OPT_TARGET_PREFIX: cf->target_prefix = optarg; break;
+        case OPT_ENROLL:
+            if (strcmp(optarg, "checkin") == 0) {
+                cf->enroll = SIM_ENR_CHECKIN;
+            } else if (strcmp(optarg, "light") == 0) {
+                cf->enroll = SIM_ENR_LIGHT;
+            } else if (strcmp(optarg, "none") == 0) {
+                cf->enroll = SIM_ENR_NONE;
+            } else {
+                sim_die("--enroll wants checkin, light or none");
+            }
+            break;
+        case OPT_ENROLL_ONLY: cf->enroll_only = 1; break;
+        case OPT_CHUNK: cf->enqueue_chunk = atoi(optarg); break;
+        case OPT_PACE: cf->enqueue_pace = atoi(optarg); break;
+        case OPT_EXPIRES: cf->expires = atoi(optarg); break;
+        case OPT_DURING: cf->enqueue_during = 1; break;
+        case OPT_CLEANUP: cf->cleanup = 1; break;
+        case OPT_ANSWER: cf->answer = atof(optarg); break;
+        case OPT_GC: cf->gc_command = optarg; break;
         case OPT_JSON: cf->json = 1; break;
         case OPT_WARMUP: cf->warmup = 1; break;
         case OPT_MAX_OPENING: cf->max_opening = atoi(optarg); break;
@@ -224,11 +284,22 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
     if (cf->devices < 1 || cf->targets < 1 || cf->commands < 0) {
         sim_die("--devices and --targets must be positive");
     }
+    if (cf->enqueue_chunk < 0 || cf->enqueue_pace < 1 || cf->enqueue_pace > 100
+        || cf->expires < 0 || cf->answer < 0
+        || cf->answer > 1)
+    {
+        sim_die("--enqueue-chunk and --expires must not be negative,"
+                " --enqueue-pace is 1-100,"
+                " --answer is a share 0-1");
+    }
+    if (cf->target_prefix == NULL) {
+        cf->target_prefix = cf->udid_prefix;
+    }
     if (cf->conns <= 0 || cf->conns > cf->devices) {
         cf->conns = cf->devices;
     }
     if (cf->duration <= 0 && cf->sessions == 0 && cf->max_requests == 0
-        && cf->scenario != SIM_CYCLE)
+        && cf->scenario != SIM_CYCLE && !cf->enqueue_during)
     {
         cf->duration = 10;
     }
@@ -414,6 +485,8 @@ sim_warm(sim_t *sim, sim_conn_t *c)
     for (i = 0; i < sim->conf.conns; i++) {
         sim_device_resume(sim, &sim->conns[i], now);
     }
+
+    sim_redis_bg_start(sim);
 }
 
 
@@ -436,6 +509,7 @@ sim_run(sim_t *sim)
         sim->end = 0;
     } else {
         sim_cpu_sample(sim, -1);
+        sim_redis_bg_start(sim);
     }
 
     for (i = 0; i < sim->conf.conns; i++) {
@@ -452,6 +526,11 @@ sim_run(sim_t *sim)
         now = sim_now();
 
         if (sim->end && now >= sim->end && !sim->stopping) {
+            sim->stopping = 1;
+        }
+
+        /* --enqueue-during: the enqueue is what is measured */
+        if (!sim->stopping && sim_redis_bg_done(sim)) {
             sim->stopping = 1;
         }
 
@@ -533,6 +612,12 @@ main(int argc, char **argv)
         return 0;
     }
 
+    if (sim->conf.scenario == SIM_GROWTH) {
+        sim_redis_growth(sim);
+        sim_stats_print(sim, sim->conf.json);
+        return 0;
+    }
+
     sim_resolve(sim);
     sim_pki_init(sim);
 
@@ -542,7 +627,12 @@ main(int argc, char **argv)
         sim_redis_enqueue(sim);
     }
 
+    if (sim->conf.enqueue_during) {
+        sim_redis_bg_prepare(sim);
+    }
+
     sim_run(sim);
+    sim_redis_bg_finish(sim);
 
     if (sim->stats.cmd_enqueued > sim->stats.cmd_acked) {
         sim->stats.cmd_missing = sim->stats.cmd_enqueued

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <openssl/ssl.h>
@@ -25,8 +26,15 @@ typedef enum {
     SIM_CYCLE,
     SIM_MIXED,
     SIM_STATIC,
-    SIM_ENQUEUE
+    SIM_ENQUEUE,
+    SIM_GROWTH
 } sim_scenario_e;
+
+typedef enum {
+    SIM_ENR_CHECKIN = 0,            /* FCALL mdm_checkin Authenticate */
+    SIM_ENR_LIGHT,                  /* HSET of a minimal enrollment hash */
+    SIM_ENR_NONE                    /* enrolled already */
+} sim_enroll_e;
 
 typedef enum {
     SIM_RQ_AUTHENTICATE = 0,
@@ -80,8 +88,76 @@ typedef struct {
 
     const char       *redis;        /* unix path or host:port */
     int               commands;     /* enqueued per device (cycle, mixed) */
-    int               targets;      /* enqueue scenario */
+    int               targets;      /* enqueue, growth, --enqueue-during */
+    const char       *target_prefix; /* their ids; default --udid-prefix */
+    sim_enroll_e      enroll;       /* how the targets are enrolled */
+    int               enroll_only;
+    int               enqueue_chunk; /* ids per mdm_enqueue call */
+    int               enqueue_pace;  /* --enqueue-during: % of Redis time */
+    int               expires;      /* seconds, 0 = none */
+    int               enqueue_during; /* poll etc.: enqueue to the targets
+                                        while the fleet talks */
+    int               cleanup;      /* delete the targets' keys after */
+    double            answer;       /* growth: share that acknowledges */
+    const char       *gc_command;   /* growth: run instead of mdm_sweep */
 } sim_conf_t;
+
+
+/* A chunked enqueue of one command, as the client saw it. */
+typedef struct {
+    char              uuid[64];
+    uint64_t          calls;
+    uint64_t          queued;       /* reply: targets queued */
+    uint64_t          already;      /* reply: ids skipped, queued before */
+    double            total_ms;     /* wall time of all the calls */
+    double            max_ms;       /* the longest single call */
+    double            server_max_ms; /* the same in SLOWLOG, 0 if < 10 ms */
+    double            t_start;
+    double            t_end;
+    int64_t           memory;       /* used_memory delta */
+    int               retry;        /* first chunk again: 1 done, -1 refused */
+    uint64_t          retry_queued;
+    uint64_t          retry_already;
+    char              retry_error[160];
+} sim_enq_t;
+
+
+/*
+ * The growth scenario: memory left behind by one expiring command, bytes
+ * above the baseline (targets enrolled, nothing queued): used_memory, and
+ * MEMORY STATS dataset.bytes (without client and AOF buffers, key tables).
+ */
+typedef struct {
+    int64_t           base;         /* used_memory at the baseline */
+    int64_t           base_dataset;
+    int64_t           queued;       /* after the enqueue */
+    int64_t           answered;     /* after the reports */
+    int64_t           swept;        /* after the sweep ... */
+    int64_t           swept_dataset;
+    int64_t           swept_ttl;    /* ... of which keys with a TTL */
+    int64_t           swept_streams; /* ... and the capped streams */
+    int64_t           ht_swept;     /* ... and db hash tables */
+    int64_t           after_ttl;    /* once those keys expired */
+    int64_t           after_dataset;
+    int64_t           after_streams;
+    int64_t           ht_after;
+    long long         keys_base;    /* MEMORY USAGE of every key but the */
+    long long         nkeys_base;   /*   streams, and the key count */
+    long long         keys_after;
+    long long         nkeys_after;
+    uint64_t          answers;
+    uint64_t          ttl_keys;     /* keys of the step with a TTL */
+    uint64_t          left_keys;    /* queues (no TTL) left after the sweep */
+    int               cmd_left;     /* mdm:cmd:UUID exists after it */
+    uint64_t          sweep_calls;
+    uint64_t          expired;      /* mdm_sweep replies, summed */
+    uint64_t          released;
+    double            sweep_ms;
+    double            sweep_max_ms; /* --gc: Redis' SLOWLOG, 0 if < 10 ms */
+    double            expiry_wait_s;
+    double            ttl_wait_s;
+    int64_t           result_ttl;
+} sim_growth_t;
 
 
 /* Log-linear latency histogram in microseconds (about 1.6% precision). */
@@ -118,6 +194,9 @@ typedef struct {
     uint64_t          cmd_missing;
 
     double            enqueue_ms;
+    sim_enq_t         enq;              /* enqueue, --enqueue-during */
+    sim_growth_t      growth;
+    double            cleanup_ms;
     double            enroll_ms;        /* enqueue: direct enrollment */
     int64_t           enroll_memory;    /* used_memory delta, bytes */
     int64_t           enqueue_memory;
@@ -227,6 +306,13 @@ typedef struct {
     size_t            nheap;
 
     char              run_prefix[32];  /* command UUID prefix of this run */
+
+    char            **targets;      /* --enqueue-during: ids, command */
+    sim_buf_t         bg_plist;
+    void             *bg_rc;        /* its own Redis connection */
+    int               bg_started;
+    int               bg_done;      /* set by the thread (atomic) */
+    pthread_t         bg_thread;
     uint8_t           unlock[1288];
 } sim_t;
 
@@ -262,6 +348,8 @@ void sim_body_device(sim_t *sim, sim_device_t *dev, sim_kind_e kind,
 void sim_body_checkin_fields(sim_t *sim, sim_device_t *dev, sim_kind_e kind,
     const char **kv, size_t *lens, int *n, char *hex);
 void sim_body_command(sim_t *sim, int k, sim_buf_t *out);
+void sim_body_ack(sim_device_t *dev, const char *uuid, const char *type,
+    sim_buf_t *b);
 void sim_body_uuid(sim_t *sim, int k, char *out, size_t n);
 int sim_body_uuid_index(sim_t *sim, const char *uuid);
 
@@ -284,5 +372,10 @@ void sim_heap_pop(sim_t *sim);
 /* sim_redis.c */
 void sim_redis_enqueue(sim_t *sim);
 void sim_redis_bulk(sim_t *sim);
+void sim_redis_growth(sim_t *sim);
+void sim_redis_bg_prepare(sim_t *sim);
+void sim_redis_bg_start(sim_t *sim);
+int sim_redis_bg_done(sim_t *sim);
+void sim_redis_bg_finish(sim_t *sim);
 
 #endif /* MDM_SIM_H */

@@ -219,11 +219,19 @@ sim_body_build(sim_t *sim, sim_conn_t *c, sim_kind_e kind, sim_buf_t *b)
         return;
     }
 
+    sim_body_ack(dev, c->cmd_uuid, c->cmd_type, b);
+}
+
+
+/* The Acknowledged report of command uuid (of type) with its result keys. */
+void
+sim_body_ack(sim_device_t *dev, const char *uuid, const char *type,
+    sim_buf_t *b)
+{
     sim_buf_reset(b);
     sim_buf_printf(b, SIM_PLIST_HEAD
-        "\t<key>CommandUUID</key>\n\t<string>%s</string>\n",
-        c->cmd_uuid);
-    sim_result_keys(dev, c->cmd_type, b);
+        "\t<key>CommandUUID</key>\n\t<string>%s</string>\n", uuid);
+    sim_result_keys(dev, type, b);
     sim_buf_printf(b,
         "\t<key>Status</key>\n\t<string>Acknowledged</string>\n"
         "\t<key>UDID</key>\n\t<string>%s</string>\n" SIM_PLIST_TAIL,

@@ -13,7 +13,7 @@ static const char  *sim_kind_names[SIM_RQ_NKINDS] = {
 };
 
 static const char  *sim_scenario_names[] = {
-    "enroll", "poll", "cycle", "mixed", "static", "enqueue"
+    "enroll", "poll", "cycle", "mixed", "static", "enqueue", "growth"
 };
 
 
@@ -159,6 +159,72 @@ sim_commands_print(const sim_stats_t *s, int json)
 }
 
 
+/* The growth scenario's figures, bytes above its baseline. */
+static void
+sim_growth_print(sim_t *sim, int json)
+{
+    sim_growth_t  *g;
+
+    g = &sim->stats.growth;
+
+    if (!json) {
+        printf("growth       baseline %lld B (dataset %lld); above it:"
+               " queued %lld, answered %lld (%llu)\n"
+               "  swept      %lld, dataset %lld (TTL keys %lld in %llu,"
+               " streams %lld, hash tables %lld)\n"
+               "  after TTL  %lld, dataset %lld (streams %lld, hash tables"
+               " %lld)\n"
+               "  sweep      %.1f ms (%llu calls, longest %.1f ms, expired"
+               " %llu, released %llu); queues left %llu, body %s\n"
+               "  waited     %.1f s for the expiry, %.1f s for the TTL"
+               " (result_ttl %lld)\n"
+               "  keys       %lld B in %lld before, %lld B in %lld after\n",
+               (long long) g->base, (long long) g->base_dataset,
+               (long long) g->queued, (long long) g->answered,
+               (unsigned long long) g->answers, (long long) g->swept,
+               (long long) g->swept_dataset, (long long) g->swept_ttl,
+               (unsigned long long) g->ttl_keys, (long long) g->swept_streams,
+               (long long) g->ht_swept, (long long) g->after_ttl,
+               (long long) g->after_dataset, (long long) g->after_streams,
+               (long long) g->ht_after, g->sweep_ms,
+               (unsigned long long) g->sweep_calls, g->sweep_max_ms,
+               (unsigned long long) g->expired,
+               (unsigned long long) g->released,
+               (unsigned long long) g->left_keys,
+               g->cmd_left ? "left" : "released", g->expiry_wait_s,
+               g->ttl_wait_s, (long long) g->result_ttl, g->keys_base,
+               g->nkeys_base, g->keys_after, g->nkeys_after);
+        return;
+    }
+
+    printf("\"growth\":{\"base\":%lld,\"base_dataset\":%lld,"
+           "\"queued\":%lld,\"answered\":%lld,\"answers\":%llu,"
+           "\"swept\":%lld,\"swept_dataset\":%lld,\"swept_ttl\":%lld,"
+           "\"ttl_keys\":%llu,\"swept_streams\":%lld,\"ht_swept\":%lld,"
+           "\"after_ttl\":%lld,\"after_dataset\":%lld,"
+           "\"after_streams\":%lld,\"ht_after\":%lld,"
+           "\"sweep_ms\":%.3f,\"sweep_calls\":%llu,"
+           "\"sweep_max_ms\":%.3f,\"expired\":%llu,\"released\":%llu,"
+           "\"left_keys\":%llu,\"cmd_left\":%d,\"expiry_wait_s\":%.3f,"
+           "\"ttl_wait_s\":%.3f,\"result_ttl\":%lld,"
+           "\"keys_base\":%lld,\"nkeys_base\":%lld,\"keys_after\":%lld,"
+           "\"nkeys_after\":%lld}",
+           (long long) g->base, (long long) g->base_dataset,
+           (long long) g->queued, (long long) g->answered,
+           (unsigned long long) g->answers, (long long) g->swept,
+           (long long) g->swept_dataset, (long long) g->swept_ttl,
+           (unsigned long long) g->ttl_keys, (long long) g->swept_streams,
+           (long long) g->ht_swept, (long long) g->after_ttl,
+           (long long) g->after_dataset, (long long) g->after_streams,
+           (long long) g->ht_after, g->sweep_ms,
+           (unsigned long long) g->sweep_calls, g->sweep_max_ms,
+           (unsigned long long) g->expired, (unsigned long long) g->released,
+           (unsigned long long) g->left_keys, g->cmd_left,
+           g->expiry_wait_s, g->ttl_wait_s, (long long) g->result_ttl,
+           g->keys_base, g->nkeys_base, g->keys_after, g->nkeys_after);
+}
+
+
 /* The CPU of every pid under the label of entry i, once per label. */
 static int
 sim_cpu_label(sim_t *sim, int i, double *cpu)
@@ -251,6 +317,26 @@ sim_stats_print(sim_t *sim, int json)
                    (long long) s->enroll_memory,
                    (long long) s->enqueue_memory);
         }
+        if (s->enq.calls) {
+            printf("enqueue      %llu calls of up to %d ids: %.1f ms,"
+                   " longest %.1f ms (in Redis %.1f); queued %llu,"
+                   " already %llu\n",
+                   (unsigned long long) s->enq.calls,
+                   sim->conf.enqueue_chunk, s->enq.total_ms, s->enq.max_ms,
+                   s->enq.server_max_ms,
+                   (unsigned long long) s->enq.queued,
+                   (unsigned long long) s->enq.already);
+        }
+        if (s->enq.retry) {
+            printf("chunk again  %s%s%llu queued, %llu already\n",
+                   s->enq.retry < 0 ? s->enq.retry_error : "",
+                   s->enq.retry < 0 ? "; " : "",
+                   (unsigned long long) s->enq.retry_queued,
+                   (unsigned long long) s->enq.retry_already);
+        }
+        if (sim->conf.scenario == SIM_GROWTH) {
+            sim_growth_print(sim, 0);
+        }
         if (s->cmd_enqueued || s->cmd_received) {
             sim_commands_print(s, 0);
         }
@@ -304,6 +390,19 @@ sim_stats_print(sim_t *sim, int json)
     printf("},\"redis\":{\"enroll_ms\":%.3f,\"enroll_memory\":%lld,"
            "\"enqueue_memory\":%lld", s->enroll_ms,
            (long long) s->enroll_memory, (long long) s->enqueue_memory);
-    printf("}");
+    printf("},\"enqueue\":{\"calls\":%llu,\"chunk\":%d,\"queued\":%llu,"
+           "\"already\":%llu,\"total_ms\":%.3f,\"max_ms\":%.3f,"
+           "\"server_max_ms\":%.3f,"
+           "\"memory\":%lld,\"uuid\":\"%s\",\"retry\":%d,"
+           "\"retry_queued\":%llu,\"retry_already\":%llu,"
+           "\"cleanup_ms\":%.3f},",
+           (unsigned long long) s->enq.calls, sim->conf.enqueue_chunk,
+           (unsigned long long) s->enq.queued,
+           (unsigned long long) s->enq.already, s->enq.total_ms,
+           s->enq.max_ms, s->enq.server_max_ms,
+           (long long) s->enq.memory, s->enq.uuid,
+           s->enq.retry, (unsigned long long) s->enq.retry_queued,
+           (unsigned long long) s->enq.retry_already, s->cleanup_ms);
+    sim_growth_print(sim, 1);
     sim_commands_print(s, 1);
 }

@@ -62,6 +62,10 @@
 #define MDM_KEY_PUSH_ALIVE_FIXED     15
 #define MDM_KEY_PUSH_SENDERS         "mdm:push:senders"
 #define MDM_KEY_PUSH_STATS           "mdm:push:stats"
+#define MDM_KEY_PUSHCERT             "mdm:pushcert:%s"
+#define MDM_KEY_PUSHCERT_NGX         "mdm:pushcert:%*s"
+#define MDM_KEY_PUSHCERT_FIXED       13
+#define MDM_KEY_PUSHCERTS            "mdm:pushcerts"
 #define MDM_KEY_SCEP_CH              "mdm:scep:ch:%s"
 #define MDM_KEY_SCEP_CH_NGX          "mdm:scep:ch:%*s"
 #define MDM_KEY_SCEP_CH_FIXED        12

@@ -903,6 +903,7 @@ typedef struct {
     const char  *expires;
     const char  *nopush;
     long         chunk;
+    long         pace;              /* % of Redis' time the chunks may take */
     long long    targets;
     long long    pushes;
     long long    already;           /* ids holding it from an earlier run */
@@ -966,11 +967,22 @@ mdm_enqueue_chunk(redisContext *c, mdm_enqueue_t *eq, const char *xml,
 }
 
 
+static long long
+mdm_mono_us(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
 static int
 mdm_enqueue_all(redisContext *c, mdm_enqueue_t *eq, const char *xml,
     uint32_t len, mdm_ids_t *ids)
 {
-    size_t  i, n;
+    size_t     i, n;
+    long long  t;
 
     if (ids->n > (size_t) eq->chunk && mdm_ids_exist(c, ids) != 0) {
         return -1;
@@ -978,12 +990,22 @@ mdm_enqueue_all(redisContext *c, mdm_enqueue_t *eq, const char *xml,
 
     for (i = 0; i < ids->n; i += n) {
         n = ids->n - i < (size_t) eq->chunk ? ids->n - i : (size_t) eq->chunk;
+        t = mdm_mono_us();
         if (mdm_enqueue_chunk(c, eq, xml, len, ids->v + i, n) != 0) {
             if (i > 0) {
                 mdm_err("stopped after %zu of %zu targets were queued "
                         "(CommandUUID %s)", i, ids->n, eq->uuid);
             }
             return -1;
+        }
+
+        /*
+         * Redis runs one call at a time: back-to-back chunks would leave
+         * devices waiting behind them, so wait in proportion
+         */
+        if (eq->pace < 100 && i + n < ids->n) {
+            t = mdm_mono_us() - t;
+            usleep((useconds_t) (t * (100 - eq->pace) / eq->pace));
         }
     }
 
@@ -1084,6 +1106,9 @@ static const char  mdm_enqueue_usage[] =
     "  --plist FILE      a complete command plist (XML or binary)\n"
     "  --chunk N         ids per FCALL (default 2000; each call is short, so\n"
     "                    devices never wait behind a bulk enqueue)\n"
+    "  --pace P          the chunks take at most P % of Redis' time: after\n"
+    "                    a call of T ms, wait T * (100 - P) / P (default 50;\n"
+    "                    100: back to back)\n"
     "\n"
     "Ids that already hold the command are skipped: an enqueue that was\n"
     "interrupted is completed by running it again with the same --uuid\n"
@@ -1114,6 +1139,7 @@ mdm_enqueue_main(int argc, char **argv)
         { "uuid", required_argument, NULL, 'u' },
         { "plist", required_argument, NULL, 'f' },
         { "chunk", required_argument, NULL, 'c' },
+        { "pace", required_argument, NULL, 'G' },
         { "secret-key", required_argument, NULL, 'K' },
         MDM_REDIS_OPTS,
         { NULL, 0, NULL, 0 }
@@ -1124,6 +1150,7 @@ mdm_enqueue_main(int argc, char **argv)
     eq.expires = "0";
     eq.nopush = "0";
     eq.chunk = MDM_CHUNK;
+    eq.pace = 50;
     uuid = NULL;
     plist_file = NULL;
 
@@ -1161,6 +1188,12 @@ mdm_enqueue_main(int argc, char **argv)
         case 'c':
             if (mdm_parse_int(optarg, 1, 1000000, &eq.chunk) != 0) {
                 mdm_err("--chunk must be 1-1000000");
+                return MDM_USAGE;
+            }
+            break;
+        case 'G':
+            if (mdm_parse_int(optarg, 1, 100, &eq.pace) != 0) {
+                mdm_err("--pace must be 1-100 (percent)");
                 return MDM_USAGE;
             }
             break;

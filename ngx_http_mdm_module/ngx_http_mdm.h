@@ -134,6 +134,7 @@ typedef struct {
 
 
 extern ngx_module_t  ngx_http_mdm_module;
+extern ngx_module_t  ngx_http_mdm_api_module;
 
 
 /* handler: request -> identity -> message -> store -> response */
@@ -180,6 +181,11 @@ ngx_int_t ngx_http_mdm_redis_attach(redisAsyncContext *ac, ngx_log_t *log);
 void ngx_http_mdm_redis_found(ngx_http_mdm_redis_conn_t *rc);
 void ngx_http_mdm_redis_unfound(ngx_http_mdm_redis_conn_t *rc);
 void ngx_http_mdm_redis_switched(ngx_http_mdm_redis_conn_t *rc);
+
+/* metrics: counters the adapter feeds (ngx_http_mdm_metrics.c) */
+void ngx_http_mdm_metrics_rtt(uint64_t usec);
+void ngx_http_mdm_metrics_reconnect(void);
+uint64_t ngx_http_mdm_metrics_now_us(void);
 
 /* sentinel */
 void ngx_http_mdm_sentinel_init(ngx_http_mdm_redis_conn_t *rc);

@@ -517,7 +517,9 @@ ngx_http_mdm_respond(ngx_http_request_t *r, ngx_uint_t status,
         }
     }
 
-    if (status == NGX_HTTP_NOT_ALLOWED) {
+    if (status == NGX_HTTP_NOT_ALLOWED
+        && ngx_http_get_module_ctx(r, ngx_http_mdm_api_module) == NULL)
+    {
         h = ngx_list_push(&r->headers_out.headers);
         if (h != NULL) {
             h->hash = 1;

@@ -48,6 +48,7 @@ struct ngx_http_mdm_redis_op_s {
     ngx_http_mdm_redis_handler_pt   handler;
     void                           *data;
     ngx_msec_t                      sent;
+    uint64_t                        sent_us;  /* the round trip's start */
     ngx_queue_t                     queue;    /* in conn->waiting */
     char                           *cmd;      /* formatted, while waiting */
     int                             cmdlen;
@@ -382,6 +383,7 @@ ngx_http_mdm_redis_switched(ngx_http_mdm_redis_conn_t *rc)
 
     rc->backoff = NGX_HTTP_MDM_BACKOFF_MIN;
     rc->primary_known = 0;
+    ngx_http_mdm_metrics_reconnect();
     ngx_http_mdm_redis_connect(rc);
 }
 
@@ -671,6 +673,7 @@ ngx_http_mdm_redis_reconnect_handler(ngx_event_t *ev)
         return;
     }
 
+    ngx_http_mdm_metrics_reconnect();
     ngx_http_mdm_redis_connect(rc);
 }
 
@@ -847,6 +850,7 @@ ngx_http_mdm_redis_call(ngx_http_mdm_redis_conn_t *rc, int argc,
     op->handler = handler;
     op->data = data;
     op->sent = ngx_current_msec;
+    op->sent_us = ngx_http_mdm_metrics_now_us();
 
     /* not cancelable: a graceful quit waits for the reply */
     op->timer.handler = ngx_http_mdm_op_timeout;
@@ -886,6 +890,7 @@ ngx_http_mdm_redis_flush(ngx_http_mdm_redis_conn_t *rc, ngx_uint_t send)
             redisFreeCommand(op->cmd);
             op->cmd = NULL;
             op->sent = ngx_current_msec;
+            op->sent_us = ngx_http_mdm_metrics_now_us();
             ngx_http_mdm_redis_send_wait(rc, op);
             continue;
         }
@@ -977,6 +982,7 @@ ngx_http_mdm_op_reply(redisAsyncContext *ac, void *rep, void *data)
 
     if (reply) {
         rc->last_reply = ngx_current_msec;
+        ngx_http_mdm_metrics_rtt(ngx_http_mdm_metrics_now_us() - op->sent_us);
     }
 
     if (op->wait) {

@@ -80,6 +80,8 @@ local function k_push_proc(n) return 'mdm:push:proc:' .. n end
 local function k_push_alive(n) return 'mdm:push:alive:' .. n end
 local K_PUSH_SENDERS = 'mdm:push:senders'
 local K_PUSH_STATS = 'mdm:push:stats'
+local function k_pushcert(t) return 'mdm:pushcert:' .. t end
+local K_PUSHCERTS = 'mdm:pushcerts'
 local function k_scep_ch(c) return 'mdm:scep:ch:' .. c end
 local function k_scep_nonce(o) return 'mdm:scep:nonce:' .. o end
 local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end
@@ -1882,6 +1884,323 @@ local function scep_revoke(keys, args)
     return sha
 end
 
+-- HTTP API -------------------------------------------------------------------
+
+--[[
+FCALL mdm_api 0 <method> <path> <query> <body> [<topic> <not_after>]
+The whole HTTP API of an mdm_api location in one call: the module checks
+the API key, reads the body and relays { HTTP status, JSON } as it comes.
+<path> is relative to the location ("v1/enqueue/ID,ID"), <query> the raw
+query string. NanoMDM's paths and shapes (enqueue, push, pushcert,
+version), then ours. PUT v1/pushcert comes with the certificate already
+checked by the module (topic and notAfter passed along).
+]]
+local API_MAX_IDS = 2000       -- per call: one call stays under 50 ms
+
+local function jstr(v) return cjson.encode(v) end
+
+-- a JSON array, [] when empty (cjson writes {} for an empty table)
+local function jarr(t)
+    if #t == 0 then
+        return '[]'
+    end
+    return cjson.encode(t)
+end
+
+local function api_error(status, msg)
+    return { status, '{"error":' .. jstr(msg) .. '}' }
+end
+
+local function api_query(q)
+    local out = {}
+    for k, v in string.gmatch(q or '', '([^&=]+)=([^&]*)') do
+        out[k] = v
+    end
+    return out
+end
+
+local function api_ids(s)
+    local ids, seen = {}, {}
+    for id in string.gmatch(s or '', '[^,]+') do
+        if not seen[id] then
+            seen[id] = true
+            ids[#ids + 1] = id
+        end
+    end
+    return ids
+end
+
+-- known and unknown ids, in the order given; one EXISTS per CHUNK ids
+-- when all are known (the usual case)
+local function api_split_known(ids)
+    local known, unknown = {}, {}
+    for part in parts(ids) do
+        local keys, ok = {}, true
+        for k, e in ipairs(part) do
+            local d = device_of(e)
+            ok = ok and d ~= nil
+            keys[k] = d and k_enr(d, e) or ''
+        end
+        local all = ok and redis.call('EXISTS', unpack(keys)) == #keys
+        for k, e in ipairs(part) do
+            if all or (keys[k] ~= ''
+                       and redis.call('EXISTS', keys[k]) == 1) then
+                known[#known + 1] = e
+            else
+                unknown[#unknown + 1] = e
+            end
+        end
+    end
+    return known, unknown
+end
+
+-- { id: {...} } with 200 (all fine), 207 (some) or 500 (none), as NanoMDM;
+-- rows: { ids, the JSON object each of them gets }
+local function api_multi(rows, ok, failed, extra)
+    local code = failed == 0 and 200 or (ok > 0 and 207 or 500)
+    local out = {}
+    for _, row in ipairs(rows) do
+        local v = row[2]
+        for _, id in ipairs(row[1]) do
+            out[#out + 1] = jstr(id) .. ':' .. v
+        end
+    end
+    return { code, '{"status":{' .. table.concat(out, ',') .. '}'
+                   .. (extra or '') .. '}' }
+end
+
+local function api_enqueue(ids, body, nopush)
+    if #ids == 0 then
+        return api_error(400, 'no enrollment ids')
+    end
+    if #ids > API_MAX_IDS then
+        return api_error(400, 'too many ids: at most ' .. API_MAX_IDS
+                              .. ' per call')
+    end
+    local u, rt, err = scan_command(body or '')
+    if not u then
+        return { 400, '{"command_error":' .. jstr(err) .. '}' }
+    end
+    local known, unknown = api_split_known(ids)
+    local rows = { { unknown, '{"command_error":"unknown enrollment id"}' } }
+    local extra = ',"command_uuid":' .. jstr(u) .. ',"request_type":'
+                  .. jstr(rt) .. (nopush and ',"no_push":true' or '')
+    if #known == 0 then
+        return api_multi(rows, 0, #unknown, extra)
+    end
+    local args = { body, '5', '0', nopush and '1' or '0' }
+    for _, e in ipairs(known) do
+        args[#args + 1] = e
+    end
+    local r = enqueue({}, args)
+    if r.err then
+        rows[2] = { known, '{"command_error":' .. jstr(r.err) .. '}' }
+        return api_multi(rows, 0, #ids, extra .. ',"command_error":'
+                                        .. jstr(r.err))
+    end
+    -- pushes go through the sender: "queued" (or already pending)
+    rows[2] = { known, nopush and '{}' or '{"push_result":"queued"}' }
+    return api_multi(rows, #known, #unknown, extra)
+end
+
+local function api_push(ids)
+    if #ids == 0 then
+        return api_error(400, 'no enrollment ids')
+    end
+    if #ids > API_MAX_IDS then
+        return api_error(400, 'too many ids: at most ' .. API_MAX_IDS
+                              .. ' per call')
+    end
+    local known, unknown = api_split_known(ids)
+    push_requests(known)
+    return api_multi({ { unknown, '{"push_error":"unknown enrollment id"}' },
+                       { known, '{"push_result":"queued"}' } },
+                     #known, #unknown)
+end
+
+local function api_pushcert(method, q, body, topic, not_after)
+    if method == 'PUT' then
+        if not topic or topic == '' then
+            return api_error(400, 'no certificate checked by the module')
+        end
+        redis.call('HSET', k_pushcert(topic), 'pem', body,
+                   'not_after', not_after, 'ms', int(now_ms()))
+        -- mdm-apnsd loads what this set names when its ms changes
+        redis.call('SADD', K_PUSHCERTS, topic)
+        audit({ 'type', 'PushCert', 'topic', topic, 'not_after', not_after,
+                'ms', int(now_ms()) })
+        return { 200, '{"topic":' .. jstr(topic) .. ',"not_after":'
+                      .. jstr(not_after) .. '}' }
+    end
+    local t = api_query(q).topic
+    if not t then
+        return api_error(400, 'give ?topic=')
+    end
+    local na = redis.call('HGET', k_pushcert(t), 'not_after')
+    if not na then
+        return api_error(404, 'no push certificate uploaded for ' .. t)
+    end
+    return { 200, '{"topic":' .. jstr(t) .. ',"not_after":' .. jstr(na)
+                  .. '}' }
+end
+
+-- a flat field/value reply as a JSON object
+local function api_object(flat)
+    local o = {}
+    for i = 1, #flat, 2 do
+        o[flat[i]] = flat[i + 1]
+    end
+    return jstr(o)
+end
+
+local API_METHODS = {
+    version = 'GET', enqueue = 'PUT POST', push = 'GET', pushcert = 'GET PUT',
+    enrollments = 'GET DELETE', queue = 'GET DELETE', results = 'GET',
+    commands = 'GET DELETE',
+}
+
+local function api(keys, args)
+    conf_reset()
+    local method, path, q, body = args[1], args[2] or '', args[3], args[4]
+    local seg = {}
+    for s in string.gmatch(path, '[^/]+') do
+        seg[#seg + 1] = s
+    end
+    local what = seg[1] == 'version' and 'version'
+                 or (seg[1] == 'v1' and seg[2]) or nil
+    local allowed = what and API_METHODS[what]
+    if not allowed or (what == 'version' and #seg ~= 1) then
+        return api_error(404, 'unknown API path /' .. path)
+    end
+    if not string.find(' ' .. allowed .. ' ', ' ' .. method .. ' ', 1, true)
+    then
+        return { 405, '{"error":' .. jstr(method .. ' is not allowed here')
+                      .. ',"allow":' .. jstr(allowed) .. '}' }
+    end
+    local a, b = seg[3], seg[4]
+
+    if what == 'version' then
+        return { 200, '{"version":' .. jstr('ngx_http_mdm_module (library '
+                                           .. VERSION .. ')') .. '}' }
+    elseif what == 'enqueue' then
+        if method == 'POST' then
+            -- our extension: ids in the body, for lists too long for a URL
+            local ok, j = pcall(cjson.decode, body or '')
+            if not ok or type(j) ~= 'table' or type(j.ids) ~= 'table'
+               or type(j.command) ~= 'string' then
+                return api_error(400, 'POST v1/enqueue takes JSON {"ids": '
+                                 .. '[...], "command": "<plist>", '
+                                 .. '"nopush": false}')
+            end
+            local ids = {}
+            for _, e in ipairs(j.ids) do
+                if type(e) ~= 'string' then
+                    return api_error(400, 'ids must be strings')
+                end
+                ids[#ids + 1] = e
+            end
+            return api_enqueue(api_ids(table.concat(ids, ',')), j.command,
+                               j.nopush == true)
+        end
+        return api_enqueue(api_ids(a), body, api_query(q).nopush == '1')
+    elseif what == 'push' then
+        return api_push(api_ids(a))
+    elseif what == 'pushcert' then
+        return api_pushcert(method, q, body, args[5], args[6])
+    elseif what == 'enrollments' then
+        if method == 'DELETE' then
+            if not a then
+                return api_error(400, 'DELETE v1/enrollments/{id}')
+            end
+            local r = forget({}, { a })
+            if r.err then
+                return api_error(404, r.err)
+            end
+            return { 200, '{"forgotten":' .. r[1] .. ',"queue_items":'
+                          .. r[2] .. '}' }
+        end
+        if a then
+            local h = enrollment({}, { a })
+            if h.err or #h == 0 then
+                return api_error(404, 'unknown enrollment id ' .. a)
+            end
+            return { 200, api_object(h) }
+        end
+        local qq = api_query(q)
+        local off = math.max(tonumber(qq.offset) or 0, 0)
+        local count = math.min(math.max(tonumber(qq.count) or 100, 1), 1000)
+        local out = {}
+        for _, row in ipairs(enrollments({}, { off, count })) do
+            out[#out + 1] = { id = row[1], type = row[2],
+                              enabled = row[3] == '1', topic = row[4],
+                              last_seen_ms = tonumber(row[5]),
+                              queue_length = row[6] }
+        end
+        return { 200, '{"enrollments":' .. jarr(out) .. ',"next_offset":'
+                      .. (#out == count and off + count or 'null') .. '}' }
+    elseif what == 'queue' then
+        if not a then
+            return api_error(400, 'give an enrollment id')
+        end
+        if redis.call('EXISTS', k_enr(device_of(a) or '', a)) == 0 then
+            return api_error(404, 'unknown enrollment id ' .. a)
+        end
+        if method == 'DELETE' then
+            if b then
+                if cancel({}, { a, b }) ~= 1 then
+                    return api_error(404, b .. ' is not queued for ' .. a)
+                end
+                return { 200, '{"canceled":true}' }
+            end
+            return { 200, '{"removed":' .. clear({}, { a }) .. '}' }
+        end
+        local out = {}
+        for _, row in ipairs(queue({}, { a })) do
+            out[#out + 1] = { uuid = row[1], request_type = row[2],
+                              status = row[3], notnow_count = row[4],
+                              age_s = row[5], priority = row[6],
+                              expires_in_s = row[7] }
+        end
+        return { 200, '{"queue":' .. jarr(out) .. '}' }
+    elseif what == 'results' then
+        if not a or not b then
+            return api_error(400, 'GET v1/results/{id}/{CommandUUID}')
+        end
+        local r = result({}, { a, b })
+        if not r or r.err then
+            return api_error(404, 'no result of ' .. b .. ' for ' .. a)
+        end
+        return { 200, api_object(r) }
+    elseif what == 'commands' then
+        if not a then
+            return api_error(400, 'give a CommandUUID')
+        end
+        if method == 'DELETE' then
+            local r = cancel_command({}, { a })
+            return { 200, '{"canceled":' .. r[1] .. ',"more":'
+                          .. (r[2] == 1 and 'true' or 'false') .. '}' }
+        end
+        local ct = k_cmdt(a)
+        local n = redis.call('HLEN', ct)
+        if n == 0 then
+            return api_error(404, 'unknown CommandUUID ' .. a)
+        end
+        -- a page of targets at a time: a command may have a million
+        local qq = api_query(q)
+        local r = redis.call('HSCAN', ct, qq.cursor or '0', 'COUNT',
+                             math.min(tonumber(qq.count) or 1000, 10000))
+        local out = {}
+        for i = 1, #r[2], 2 do
+            out[#out + 1] = { id = r[2][i],
+                              status = meta_parse(r[2][i + 1]) }
+        end
+        return { 200, '{"command_uuid":' .. jstr(a) .. ',"targets":' .. n
+                      .. ',"statuses":' .. jarr(out) .. ',"next_cursor":'
+                      .. (r[1] == '0' and 'null' or jstr(r[1])) .. '}' }
+    end
+    return api_error(404, 'unknown API path /' .. path)
+end
+
 redis.register_function{ function_name = 'mdm_version',
     callback = function() return VERSION end, flags = { 'no-writes' } }
 redis.register_function('mdm_checkin', checkin)
@@ -1905,6 +2224,7 @@ redis.register_function('mdm_sweep', sweep)
 redis.register_function('mdm_cancel_command',
     admin_only('mdm_cancel_command', cancel_command))
 redis.register_function('mdm_forget', admin_only('mdm_forget', forget))
+redis.register_function('mdm_api', admin_only('mdm_api', api))
 redis.register_function('mdm_conf_set',
     admin_only('mdm_conf_set', conf_set))
 redis.register_function{ function_name = 'mdm_conf_get', callback = conf_get,

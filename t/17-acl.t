@@ -63,7 +63,7 @@ ok wait_until(sub { -S $sock && cli('mdm-admin', 'PING') =~ /PONG/ }),
     'redis-server started with the ACL file';
 like cli(undef, 'PING'), qr/NOAUTH|NOPERM|WRONGPASS/, 'default user: nothing';
 
-for my $f ('mdm.lua', 'push.lua') {
+for my $f ('mdm.lua', 'push.lua', 'metrics.lua') {
     my $out = qx{redis-cli -s $sock --user mdm-admin --pass $pw{'mdm-admin'} --no-auth-warning -x FUNCTION LOAD REPLACE < ${\ MdmTest::root() }/redis-scripts/$f 2>&1};
     unlike $out, qr/ERR|NOPERM/, "mdm-admin loads $f";
 }
@@ -189,6 +189,9 @@ is $admin->get("mdm:cert:$sha{M}"), 'D3', 'bound by migration';
 call($admin, 'fcall', 'mdm_conf_set', 0, 'migration', '0');
 is_deeply call($nginx, 'hmget', 'mdm:policy', 'allow_rebind', 'migration'),
     ['0', '0'], 'nginx reads mdm:policy';
+my $gauges = call($nginx, 'fcall', 'mdm_metrics', 0);
+is ref $gauges && $gauges->[0], '1', 'nginx runs mdm_metrics (the gauges)'
+    or diag explain $gauges;
 
 # --- nginx: what its credential cannot do ------------------------------------------
 my @admin_fns = (

@@ -198,6 +198,27 @@ is $t->redis->zcard('mdm:{DEV-GONE}:q:DEV-GONE'), 0, 'the queue is empty';
 ok $t->wait_for(sub { $t->apnsd_log =~ /sweep: 1 queued commands expired, 1 commands released/ }, 5),
     'logged';
 
+# ---- a certificate uploaded through the HTTP API (PUT v1/pushcert) ------------------
+# The module checks it and calls mdm_api with its topic and notAfter; the sender
+# loads it from Redis on its cert-check timer, no restart.
+my $up = $t->push_cert('uploaded');
+my $ra = $t->redis->fcall('mdm_api', 0, 'PUT', 'v1/pushcert', '', $t->slurp($up->{pem}),
+                          $up->{topic}, '2030-01-01T00:00:00Z');
+is $ra->[0], 200, 'mdm_api PUT v1/pushcert stored it';
+ok $t->wait_for(sub { $t->apnsd_log =~ /topic \Q$up->{topic}\E: certificate redis:mdm:pushcert:\S+ loaded/ }, 10),
+    'the sender loaded it without a restart';
+$t->enroll('DEV-UP', topic => $up->{topic});
+$t->produce('DEV-UP');
+ok $t->wait_for(sub { $t->enr('DEV-UP')->{push_ms} }, 10), 'and pushes with it';
+# a new upload for the topic replaces it; a broken one is refused, once
+$t->redis->hset("mdm:pushcert:$up->{topic}", 'pem', 'garbage', 'ms', 1);
+ok $t->wait_for(sub { $t->apnsd_log =~ /certificate redis:mdm:pushcert:\S+: no PEM certificate/ }, 10),
+    'a broken upload: one error line';
+$t->redis->hset('mdm:{DEV-UP}:enr:DEV-UP', 'push_ms', 0);
+$t->produce('DEV-UP');
+ok $t->wait_for(sub { $t->enr('DEV-UP')->{push_ms} }, 10),
+    'the topic keeps its loaded certificate';
+
 $t->finish_apnsd;
 $t->finish;
 done_testing;

@@ -85,7 +85,7 @@ like(qx{dpkg-query -W -f='\${Depends}' libnginx-mod-http-mdm},
 ok(-x '/usr/sbin/mdm-apnsd' && -x '/usr/bin/mdmctl'
    && -x '/usr/bin/mdm-redis-load', 'binaries');
 ok(-f "/usr/share/mdm/redis-functions/$_", "redis-functions/$_")
-    for qw(mdm.lua push.lua webhook.lua);
+    for qw(mdm.lua push.lua metrics.lua webhook.lua);
 ok(-f '/usr/share/doc/mdm-redis-functions/examples/users.acl', 'users.acl');
 
 my @pw = getpwnam('mdm-apnsd');
@@ -144,7 +144,7 @@ $t->start_redis(no_functions => 1);
 my $sock = $t->redis_sock;
 ($rc, $out) = sh("mdm-redis-load -s $sock");
 is($rc, 0, 'mdm-redis-load') or diag($out);
-like($out, qr/^mdm \S+\nmdm_push \S+\nmdm_webhook \S+\n\z/,
+like($out, qr/^mdm \S+\nmdm_metrics \S+\nmdm_push \S+\nmdm_webhook \S+\n\z/,
      '... prints each version');
 like(qx{redis-cli -s $sock FUNCTION LIST}, qr/mdm_push/, '... loaded');
 ($rc, $out) = sh("mdm-redis-load -s $d/none.sock");
