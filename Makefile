@@ -13,7 +13,7 @@ MODULE     := $(BUILD)/nginx/objs/ngx_http_mdm_module.so
 MODULE_ASAN := $(BUILD)/nginx-asan/objs/ngx_http_mdm_module.so
 MODULE_SRCS := $(wildcard ngx_http_mdm_module/*.c ngx_http_mdm_module/*.h \
                  common/*.c common/*.h) config
-TOOLS      := apnsd mdmctl bench
+TOOLS      := apnsd webhookd mdmctl bench
 
 export MDM_MODULE := $(MODULE)
 
@@ -68,7 +68,7 @@ bench: deps all
 # .debs land in build/ and not in the parent directory of the checkout.
 DEB_OUT  := $(BUILD)/deb
 DEB_SRCS := $(wildcard debian/* debian/source/* ngx_http_mdm_module/* \
-              common/* apnsd/* mdmctl/* redis-scripts/*) config \
+              common/* apnsd/* webhookd/* mdmctl/* redis-scripts/*) config \
               conf.example README.md tools/mdm-redis-load
 
 deb: $(DEB_OUT)/.stamp

@@ -80,6 +80,12 @@
 #define MDM_KEY_SCEP_SERIAL_FIXED    16
 #define MDM_KEY_SCEP_ISSUED          "mdm:scep:issued"
 #define MDM_KEY_SCEP_REVOKED         "mdm:scep:revoked"
+#define MDM_KEY_WEBHOOK_BACKLOG      "mdm:webhook:backlog"
+#define MDM_KEY_WEBHOOK_DEAD         "mdm:webhook:dead"
+#define MDM_KEY_WEBHOOK_STATS        "mdm:webhook:stats"
+#define MDM_KEY_WEBHOOK_LOCK         "mdm:webhook:lock:%s"
+#define MDM_KEY_WEBHOOK_LOCK_NGX     "mdm:webhook:lock:%*s"
+#define MDM_KEY_WEBHOOK_LOCK_FIXED   17
 
 
 #endif /* _MDM_KEYS_H_INCLUDED_ */

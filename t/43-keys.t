@@ -15,7 +15,7 @@ is $?, 0, 'common/mdm_keys.h and the Lua key blocks match keys.def'
     or diag $out;
 
 my @src = map { glob "$root/$_" }
-    qw(ngx_http_mdm_module/*.[ch] apnsd/*.[ch] mdmctl/*.[ch] bench/*.[ch]
+    qw(ngx_http_mdm_module/*.[ch] apnsd/*.[ch] webhookd/*.[ch] mdmctl/*.[ch] bench/*.[ch]
        common/*.[ch] redis-scripts/*.lua);
 ok @src > 20, 'sources found';
 

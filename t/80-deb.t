@@ -23,7 +23,8 @@ for my $tool (qw(dpkg-buildpackage dh_nginx apt-get lintian)) {
 }
 
 my $ROOT = $MdmTest::ROOT;
-my @PKGS = qw(libnginx-mod-http-mdm mdm-apnsd mdmctl mdm-redis-functions);
+my @PKGS = qw(libnginx-mod-http-mdm mdm-apnsd mdm-webhookd mdmctl
+              mdm-redis-functions);
 my $APT = 'DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120'
     . ' -y -q';
 my $ENABLED = '/etc/nginx/modules-enabled/50-mod-http-mdm.conf';
@@ -84,7 +85,7 @@ like(qx{dpkg-query -W -f='\${Depends}' libnginx-mod-http-mdm},
 ok(-x '/usr/sbin/mdm-apnsd' && -x '/usr/bin/mdmctl'
    && -x '/usr/bin/mdm-redis-load', 'binaries');
 ok(-f "/usr/share/mdm/redis-functions/$_", "redis-functions/$_")
-    for qw(mdm.lua push.lua metrics.lua);
+    for qw(mdm.lua push.lua metrics.lua webhook.lua);
 ok(-f '/usr/share/doc/mdm-redis-functions/examples/users.acl', 'users.acl');
 
 my @pw = getpwnam('mdm-apnsd');
@@ -109,9 +110,31 @@ SKIP: {
     is($rc, 0, 'systemd-analyze verify mdm-apnsd.service') or diag($out);
 }
 
+# the webhook deliverer: installed, not enabled (it needs a url first)
+ok(-x '/usr/sbin/mdm-webhookd', 'mdm-webhookd');
+my @wpw = getpwnam('mdm-webhookd');
+ok(@wpw && $wpw[3] == $gid, 'system user mdm-webhookd in group mdm');
+@st = stat '/etc/mdm/webhookd.conf';
+ok(@st && ($st[2] & 07777) == 0640 && $st[4] == 0 && $st[5] == $gid,
+   '/etc/mdm/webhookd.conf root:mdm 0640');
+like(qx{dpkg-query -W -f='\${Conffiles}' mdm-webhookd},
+     qr{/etc/mdm/webhookd\.conf}, '... a conffile');
+my $WUNIT = '/lib/systemd/system/mdm-webhookd.service';
+like(cat_file($WUNIT), qr{^ExecStart=/usr/sbin/mdm-webhookd }m,
+     'webhookd unit runs /usr/sbin');
+ok(!-l '/etc/systemd/system/multi-user.target.wants/mdm-webhookd.service',
+   'webhookd unit not enabled');
+SKIP: {
+    skip 'no systemd-analyze', 1 unless -x '/usr/bin/systemd-analyze';
+    ($rc, $out) = sh("systemd-analyze verify $WUNIT");
+    is($rc, 0, 'systemd-analyze verify mdm-webhookd.service') or diag($out);
+}
+
 # ---- the tools ----------------------------------------------------------
 ($rc, $out) = sh('mdm-apnsd --version');
 ok($rc == 0 && $out =~ /\S/, 'mdm-apnsd --version') or diag($out);
+($rc, $out) = sh('mdm-webhookd --version');
+ok($rc == 0 && $out =~ /mdm-webhookd/, 'mdm-webhookd --version') or diag($out);
 ($rc, $out) = sh('mdmctl --help');
 ok($rc == 0 && $out =~ /mdmctl/, 'mdmctl --help') or diag($out);
 
@@ -121,7 +144,8 @@ $t->start_redis(no_functions => 1);
 my $sock = $t->redis_sock;
 ($rc, $out) = sh("mdm-redis-load -s $sock");
 is($rc, 0, 'mdm-redis-load') or diag($out);
-like($out, qr/^mdm \S+\nmdm_metrics \S+\nmdm_push \S+\n\z/, '... prints each version');
+like($out, qr/^mdm \S+\nmdm_metrics \S+\nmdm_push \S+\nmdm_webhook \S+\n\z/,
+     '... prints each version');
 like(qx{redis-cli -s $sock FUNCTION LIST}, qr/mdm_push/, '... loaded');
 ($rc, $out) = sh("mdm-redis-load -s $d/none.sock");
 isnt($rc, 0, 'mdm-redis-load fails on an unreachable Redis');
@@ -191,6 +215,7 @@ for my $p (@PKGS) {
 ok(!-e $ENABLED && !-l $ENABLED && !-l "$ENABLED.removed",
    'modules-enabled link gone');
 ok(!-e '/etc/mdm/apnsd.conf', 'conffile purged');
+ok(!-e '/etc/mdm/webhookd.conf', 'webhookd conffile purged');
 ok(!-l '/etc/systemd/system/multi-user.target.wants/mdm-apnsd.service',
    'unit no longer enabled');
 ok(getpwnam('mdm-apnsd'), 'the system user stays (Debian policy)');
