@@ -28,7 +28,8 @@ my $TOPIC = $MdmTest::TOPIC;
 # --- the ACL file as shipped, passwords filled in ------------------------------
 my $acl = $t->slurp(MdmTest::root() . '/redis-scripts/users.acl');
 like $acl, qr/\@NGINX_SHA256\@/, 'shipped with placeholders';
-my %ph = (NGINX => 'nginx', APNSD => 'mdm-apnsd', ADMIN => 'mdm-admin');
+my %ph = (NGINX => 'nginx', APNSD => 'mdm-apnsd', ADMIN => 'mdm-admin',
+          WEBHOOKD => 'mdm-webhookd');
 $acl =~ s/\@(\w+)_SHA256\@/sha256_hex($pw{$ph{$1}})/ge;
 
 # nginx as the nginx user: username= in mdm_redis
