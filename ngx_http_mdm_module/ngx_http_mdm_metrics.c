@@ -438,6 +438,11 @@ ngx_http_mdm_metrics_index(const char **names, ngx_str_t *s)
 {
     ngx_uint_t  i;
 
+    /* not known (a refused request): the first entry, without strncmp */
+    if (s->len == 0) {
+        return 0;
+    }
+
     for (i = 0; names[i]; i++) {
         if (ngx_strlen(names[i]) == s->len
             && ngx_strncmp(names[i], s->data, s->len) == 0)

@@ -16,7 +16,7 @@ for my $f (qw(t/10-checkin.t t/11-bad-input.t t/12-faults.t
                 t/13-redis-options.t t/14-redis-tcp.t t/15-redis-errors.t
                 t/17-acl.t t/18-secrets.t t/19-hostile-plists.t
                 t/20-commands.t t/22-device-facts.t t/23-tenants.t
-                t/27-metrics.t
+                t/24-growth.t t/25-api.t t/27-metrics.t
                 t/30-identity.t
                 t/28-scep-server.t t/28-scep-flow.t
                 t/26-failover-faults.t)) {
