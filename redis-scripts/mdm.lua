@@ -1969,13 +1969,21 @@ local function api_multi(rows, ok, failed, extra)
                    .. (extra or '') .. '}' }
 end
 
-local function api_enqueue(ids, body, nopush)
+-- nil when the id list is usable, else the error answer
+local function api_bad_ids(ids)
     if #ids == 0 then
         return api_error(400, 'no enrollment ids')
     end
     if #ids > API_MAX_IDS then
         return api_error(400, 'too many ids: at most ' .. API_MAX_IDS
                               .. ' per call')
+    end
+end
+
+local function api_enqueue(ids, body, nopush)
+    local bad = api_bad_ids(ids)
+    if bad then
+        return bad
     end
     local u, rt, err = scan_command(body or '')
     if not u then
@@ -2004,12 +2012,9 @@ local function api_enqueue(ids, body, nopush)
 end
 
 local function api_push(ids)
-    if #ids == 0 then
-        return api_error(400, 'no enrollment ids')
-    end
-    if #ids > API_MAX_IDS then
-        return api_error(400, 'too many ids: at most ' .. API_MAX_IDS
-                              .. ' per call')
+    local bad = api_bad_ids(ids)
+    if bad then
+        return bad
     end
     local known, unknown = api_split_known(ids)
     push_requests(known)
