@@ -3,7 +3,9 @@ package MdmSentinel;
 # A Redis primary, its replica and three sentinels on loopback TCP for the
 # failover tests (t/26-failover-*.t), started under an MdmTest's directory
 # and stopped with it (their pids go to $t->{procs}). Timings are short so
-# a failover takes about a second: down-after 400 ms, failover-timeout 2 s.
+# a failover takes about two seconds: down-after 1.5 s, failover-timeout
+# 3 s. With 400 ms, a promoted replica that stalled briefly on a loaded CI
+# machine was failed over again, back to the restarted (empty) old one.
 
 use strict;
 use warnings;
@@ -79,8 +81,8 @@ bind 127.0.0.1
 dir $d
 logfile $d/sentinel$i.log
 sentinel monitor mdm 127.0.0.1 $p0 2
-sentinel down-after-milliseconds mdm 400
-sentinel failover-timeout mdm 2000
+sentinel down-after-milliseconds mdm 1500
+sentinel failover-timeout mdm 3000
 sentinel parallel-syncs mdm 1
 EOF
     $self->_spawn("sentinel$i", 'redis-sentinel', "$d/sentinel$i.conf");
