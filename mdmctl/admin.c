@@ -1750,13 +1750,6 @@ static const char  mdm_forget_usage[] =
     MDM_REDIS_HELP;
 
 
-static int
-mdm_strcmp(const void *a, const void *b)
-{
-    return strcmp(*(char * const *) a, *(char * const *) b);
-}
-
-
 /*
  * Whether key (mdm:{D}:...) belongs to what was forgotten: anything of a
  * forgotten device channel D, or the results of a forgotten user channel.
@@ -1782,7 +1775,7 @@ mdm_forgotten_key(const char *key, mdm_ids_t *ids)
     }
     memcpy(id, d, n);
     id[n] = '\0';
-    if (bsearch(&p, ids->v, ids->n, sizeof(char *), mdm_strcmp)) {
+    if (bsearch(&p, ids->v, ids->n, sizeof(char *), mdm_strcmp_p)) {
         return 1;
     }
 
@@ -1804,7 +1797,7 @@ mdm_forgotten_key(const char *key, mdm_ids_t *ids)
     }
     memcpy(id, res, n);
     id[n] = '\0';
-    return bsearch(&p, ids->v, ids->n, sizeof(char *), mdm_strcmp) != NULL;
+    return bsearch(&p, ids->v, ids->n, sizeof(char *), mdm_strcmp_p) != NULL;
 }
 
 
@@ -1825,7 +1818,7 @@ mdm_forget_scan(redisContext *c, mdm_ids_t *ids)
         snprintf(match, sizeof(match), MDM_KEY_DEVICE "*", "*");
     }
 
-    qsort(ids->v, ids->n, sizeof(char *), mdm_strcmp);
+    qsort(ids->v, ids->n, sizeof(char *), mdm_strcmp_p);
     strcpy(cursor, "0");
     deleted = 0;
 
