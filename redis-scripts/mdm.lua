@@ -1128,26 +1128,34 @@ local function push_requests(ids)
     return n
 end
 
--- nil when every id is enrolled, else the first unknown one.
-local function unknown_id(ids)
+-- known and unknown ids, in the order given; one EXISTS per CHUNK ids
+-- when all are known (the usual case)
+local function split_known(ids)
+    local known, unknown = {}, {}
     for part in parts(ids) do
-        local keys = {}
+        local keys, ok = {}, true
         for k, e in ipairs(part) do
             local d = device_of(e)
-            if not d then
-                return e
-            end
-            keys[k] = k_enr(d, e)
+            ok = ok and d ~= nil
+            keys[k] = d and k_enr(d, e) or ''
         end
-        if redis.call('EXISTS', unpack(keys)) ~= #keys then
-            for k, e in ipairs(part) do
-                if redis.call('EXISTS', keys[k]) == 0 then
-                    return e
-                end
+        local all = ok and redis.call('EXISTS', unpack(keys)) == #keys
+        for k, e in ipairs(part) do
+            if all or (keys[k] ~= ''
+                       and redis.call('EXISTS', keys[k]) == 1) then
+                known[#known + 1] = e
+            else
+                unknown[#unknown + 1] = e
             end
         end
     end
-    return nil
+    return known, unknown
+end
+
+-- nil when every id is enrolled, else the first unknown one.
+local function unknown_id(ids)
+    local _, unknown = split_known(ids)
+    return unknown[1]
 end
 
 --[[
@@ -1930,29 +1938,6 @@ local function api_ids(s)
     return ids
 end
 
--- known and unknown ids, in the order given; one EXISTS per CHUNK ids
--- when all are known (the usual case)
-local function api_split_known(ids)
-    local known, unknown = {}, {}
-    for part in parts(ids) do
-        local keys, ok = {}, true
-        for k, e in ipairs(part) do
-            local d = device_of(e)
-            ok = ok and d ~= nil
-            keys[k] = d and k_enr(d, e) or ''
-        end
-        local all = ok and redis.call('EXISTS', unpack(keys)) == #keys
-        for k, e in ipairs(part) do
-            if all or (keys[k] ~= ''
-                       and redis.call('EXISTS', keys[k]) == 1) then
-                known[#known + 1] = e
-            else
-                unknown[#unknown + 1] = e
-            end
-        end
-    end
-    return known, unknown
-end
 
 -- { id: {...} } with 200 (all fine), 207 (some) or 500 (none), as NanoMDM;
 -- rows: { ids, the JSON object each of them gets }
@@ -1989,7 +1974,7 @@ local function api_enqueue(ids, body, nopush)
     if not u then
         return { 400, '{"command_error":' .. jstr(err) .. '}' }
     end
-    local known, unknown = api_split_known(ids)
+    local known, unknown = split_known(ids)
     local rows = { { unknown, '{"command_error":"unknown enrollment id"}' } }
     local extra = ',"command_uuid":' .. jstr(u) .. ',"request_type":'
                   .. jstr(rt) .. (nopush and ',"no_push":true' or '')
@@ -2016,7 +2001,7 @@ local function api_push(ids)
     if bad then
         return bad
     end
-    local known, unknown = api_split_known(ids)
+    local known, unknown = split_known(ids)
     push_requests(known)
     return api_multi({ { unknown, '{"push_error":"unknown enrollment id"}' },
                        { known, '{"push_result":"queued"}' } },
