@@ -134,7 +134,6 @@ typedef struct {
 
 
 extern ngx_module_t  ngx_http_mdm_module;
-extern ngx_module_t  ngx_http_mdm_api_module;
 
 
 /* handler: request -> identity -> message -> store -> response */

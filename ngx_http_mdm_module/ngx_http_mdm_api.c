@@ -587,7 +587,6 @@ ngx_http_mdm_api_json(ngx_http_request_t *r, ngx_uint_t status,
 {
     ngx_table_elt_t  *h;
 
-    /* ngx_http_mdm_respond's Allow (PUT) is for the device endpoints */
     if (status == NGX_HTTP_NOT_ALLOWED) {
         h = ngx_list_push(&r->headers_out.headers);
         if (h != NULL) {

@@ -36,6 +36,7 @@ ngx_http_mdm_handler(ngx_http_request_t *r)
 {
     ngx_int_t                 rc;
     const char               *reason;
+    ngx_table_elt_t          *h;
     ngx_pool_cleanup_t       *cln;
     ngx_http_mdm_ctx_t       *ctx;
     ngx_http_mdm_loc_conf_t  *mlcf;
@@ -66,6 +67,13 @@ ngx_http_mdm_handler(ngx_http_request_t *r)
 
         /* refuse() finalizes; the content phase finalizes NGX_DONE again */
         r->main->count++;
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h != NULL) {
+            h->hash = 1;
+            ngx_str_set(&h->key, "Allow");
+            ngx_str_set(&h->value, "PUT");
+        }
 
         ngx_http_mdm_refuse(r, NGX_HTTP_NOT_ALLOWED,
                             "method is not PUT");
@@ -514,17 +522,6 @@ ngx_http_mdm_respond(ngx_http_request_t *r, ngx_uint_t status,
             h->hash = 1;
             ngx_str_set(&h->key, "Retry-After");
             ngx_str_set(&h->value, NGX_HTTP_MDM_RETRY_AFTER);
-        }
-    }
-
-    if (status == NGX_HTTP_NOT_ALLOWED
-        && ngx_http_get_module_ctx(r, ngx_http_mdm_api_module) == NULL)
-    {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h != NULL) {
-            h->hash = 1;
-            ngx_str_set(&h->key, "Allow");
-            ngx_str_set(&h->value, "PUT");
         }
     }
 

@@ -115,6 +115,7 @@ for my $row (@rows) {
     $t->state_unchanged($state, "$name: Redis unchanged");
     is $t->events_len, $events, "$name: no event";
     is $r->{body} // '', '', "$name: no body" if $status == 403;
+    is $r->{headers}{allow}, 'PUT', "$name: Allow: PUT" if $status == 405;
 }
 
 # The module refuses what optional_no_ca lets through.

@@ -193,6 +193,10 @@ for my $b (@bad) {
     is $r->{status}, $st, "$name: $st";
     ok ref $r->{json} eq 'HASH', "$name: a JSON object" or diag $r->{raw};
     like $r->{raw}, $re, "$name: says why";
+    if ($st == 405) {
+        my @allow = $r->{headers} =~ /^Allow: (.*?)\r?$/mgi;
+        is_deeply \@allow, ['GET, PUT, POST, DELETE'], "$name: one Allow header";
+    }
     ok $t->wait_for_log(qr/mdm: api \d+ /, 2), "$name: logged";
 }
 $t->state_unchanged($state, 'bad input changed nothing');
