@@ -22,7 +22,7 @@
 
 
 /* The Redis Functions library version this module speaks. */
-#define NGX_HTTP_MDM_LIB_VERSION      "4"
+#define NGX_HTTP_MDM_LIB_VERSION      "5"
 
 #define NGX_HTTP_MDM_CHECKIN          1
 #define NGX_HTTP_MDM_COMMAND          2

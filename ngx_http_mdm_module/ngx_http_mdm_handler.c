@@ -226,11 +226,6 @@ ngx_http_mdm_body_handler(ngx_http_request_t *r)
                             "GetToken: no token service is configured");
         return;
 
-    case MDM_MSG_DECLARATIVE_MANAGEMENT:
-        ngx_http_mdm_refuse(r, NGX_HTTP_BAD_REQUEST,
-                            "DeclarativeManagement is not configured");
-        return;
-
     default:
         break;
     }

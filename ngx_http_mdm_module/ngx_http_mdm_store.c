@@ -9,7 +9,7 @@
  * Reply of mdm_checkin / mdm_report: { status, kind, payload, reason,
  * command uuid, request type }; kind is "" (empty body), "command" (payload
  * is the command plist), "bootstrap" (payload is the raw token) or
- * "digest" (an empty DigestChallenge).
+ * "digest" (an empty DigestChallenge) or "json" (a DDM reply body).
  */
 
 
@@ -35,6 +35,7 @@ static ngx_int_t ngx_http_mdm_adopt(ngx_http_request_t *r, char *buf,
 
 
 static ngx_str_t  ngx_http_mdm_xml = ngx_string("application/xml");
+static ngx_str_t  ngx_http_mdm_json = ngx_string("application/json");
 
 static u_char  ngx_http_mdm_digest[] =
     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
@@ -348,6 +349,10 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
 
         ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_xml, body.data,
                              body.len);
+        return;
+
+    case 'j': /* json: DDM */
+        ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_json, payload, n);
         return;
 
     case 'd': /* digest */
