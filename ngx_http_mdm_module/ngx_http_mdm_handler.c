@@ -467,6 +467,17 @@ void
 ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason)
 {
+    ngx_http_mdm_refuse_log(r, status, reason);
+    ngx_http_mdm_respond(r, status, NULL, NULL, 0);
+}
+
+
+/* The refusal's line (and $mdm_error), for callers that answer otherwise. */
+
+void
+ngx_http_mdm_refuse_log(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason)
+{
     ngx_uint_t           level;
     ngx_http_mdm_ctx_t  *ctx;
 
@@ -489,8 +500,6 @@ ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
                   (ctx && ctx->cert_sha256[0]) ? (char *) ctx->cert_sha256
                                                : "-",
                   reason);
-
-    ngx_http_mdm_respond(r, status, NULL, NULL, 0);
 }
 
 

@@ -1153,6 +1153,40 @@ local function report(keys, args)
     return OK
 end
 
+--[[
+FCALL_RO mdm_device_auth 1 <cert key> <cert sha256> <deadline ms>
+  -> { status, device id, reason }
+A file fetch in a location with mdm_device_auth: 200 with the device id
+when the certificate is the one bound to a device whose device channel is
+enabled and not revoked, else 403 and why. Read-only, so a refusal changes
+nothing (no audit event) and the call may run on a replica. It reads what
+check_binding and checkin read (the binding both ways, the revocation
+list) but moves no binding: a renewed certificate works here once its
+device has made a check-in or report with it; migration binds nothing.
+]]
+local function device_auth(keys, args)
+    local sha = args[1]
+    if late(args[2], now_ms()) then
+        return { 503, '', 'deadline passed before Redis ran the call' }
+    end
+    if scep_revoked(sha) then
+        return { 403, '', 'certificate is revoked (mdmctl scep revoke)' }
+    end
+    local d = redis.call('GET', keys[1])
+    if not d then
+        return { 403, '', 'certificate is not bound to a device' }
+    end
+    local h = redis.call('HMGET', k_enr(d, d), 'cert', 'enabled')
+    if h[1] ~= sha then
+        return { 403, d, 'certificate is not the one bound to this device' }
+    end
+    if h[2] ~= '1' then
+        return { 403, d, 'device is not enrolled (checked out, or no '
+                         .. 'TokenUpdate yet)' }
+    end
+    return { 200, d, '' }
+end
+
 -- admin API -----------------------------------------------------------------
 
 --[[
@@ -2657,6 +2691,8 @@ redis.register_function{ function_name = 'mdm_version',
     callback = function() return VERSION end, flags = { 'no-writes' } }
 redis.register_function('mdm_checkin', checkin)
 redis.register_function('mdm_report', report)
+redis.register_function{ function_name = 'mdm_device_auth',
+    callback = device_auth, flags = { 'no-writes' } }
 redis.register_function('mdm_enqueue', admin_only('mdm_enqueue', enqueue))
 redis.register_function('mdm_push', admin_only('mdm_push', push))
 redis.register_function('mdm_cancel', admin_only('mdm_cancel', cancel))

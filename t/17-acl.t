@@ -149,6 +149,15 @@ ok_reply checkin('TokenUpdate', 'D2', 'B'), 200, 'nginx: TokenUpdate D2';
 ok_reply checkin('TokenUpdate', 'D1', 'A', deadline => 1000), 503,
     'nginx: a late call is refused';
 
+# mdm_device_auth (FCALL_RO): binding both ways, enabled, revocation list
+sub device_auth {
+    my ($cert) = @_;
+    return cli('nginx', 'FCALL_RO', 'mdm_device_auth', 1,
+               "mdm:cert:$sha{$cert}", $sha{$cert}, 0);
+}
+is device_auth('A'), "200\nD1\n\n", 'nginx: FCALL_RO mdm_device_auth';
+like device_auth('X'), qr/^403\n\nc/, 'nginx: mdm_device_auth, unbound';
+
 # commands: shared body (refs), Ack, NotNow, Idle, Expired, Missing, unknown
 is_deeply enqueue('C1', 'D1', 'D2'), ['C1', 2, 0, 0], 'mdm-admin: mdm_enqueue';
 enqueue($_, 'D1') for qw(C2 C3 C4);
