@@ -127,6 +127,9 @@ is $it->{Declarations}{Configurations}[0]{ServerToken}, $st{'com.example.su'},
     'their ServerTokens';
 
 # --- fetch ---------------------------------------------------------------
+like $t->slurp('access.log'),
+    qr/^200 DeclarativeManagement id=DEV1 .* ddm=declaration-items$/m,
+    '$mdm_ddm_endpoint in the access log';
 $r = dm('DEV1', 'dev1', 'declaration/configuration/com.example.su');
 is $r->{status}, 200, 'fetch a configuration';
 is $r->{headers}{'content-type'}, 'application/json', 'as JSON';
