@@ -346,6 +346,12 @@ for my $c (
                 split /\n/, $t->log_since_mark;
     is scalar(@lines), 1, "$name: one log line" or diag $t->log_since_mark;
 }
+# a StatusReport over the check-in body limit (64 KB)
+$t->mark_log;
+$r = dm('DEV2', 'dev2', 'status', data => '{"StatusItems":{"x":"'
+        . ('a' x 60000) . '"}}');
+is $r->{status}, 413, 'StatusReport over the check-in body limit: 413';
+like $t->log_since_mark, qr/too large body|mdm: 413 /, 'logged';
 # not enabled
 $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'CheckOut',
         Topic => $MdmTest::TOPIC, UDID => 'DEV2'), cert => 'dev2');
