@@ -82,6 +82,8 @@ local K_PUSH_SENDERS = 'mdm:push:senders'
 local K_PUSH_STATS = 'mdm:push:stats'
 local function k_pushcert(t) return 'mdm:pushcert:' .. t end
 local K_PUSHCERTS = 'mdm:pushcerts'
+local function k_rts(d) return 'mdm:rts:' .. d end
+local K_RTS_DEFAULT = 'mdm:rts:default'
 local function k_scep_ch(c) return 'mdm:scep:ch:' .. c end
 local function k_scep_nonce(o) return 'mdm:scep:nonce:' .. o end
 local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end
@@ -417,6 +419,27 @@ local function late(deadline, ms)
     return t > 0 and ms > t
 end
 
+--[[
+ReturnToService settings (mdm:rts:<d>, mdm:rts:default): enabled '0'/'1',
+wifi and mdm (profile bytes, absent when not given), ms (when set). A
+device's own setting replaces the default as a whole.
+]]
+local RTS_FIELDS = { 'enabled', 'wifi', 'mdm', 'ms' }
+
+-- { enabled, wifi, mdm, ms } of the setting that answers device d, and
+-- where it came from: 'device', 'default' or 'none' (then nil)
+local function rts_setting(d)
+    local h = redis.call('HMGET', k_rts(d), unpack(RTS_FIELDS))
+    if h[1] then
+        return h, 'device'
+    end
+    h = redis.call('HMGET', K_RTS_DEFAULT, unpack(RTS_FIELDS))
+    if h[1] then
+        return h, 'default'
+    end
+    return nil, 'none'
+end
+
 -- device path ---------------------------------------------------------------
 
 --[[
@@ -559,6 +582,25 @@ local function checkin(keys, args)
         event({ 'type', mt, 'id', e, 'ms', int(ms) })
         local t = redis.call('HGET', k_enr(d, d), 'bootstrap_token') or ''
         return { 200, 'bootstrap', t, '', '', '' }
+
+    elseif mt == 'ReturnToService' then
+        -- the module refuses other channels before the call; FCALL
+        -- callers are held to the same rule
+        if e ~= d then
+            return refuse(400, 'ReturnToService on a user channel')
+        end
+        seen(d, e, ms, true)
+        local h, src = rts_setting(d)
+        local on = h and h[1] == '1'
+        event({ 'type', mt, 'id', e, 'ms', int(ms),
+                'enabled', on and '1' or '0', 'setting', src })
+        if not on then
+            return { 200, 'rts', '0', '', '', '' }
+        end
+        -- the escrowed token lets the device keep its apps (sealed: the
+        -- module opens it, as for GetBootstrapToken)
+        return { 200, 'rts', '1', '', '', '', h[2] or '', h[3] or '',
+                 redis.call('HGET', enr, 'bootstrap_token') or '' }
 
     elseif mt == 'UserAuthenticate' then
         if e == d then
@@ -1586,6 +1628,10 @@ local function forget(keys, args)
                     redis.call('DEL', k_cert(sha))
                 end
                 redis.call('DEL', k_users(d), k_refused(d))
+                -- ("default" names the default setting, not a device's)
+                if d ~= 'default' then
+                    redis.call('DEL', k_rts(d))
+                end
             else
                 redis.call('SREM', k_users(d), e)
             end
@@ -1627,6 +1673,143 @@ local function unbind(keys, args)
     redis.call('HDEL', dk, 'cert', 'cert_expiring', 'cert_not_after_ms')
     audit({ 'type', 'Unbind', 'id', d, 'ms', int(now_ms()), 'cert', sha })
     return sha
+end
+
+-- ReturnToService (issue 10) ------------------------------------------------
+
+local RTS_PROFILE_MAX = 1048576    -- bytes of each profile
+
+--[[
+The setting's key for 'default' or a device channel id, or an error reply:
+a user channel or an unknown device is refused, naming it. have: a device
+id that still has a setting is taken even if the device is gone.
+]]
+local function rts_key(t, usage, have)
+    if not t or t == '' then
+        return nil, redis.error_reply('usage: ' .. usage)
+    end
+    if t == 'default' then
+        return K_RTS_DEFAULT
+    end
+    if string.find(t, '[:{}]') then
+        return nil, redis.error_reply('not a device id: ' .. t
+            .. ' (ReturnToService is asked on the device channel)')
+    end
+    if redis.call('EXISTS', k_enr(t, t)) == 0
+       and not (have and redis.call('EXISTS', k_rts(t)) == 1) then
+        return nil, redis.error_reply('unknown device id ' .. t)
+    end
+    return k_rts(t)
+end
+
+-- nil when v ('' = none) may be stored as a profile, else why not: a
+-- property list (XML, binary) or DER (CMS signed data), up to the cap.
+-- mdmctl parses it; this keeps redis-cli writes to the same shape.
+local function rts_profile(what, v)
+    if v == '' then
+        return nil
+    end
+    if #v > RTS_PROFILE_MAX then
+        return what .. ' profile of ' .. #v .. ' bytes is over '
+               .. RTS_PROFILE_MAX
+    end
+    local head = string.gsub(string.sub(v, 1, 64), '^\239\187\191', '')
+    if string.find(head, '^%s*<') or string.sub(head, 1, 6) == 'bplist'
+       or string.byte(head, 1) == 0x30 then
+        return nil
+    end
+    return what .. ' profile is neither a property list nor CMS signed data'
+end
+
+--[[
+FCALL mdm_rts_set 0 <device id|default> <enabled 0|1> <wifi> <mdm>
+The whole setting ('' leaves a profile out). Reply: { id, source, enabled,
+wifi bytes, mdm bytes, ms }.
+]]
+local function rts_set(keys, args)
+    conf_reset()
+    local usage = 'mdm_rts_set 0 <device id|default> <enabled 0|1> '
+                  .. '<wifi profile|""> <mdm profile|"">'
+    if #args ~= 4 then
+        return redis.error_reply('usage: ' .. usage)
+    end
+    local key, err = rts_key(args[1], usage)
+    if err then
+        return err
+    end
+    local on, wifi, mdm = args[2], args[3], args[4]
+    if on ~= '0' and on ~= '1' then
+        return redis.error_reply('enabled must be 1 or 0')
+    end
+    local why = rts_profile('wifi', wifi) or rts_profile('mdm', mdm)
+    if why then
+        return redis.error_reply(why)
+    end
+    local ms = now_ms()
+    local h = { 'enabled', on, 'ms', int(ms) }
+    if wifi ~= '' then
+        h[#h + 1] = 'wifi'
+        h[#h + 1] = wifi
+    end
+    if mdm ~= '' then
+        h[#h + 1] = 'mdm'
+        h[#h + 1] = mdm
+    end
+    redis.call('DEL', key)
+    redis.call('HSET', key, unpack(h))
+    audit({ 'type', 'ReturnToServiceSet', 'id', args[1], 'enabled', on,
+            'wifi_bytes', int(#wifi), 'mdm_bytes', int(#mdm), 'ms', int(ms) })
+    return { args[1], args[1] == 'default' and 'default' or 'device', on,
+             #wifi, #mdm, int(ms) }
+end
+
+--[[
+FCALL_RO mdm_rts_get 0 <device id|default> : what that device is answered
+(for default: the default): { id, source (device, default, none), enabled,
+wifi, mdm, ms, bootstrap (1: a BootstrapToken is escrowed and goes with an
+enabled answer) }
+]]
+local function rts_get(keys, args)
+    local usage = 'mdm_rts_get 0 <device id|default>'
+    if #args ~= 1 then
+        return redis.error_reply('usage: ' .. usage)
+    end
+    local t = args[1]
+    local _, err = rts_key(t, usage)
+    if err then
+        return err
+    end
+    local h, src, bt
+    if t == 'default' then
+        h = redis.call('HMGET', K_RTS_DEFAULT, unpack(RTS_FIELDS))
+        src = h[1] and 'default' or 'none'
+        bt = '0'
+    else
+        h, src = rts_setting(t)
+        bt = redis.call('HEXISTS', k_enr(t, t), 'bootstrap_token') == 1
+             and '1' or '0'
+    end
+    h = h or {}
+    return { t, src, h[1] or '0', h[2] or '', h[3] or '', h[4] or '', bt }
+end
+
+-- FCALL mdm_rts_clear 0 <device id|default> : 1 when a setting was deleted
+local function rts_clear(keys, args)
+    conf_reset()
+    local usage = 'mdm_rts_clear 0 <device id|default>'
+    if #args ~= 1 then
+        return redis.error_reply('usage: ' .. usage)
+    end
+    local key, err = rts_key(args[1], usage, true)
+    if err then
+        return err
+    end
+    local n = redis.call('DEL', key)
+    if n == 1 then
+        audit({ 'type', 'ReturnToServiceClear', 'id', args[1],
+                'ms', int(now_ms()) })
+    end
+    return n
 end
 
 -- { field, value, hash, 1 when set there (0: the default) } for a setting
@@ -2215,6 +2398,12 @@ redis.register_function('mdm_cancel_command',
     admin_only('mdm_cancel_command', cancel_command))
 redis.register_function('mdm_forget', admin_only('mdm_forget', forget))
 redis.register_function('mdm_api', admin_only('mdm_api', api))
+redis.register_function('mdm_rts_set', admin_only('mdm_rts_set', rts_set))
+-- admin only too: the profiles may carry Wi-Fi passwords
+redis.register_function{ function_name = 'mdm_rts_get',
+    callback = admin_only('mdm_rts_get', rts_get), flags = { 'no-writes' } }
+redis.register_function('mdm_rts_clear',
+                        admin_only('mdm_rts_clear', rts_clear))
 redis.register_function('mdm_conf_set',
     admin_only('mdm_conf_set', conf_set))
 redis.register_function{ function_name = 'mdm_conf_get', callback = conf_get,
