@@ -143,6 +143,17 @@ is_deeply $r->{rts}, { Enabled => 1, WiFiProfileData => $wifi_der, MDMProfileDat
     'RTS1: its own setting (CMS bytes and MDM profile byte-exact)';
 is_deeply ask('RTS2')->{rts}, { Enabled => 1, WiFiProfileData => $wifi },
     'RTS2: still the default';
+$c = ctl('rts', 'show', 'RTS1');
+my $n = length $wifi_der;
+my $m = length $mdm;
+like $c->{out}, qr/\Aid              RTS1
+setting         its own
+enabled         yes
+wifi profile    $n bytes, sha256 [0-9a-f]{64}
+mdm profile     $m bytes, sha256 [0-9a-f]{64}
+bootstrap token none
+updated         \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ
+\z/, 'show: the table' or diag $c->{out};
 
 # options before the target too
 $c = ctl('rts', 'set', '--disable', 'RTS2');
