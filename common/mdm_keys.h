@@ -66,6 +66,10 @@
 #define MDM_KEY_PUSHCERT_NGX         "mdm:pushcert:%*s"
 #define MDM_KEY_PUSHCERT_FIXED       13
 #define MDM_KEY_PUSHCERTS            "mdm:pushcerts"
+#define MDM_KEY_RTS                  "mdm:rts:%s"
+#define MDM_KEY_RTS_NGX              "mdm:rts:%*s"
+#define MDM_KEY_RTS_FIXED            8
+#define MDM_KEY_RTS_DEFAULT          "mdm:rts:default"
 #define MDM_KEY_SCEP_CH              "mdm:scep:ch:%s"
 #define MDM_KEY_SCEP_CH_NGX          "mdm:scep:ch:%*s"
 #define MDM_KEY_SCEP_CH_FIXED        12

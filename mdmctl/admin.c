@@ -2743,7 +2743,7 @@ mdm_events_main(int argc, char **argv)
 }
 
 
-/* ---- for the other admin files (scep.c) ---------------------------------- */
+/* ---- for the other admin files (scep.c, rts.c) --------------------------- */
 
 int
 mdm_admin_option(int ch)
@@ -2771,4 +2771,11 @@ mdm_admin_fcall(redisContext *c, int ro, const char *fn, int n,
     const char **args, const size_t *lens)
 {
     return mdm_fcall(c, ro, fn, n, args, lens);
+}
+
+
+int
+mdm_admin_json_out(json_t *j)
+{
+    return mdm_json_out(j);
 }

@@ -47,6 +47,9 @@ static const mdm_cmd_t  mdm_commands[] = {
       "SCEP server: challenge, issued, revoke" },
     { "renew", mdm_renew_main,
       "queue a fresh enrollment profile: a new identity by SCEP" },
+    /* issue 10 */
+    { "rts", mdm_rts_main,
+      "ReturnToService answers, per device or default: set, show, clear" },
     { NULL, NULL, NULL }
 };
 

@@ -85,6 +85,8 @@ EVP_PKEY *mdm_new_key(const char *type);
 
 /* profile.c */
 int mdm_profile_main(int argc, char **argv);
+plist_t mdm_profile_parse(const char *what, const unsigned char *buf,
+    size_t len, const char *roots, int *signed_out, int quiet);
 
 /* profile_check.c */
 int mdm_profile_validate(plist_t profile, int quiet);
@@ -178,7 +180,8 @@ int mdm_unbind_main(int argc, char **argv);
 int mdm_conf_main(int argc, char **argv);
 int mdm_events_main(int argc, char **argv);
 
-/* admin.c, for scep.c: the shared Redis options, connection and FCALL */
+/* admin.c, for scep.c and rts.c: the shared Redis options, connection,
+ * FCALL and JSON output */
 struct redisContext;
 struct redisReply;
 int mdm_admin_option(int ch);
@@ -186,9 +189,14 @@ int mdm_admin_json(void);
 struct redisContext *mdm_admin_connect(void);
 struct redisReply *mdm_admin_fcall(struct redisContext *c, int ro,
     const char *fn, int n, const char **args, const size_t *lens);
+struct json_t;
+int mdm_admin_json_out(struct json_t *j);     /* prints, then frees j */
 
 /* scep.c: SCEP challenges, issued certificates, identity renewal */
 int mdm_scep_main(int argc, char **argv);
 int mdm_renew_main(int argc, char **argv);
+
+/* rts.c: the ReturnToService settings */
+int mdm_rts_main(int argc, char **argv);
 
 #endif /* MDMCTL_H */

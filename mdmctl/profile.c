@@ -1064,25 +1064,21 @@ done:
 
 
 /*
- * Reads a profile file: XML or binary plist, or a CMS SignedData whose
- * signature is checked (and its signer chain when roots are given).
+ * A profile in memory: XML or binary plist, or a CMS SignedData whose
+ * signature is checked (and its signer chain when roots are given); what
+ * names it in errors. quiet: no "signed by" line.
  */
-static plist_t
-mdm_read_profile(const char *path, const char *roots, int *signed_out)
+plist_t
+mdm_profile_parse(const char *what, const unsigned char *buf, size_t len,
+    const char *roots, int *signed_out, int quiet)
 {
     BIO              *in, *content;
     char             *data, *signer;
     long              n;
-    size_t            len;
     plist_t           pl;
-    unsigned char    *buf;
     X509_STORE       *store;
     STACK_OF(X509)   *sk, *signers;
     CMS_ContentInfo  *cms;
-
-    if (mdm_read_file(path, &buf, &len) != 0) {
-        return NULL;
-    }
 
     pl = NULL;
     *signed_out = 0;
@@ -1090,11 +1086,10 @@ mdm_read_profile(const char *path, const char *roots, int *signed_out)
     if (len > 8 && (buf[0] == '<' || memcmp(buf, "bplist", 6) == 0
                     || memcmp(buf, "\xef\xbb\xbf<", 4) == 0))
     {
-        plist_from_memory((char *) buf, (uint32_t) len, &pl);
+        plist_from_memory((const char *) buf, (uint32_t) len, &pl);
         if (pl == NULL) {
-            mdm_err("%s: not a property list", path);
+            mdm_err("%s: not a property list", what);
         }
-        free(buf);
         return pl;
     }
 
@@ -1103,8 +1098,7 @@ mdm_read_profile(const char *path, const char *roots, int *signed_out)
     BIO_free(in);
 
     if (cms == NULL) {
-        mdm_err("%s: neither a property list nor CMS signed data", path);
-        free(buf);
+        mdm_err("%s: neither a property list nor CMS signed data", what);
         return NULL;
     }
 
@@ -1125,12 +1119,12 @@ mdm_read_profile(const char *path, const char *roots, int *signed_out)
     if (!CMS_verify(cms, NULL, store, NULL, content,
                     CMS_BINARY | (roots ? 0 : CMS_NO_SIGNER_CERT_VERIFY)))
     {
-        mdm_err_ssl("%s: the CMS signature does not verify", path);
+        mdm_err_ssl("%s: the CMS signature does not verify", what);
         goto done;
     }
 
     signers = CMS_get0_signers(cms);
-    if (signers && sk_X509_num(signers) > 0) {
+    if (!quiet && signers && sk_X509_num(signers) > 0) {
         signer = mdm_name_oneline(
                      X509_get_subject_name(sk_X509_value(signers, 0)));
         printf("signed by %s%s\n", signer,
@@ -1142,7 +1136,7 @@ mdm_read_profile(const char *path, const char *roots, int *signed_out)
     n = BIO_get_mem_data(content, &data);
     plist_from_memory(data, (uint32_t) n, &pl);
     if (pl == NULL) {
-        mdm_err("%s: the signed content is not a property list", path);
+        mdm_err("%s: the signed content is not a property list", what);
     }
     *signed_out = 1;
 
@@ -1152,6 +1146,23 @@ done:
     sk_X509_pop_free(sk, X509_free);
     X509_STORE_free(store);
     CMS_ContentInfo_free(cms);
+    return pl;
+}
+
+
+/* A profile file, as mdm_profile_parse() reads it. */
+static plist_t
+mdm_read_profile(const char *path, const char *roots, int *signed_out)
+{
+    size_t          len;
+    plist_t         pl;
+    unsigned char  *buf;
+
+    if (mdm_read_file(path, &buf, &len) != 0) {
+        return NULL;
+    }
+
+    pl = mdm_profile_parse(path, buf, len, roots, signed_out, 0);
     free(buf);
     return pl;
 }

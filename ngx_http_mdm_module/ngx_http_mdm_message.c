@@ -57,6 +57,7 @@ static const mdm_type_name_t  mdm_types[] = {
     { "GetBootstrapToken", MDM_MSG_GET_BOOTSTRAP_TOKEN },
     { "GetToken", MDM_MSG_GET_TOKEN },
     { "DeclarativeManagement", MDM_MSG_DECLARATIVE_MANAGEMENT },
+    { "ReturnToService", MDM_MSG_RETURN_TO_SERVICE },
     { NULL, MDM_MSG_NONE }
 };
 
@@ -230,6 +231,14 @@ mdm_message_parse(mdm_message_t *m, mdm_msg_kind_e kind, const char *body,
     }
 
     if (mdm_resolve_ids(m, err) != 0) {
+        return 400;
+    }
+
+    /* returntoservice.yaml: UDID, no user; User Enrollment is forbidden */
+    if (m->type == MDM_MSG_RETURN_TO_SERVICE
+        && strcmp(m->channel, "Device") != 0)
+    {
+        *err = "ReturnToService is for the device channel (UDID, no user)";
         return 400;
     }
 

@@ -46,6 +46,7 @@ typedef enum {
     MDM_MSG_GET_BOOTSTRAP_TOKEN,
     MDM_MSG_GET_TOKEN,
     MDM_MSG_DECLARATIVE_MANAGEMENT,
+    MDM_MSG_RETURN_TO_SERVICE,
     MDM_MSG_REPORT                    /* command endpoint */
 } mdm_msg_type_e;
 

@@ -36,10 +36,11 @@
 static const char  *ngx_http_mdm_m_types[] = {
     "other", "CheckIn", "Authenticate", "TokenUpdate", "CheckOut",
     "UserAuthenticate", "SetBootstrapToken", "GetBootstrapToken",
-    "GetToken", "DeclarativeManagement", "DeviceAuth", "Report", NULL
+    "GetToken", "DeclarativeManagement", "DeviceAuth", "ReturnToService",
+    "Report", NULL
 };
 
-#define NGX_HTTP_MDM_M_REPORT       11
+#define NGX_HTTP_MDM_M_REPORT       12
 
 static const char  *ngx_http_mdm_m_statuses[] = {
     "", "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow",

@@ -8,8 +8,10 @@
  *
  * Reply of mdm_checkin / mdm_report: { status, kind, payload, reason,
  * command uuid, request type }; kind is "" (empty body), "command" (payload
- * is the command plist), "bootstrap" (payload is the raw token) or
- * "digest" (an empty DigestChallenge) or "json" (a DDM reply body).
+ * is the command plist), "bootstrap" (payload is the raw token), "digest"
+ * (an empty DigestChallenge), "json" (a DDM reply body) or "rts" (payload
+ * is Enabled, "1" or "0"; when "1", elements 7 to 9 are the Wi-Fi profile,
+ * the MDM profile and the sealed BootstrapToken, "" for none).
  */
 
 
@@ -26,6 +28,7 @@ static void ngx_http_mdm_store_reply(ngx_http_request_t *r,
     redisReply *reply);
 static ngx_int_t ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r,
     u_char *token, size_t len, ngx_str_t *out);
+static void ngx_http_mdm_rts(ngx_http_request_t *r, redisReply *reply);
 static ngx_int_t ngx_http_mdm_binary(ngx_http_request_t *r,
     ngx_http_mdm_ctx_t *ctx, ngx_str_t *out);
 static ngx_int_t ngx_http_mdm_adopt(ngx_http_request_t *r, char *buf,
@@ -363,6 +366,10 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
         ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_json, payload, n);
         return;
 
+    case 'r': /* rts */
+        ngx_http_mdm_rts(r, reply);
+        return;
+
     case 'd': /* digest */
         ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_xml,
                              ngx_http_mdm_digest,
@@ -373,6 +380,99 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
         ngx_http_mdm_refuse(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
                             "unknown reply kind from mdm.lua");
     }
+}
+
+
+/*
+ * {ReturnToService: {Enabled, WiFiProfileData?, MDMProfileData?,
+ * BootstrapToken?}} (returntoservice.yaml); only Enabled when it is false.
+ */
+
+static void
+ngx_http_mdm_rts(ngx_http_request_t *r, redisReply *reply)
+{
+    char                *xml;
+    size_t               i;
+    plist_t              root, dict;
+    uint32_t             n;
+    ngx_str_t            body, bt;
+    ngx_uint_t           on;
+    const char          *reason;
+    redisReply         **e;
+    ngx_http_mdm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_mdm_module);
+    e = reply->element;
+
+    on = e[2]->type == REDIS_REPLY_STRING && e[2]->len == 1
+         && e[2]->str[0] == '1';
+
+    for (i = 6; on && i < 9; i++) {
+        if (i >= reply->elements || e[i]->type != REDIS_REPLY_STRING) {
+            ngx_http_mdm_refuse(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                "unexpected ReturnToService reply from "
+                                "mdm.lua");
+            return;
+        }
+    }
+
+    bt.len = 0;
+
+    if (on && e[8]->len) {
+        bt.data = (u_char *) e[8]->str;
+        bt.len = e[8]->len;
+
+        /* as GetBootstrapToken: asked again once the key file is fixed */
+        reason = ngx_http_mdm_secret_open(r, MDM_SECRET_BOOTSTRAP,
+                                          ctx->msg.device_id,
+                                          ctx->msg.device_id_len, &bt);
+        if (reason) {
+            ngx_http_mdm_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE, reason);
+            return;
+        }
+    }
+
+    root = plist_new_dict();
+    dict = plist_new_dict();
+    if (root == NULL || dict == NULL) {
+        plist_free(root);
+        plist_free(dict);
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    plist_dict_set_item(dict, "Enabled", plist_new_bool(on));
+
+    if (on) {
+        if (e[6]->len) {
+            plist_dict_set_item(dict, "WiFiProfileData",
+                                plist_new_data(e[6]->str, e[6]->len));
+        }
+
+        if (e[7]->len) {
+            plist_dict_set_item(dict, "MDMProfileData",
+                                plist_new_data(e[7]->str, e[7]->len));
+        }
+
+        if (bt.len) {
+            plist_dict_set_item(dict, "BootstrapToken",
+                                plist_new_data((char *) bt.data, bt.len));
+        }
+    }
+
+    plist_dict_set_item(root, "ReturnToService", dict);
+
+    xml = NULL;
+    plist_to_xml(root, &xml, &n);
+    plist_free(root);
+
+    if (ngx_http_mdm_adopt(r, xml, n, &body) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_xml, body.data,
+                         body.len);
 }
 
 

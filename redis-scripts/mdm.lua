@@ -82,6 +82,8 @@ local K_PUSH_SENDERS = 'mdm:push:senders'
 local K_PUSH_STATS = 'mdm:push:stats'
 local function k_pushcert(t) return 'mdm:pushcert:' .. t end
 local K_PUSHCERTS = 'mdm:pushcerts'
+local function k_rts(d) return 'mdm:rts:' .. d end
+local K_RTS_DEFAULT = 'mdm:rts:default'
 local function k_scep_ch(c) return 'mdm:scep:ch:' .. c end
 local function k_scep_nonce(o) return 'mdm:scep:nonce:' .. o end
 local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end
@@ -888,6 +890,27 @@ function ddm.forget(d, e)
     ddm.reset(d, e)
 end
 
+--[[
+ReturnToService settings (mdm:rts:<d>, mdm:rts:default): enabled '0'/'1',
+wifi and mdm (profile bytes, absent when not given), ms (when set). A
+device's own setting replaces the default as a whole.
+]]
+local RTS_FIELDS = { 'enabled', 'wifi', 'mdm', 'ms' }
+
+-- { enabled, wifi, mdm, ms } of the setting that answers device d, and
+-- where it came from: 'device', 'default' or 'none' (then nil)
+local function rts_setting(d)
+    local h = redis.call('HMGET', k_rts(d), unpack(RTS_FIELDS))
+    if h[1] then
+        return h, 'device'
+    end
+    h = redis.call('HMGET', K_RTS_DEFAULT, unpack(RTS_FIELDS))
+    if h[1] then
+        return h, 'default'
+    end
+    return nil, 'none'
+end
+
 -- device path ---------------------------------------------------------------
 
 --[[
@@ -1036,6 +1059,25 @@ local function checkin(keys, args)
         event({ 'type', mt, 'id', e, 'ms', int(ms) })
         local t = redis.call('HGET', k_enr(d, d), 'bootstrap_token') or ''
         return { 200, 'bootstrap', t, '', '', '' }
+
+    elseif mt == 'ReturnToService' then
+        -- the module refuses other channels before the call; FCALL
+        -- callers are held to the same rule
+        if e ~= d then
+            return refuse(400, 'ReturnToService on a user channel')
+        end
+        seen(d, e, ms, true)
+        local h, src = rts_setting(d)
+        local on = h and h[1] == '1'
+        event({ 'type', mt, 'id', e, 'ms', int(ms),
+                'enabled', on and '1' or '0', 'setting', src })
+        if not on then
+            return { 200, 'rts', '0', '', '', '' }
+        end
+        -- the escrowed token lets the device keep its apps (sealed: the
+        -- module opens it, as for GetBootstrapToken)
+        return { 200, 'rts', '1', '', '', '', h[2] or '', h[3] or '',
+                 redis.call('HGET', enr, 'bootstrap_token') or '' }
 
     elseif mt == 'UserAuthenticate' then
         if e == d then
@@ -1199,401 +1241,408 @@ and CDATA are skipped or read as text, entities decoded, attributes quoted.
 Bounded: PL_MAX_DEPTH nested containers, PL_MAX_ELEMENTS elements (the size
 is bounded by Redis' argument limit); text is jumped over with string.find.
 ]]
-local PL_MAX_DEPTH = 64
-local PL_MAX_ELEMENTS = 50000
+local scan_command
+do
+    local PL_MAX_DEPTH = 64
+    local PL_MAX_ELEMENTS = 50000
 
-local PL_SCALAR = { string = true, data = true, date = true, integer = true,
-                    real = true }
-local PL_ENTITY = { lt = '<', gt = '>', amp = '&', quot = '"', apos = "'" }
+    local PL_SCALAR = { string = true, data = true, date = true,
+                        integer = true, real = true }
+    local PL_ENTITY = { lt = '<', gt = '>', amp = '&', quot = '"', apos = "'" }
 
-local function pl_utf8(c)
-    if c < 0x80 then
-        return string.char(c)
-    elseif c < 0x800 then
-        return string.char(0xC0 + math.floor(c / 64), 0x80 + c % 64)
-    elseif c < 0x10000 then
-        return string.char(0xE0 + math.floor(c / 4096),
-                           0x80 + math.floor(c / 64) % 64, 0x80 + c % 64)
-    elseif c < 0x110000 then
-        return string.char(0xF0 + math.floor(c / 262144),
-                           0x80 + math.floor(c / 4096) % 64,
-                           0x80 + math.floor(c / 64) % 64, 0x80 + c % 64)
-    end
-    return nil
-end
-
-local function pl_entity(e, semi)
-    local c
-    if semi == ';' then
-        c = PL_ENTITY[e]
-        local n = string.match(e, '^#(%d+)$')
-        local x = string.match(e, '^#x(%x+)$')
-        if n or x then
-            c = pl_utf8(tonumber(n or x, n and 10 or 16))
+    local function pl_utf8(c)
+        if c < 0x80 then
+            return string.char(c)
+        elseif c < 0x800 then
+            return string.char(0xC0 + math.floor(c / 64), 0x80 + c % 64)
+        elseif c < 0x10000 then
+            return string.char(0xE0 + math.floor(c / 4096),
+                               0x80 + math.floor(c / 64) % 64, 0x80 + c % 64)
+        elseif c < 0x110000 then
+            return string.char(0xF0 + math.floor(c / 262144),
+                               0x80 + math.floor(c / 4096) % 64,
+                               0x80 + math.floor(c / 64) % 64, 0x80 + c % 64)
         end
+        return nil
     end
-    if not c then
-        error('bad entity reference &' .. e .. semi, 0)
+
+    local function pl_entity(e, semi)
+        local c
+        if semi == ';' then
+            c = PL_ENTITY[e]
+            local n = string.match(e, '^#(%d+)$')
+            local x = string.match(e, '^#x(%x+)$')
+            if n or x then
+                c = pl_utf8(tonumber(n or x, n and 10 or 16))
+            end
+        end
+        if not c then
+            error('bad entity reference &' .. e .. semi, 0)
+        end
+        return c
     end
-    return c
-end
 
--- Character data with its entities decoded; error() on a bad reference.
-local function pl_text(t)
-    if not string.find(t, '&', 1, true) then
-        return t
+    -- Character data with its entities decoded; error() on a bad reference.
+    local function pl_text(t)
+        if not string.find(t, '&', 1, true) then
+            return t
+        end
+        return (string.gsub(t, '&([^;&]*)(;?)', pl_entity))
     end
-    return (string.gsub(t, '&([^;&]*)(;?)', pl_entity))
-end
 
-local PL_NAME = '[%a_][%w_:%.%-]*'
-local PL_WS = '[ \t\r\n]'
--- patterns built once: the common tag (no attributes) in one match
-local PL_TAG = '^<(/?)(' .. PL_NAME .. ')(/?)>()'
-local PL_END = '^(' .. PL_NAME .. ')' .. PL_WS .. '*>()'
-local PL_START = '^(' .. PL_NAME .. ')()'
-local PL_GT = '^' .. PL_WS .. '*>()'
-local PL_EMPTY_GT = '^' .. PL_WS .. '*/>()'
-local PL_ATTR2 = '^' .. PL_WS .. '+' .. PL_NAME .. PL_WS .. '*=' .. PL_WS
-                 .. '*"[^"<]*"()'
-local PL_ATTR1 = '^' .. PL_WS .. '+' .. PL_NAME .. PL_WS .. '*=' .. PL_WS
-                 .. "*'[^'<]*'()"
-local PL_NOT_WS = '[^ \t\r\n]'
-local PL_CLOSE = '^(' .. PL_NAME .. ')>()'
-local PL_OPEN = '^(' .. PL_NAME .. ')(/?)>()'
-local PL_SKIP_TO = '</?[!?ad]'
+    local PL_NAME = '[%a_][%w_:%.%-]*'
+    local PL_WS = '[ \t\r\n]'
+    -- patterns built once: the common tag (no attributes) in one match
+    local PL_TAG = '^<(/?)(' .. PL_NAME .. ')(/?)>()'
+    local PL_END = '^(' .. PL_NAME .. ')' .. PL_WS .. '*>()'
+    local PL_START = '^(' .. PL_NAME .. ')()'
+    local PL_GT = '^' .. PL_WS .. '*>()'
+    local PL_EMPTY_GT = '^' .. PL_WS .. '*/>()'
+    local PL_ATTR2 = '^' .. PL_WS .. '+' .. PL_NAME .. PL_WS .. '*=' .. PL_WS
+                     .. '*"[^"<]*"()'
+    local PL_ATTR1 = '^' .. PL_WS .. '+' .. PL_NAME .. PL_WS .. '*=' .. PL_WS
+                     .. "*'[^'<]*'()"
+    local PL_NOT_WS = '[^ \t\r\n]'
+    local PL_CLOSE = '^(' .. PL_NAME .. ')>()'
+    local PL_OPEN = '^(' .. PL_NAME .. ')(/?)>()'
+    local PL_SKIP_TO = '</?[!?ad]'
 
---[[
-The markup starting at s[i] == '<'. Returns kind, name or text, and the
-index after it; kind is 'open', 'empty', 'close', 'cdata' (text), 'skip'
-(comment, processing instruction) or 'doctype'. error() when malformed.
-]]
-local function pl_markup(s, i)
-    local c = string.sub(s, i + 1, i + 1)
-    local e, name, _
-    if c == '!' then
-        if string.sub(s, i, i + 3) == '<!--' then
-            _, e = string.find(s, '-->', i + 4, true)
+    --[[
+    The markup starting at s[i] == '<'. Returns kind, name or text, and the
+    index after it; kind is 'open', 'empty', 'close', 'cdata' (text), 'skip'
+    (comment, processing instruction) or 'doctype'. error() when malformed.
+    ]]
+    local function pl_markup(s, i)
+        local c = string.sub(s, i + 1, i + 1)
+        local e, name, _
+        if c == '!' then
+            if string.sub(s, i, i + 3) == '<!--' then
+                _, e = string.find(s, '-->', i + 4, true)
+                if not e then
+                    error('unterminated comment', 0)
+                end
+                return 'skip', nil, e + 1
+            end
+            if string.sub(s, i, i + 8) == '<![CDATA[' then
+                local b
+                b, e = string.find(s, ']]>', i + 9, true)
+                if not b then
+                    error('unterminated CDATA section', 0)
+                end
+                return 'cdata', string.sub(s, i + 9, b - 1), e + 1
+            end
+            if string.sub(s, i, i + 8) == '<!DOCTYPE' then
+                e = string.find(s, '[>%[]', i + 9)
+                if not e or string.sub(s, e, e) ~= '>' then
+                    error('DOCTYPE with an internal subset', 0)
+                end
+                return 'doctype', nil, e + 1
+            end
+            error('unknown markup at byte ' .. i, 0)
+        elseif c == '?' then
+            _, e = string.find(s, '?>', i + 2, true)
             if not e then
-                error('unterminated comment', 0)
+                error('unterminated processing instruction', 0)
             end
             return 'skip', nil, e + 1
-        end
-        if string.sub(s, i, i + 8) == '<![CDATA[' then
-            local b
-            b, e = string.find(s, ']]>', i + 9, true)
-            if not b then
-                error('unterminated CDATA section', 0)
+        elseif c == '/' then
+            name, e = string.match(s, PL_END, i + 2)
+            if not name then
+                error('malformed end tag at byte ' .. i, 0)
             end
-            return 'cdata', string.sub(s, i + 9, b - 1), e + 1
+            return 'close', name, e
         end
-        if string.sub(s, i, i + 8) == '<!DOCTYPE' then
-            e = string.find(s, '[>%[]', i + 9)
-            if not e or string.sub(s, e, e) ~= '>' then
-                error('DOCTYPE with an internal subset', 0)
-            end
-            return 'doctype', nil, e + 1
-        end
-        error('unknown markup at byte ' .. i, 0)
-    elseif c == '?' then
-        _, e = string.find(s, '?>', i + 2, true)
-        if not e then
-            error('unterminated processing instruction', 0)
-        end
-        return 'skip', nil, e + 1
-    elseif c == '/' then
-        name, e = string.match(s, PL_END, i + 2)
+        name, e = string.match(s, PL_START, i + 1)
         if not name then
-            error('malformed end tag at byte ' .. i, 0)
+            error('malformed tag at byte ' .. i, 0)
         end
-        return 'close', name, e
-    end
-    name, e = string.match(s, PL_START, i + 1)
-    if not name then
-        error('malformed tag at byte ' .. i, 0)
-    end
-    while true do
-        local j = string.match(s, PL_GT, e)
-        if j then
-            return 'open', name, j
-        end
-        j = string.match(s, PL_EMPTY_GT, e)
-        if j then
-            return 'empty', name, j
-        end
-        j = string.match(s, PL_ATTR2, e) or string.match(s, PL_ATTR1, e)
-        if not j then
-            error('malformed attributes in <' .. name .. '>', 0)
-        end
-        e = j
-    end
-end
-
--- Character data in pieces: the first alone, a table only once there are two.
-local function pl_append(t, parts, piece)
-    if not t then
-        return piece, parts
-    end
-    parts = parts or { t }
-    parts[#parts + 1] = piece
-    return t, parts
-end
-
---[[
-The next element markup at or after pos; comments and PIs are skipped.
-text: nil = only white space may come first, 'keep' = character data and
-CDATA are returned (decoded), 'skip' = allowed and ignored.
-Returns kind, name, index after, text.
-]]
-local function pl_next(st, pos, text)
-    local s, t, parts = st.s
-    while true do
-        local lt = string.find(s, '<', pos, true)
-        if not lt then
-            error('unexpected end of the document', 0)
-        end
-        st.n = st.n + 1
-        if st.n > PL_MAX_ELEMENTS then
-            error('more than ' .. PL_MAX_ELEMENTS .. ' elements', 0)
-        end
-        if lt > pos then
-            if text == 'keep' then
-                t, parts = pl_append(t, parts,
-                                     pl_text(string.sub(s, pos, lt - 1)))
-            elseif not text and string.find(s, PL_NOT_WS, pos) ~= lt then
-                error('text outside a string at byte ' .. pos, 0)
-            end
-        end
-        local slash, name, empty, j = string.match(s, PL_TAG, lt)
-        if name and not (slash == '/' and empty == '/') then
-            if parts then
-                t = table.concat(parts)
-            end
-            return slash == '/' and 'close' or empty == '/' and 'empty'
-                   or 'open', name, j, t or ''
-        end
-        local kind
-        kind, name, j = pl_markup(s, lt)
-        if kind == 'cdata' then
-            if not text then
-                error('CDATA outside a string at byte ' .. lt, 0)
-            end
-            if text == 'keep' then
-                t, parts = pl_append(t, parts, name)
-            end
-        elseif kind ~= 'skip' then
-            if parts then
-                t = table.concat(parts)
-            end
-            return kind, name, j, t or ''
-        end
-        pos = j
-    end
-end
-
---[[
-Skips the rest of a container whose start tag <name> ends at pos, at
-nesting depth. Values below the two dicts the queue reads are the device's
-to check, so only what can hide or nest markup is read here: comments,
-CDATA, PIs, and the elements named a* or d* (array, dict, data, date),
-which must nest; the jump to the next of those is one string.find.
-Returns the index after its end tag.
-]]
-local function pl_skip(st, name, pos, depth)
-    local s, n = st.s, st.n
-    local find, match, byte = string.find, string.match, string.byte
-    local open, top, _ = { name }, 1
-    while true do
-        local lt = find(s, PL_SKIP_TO, pos)
-        if not lt then
-            error('unexpected end of the document', 0)
-        end
-        n = n + 1
-        if n > PL_MAX_ELEMENTS then
-            error('more than ' .. PL_MAX_ELEMENTS .. ' elements', 0)
-        end
-        local c = byte(s, lt + 1)
-        local nm, empty, j, kind
-        if c == 47 then                                 -- '/'
-            nm, j = match(s, PL_CLOSE, lt + 2)
-            kind = 'close'
-        elseif c == 33 and byte(s, lt + 2) == 45 then   -- '<!-'
-            if byte(s, lt + 3) ~= 45 then
-                error('malformed comment at byte ' .. lt, 0)
-            end
-            _, j = find(s, '-->', lt + 4, true)
-            if not j then
-                error('unterminated comment', 0)
-            end
-            kind, nm, j = 'skip', '', j + 1
-        elseif c ~= 33 and c ~= 63 then                 -- not '!' or '?'
-            nm, empty, j = match(s, PL_OPEN, lt + 1)
-            kind = empty == '/' and 'empty' or 'open'
-        end
-        if not nm then
-            kind, nm, j = pl_markup(s, lt)
-        end
-        if kind == 'open' then
-            top = top + 1
-            if depth + top > PL_MAX_DEPTH + 1 then
-                error('nested deeper than ' .. PL_MAX_DEPTH .. ' levels', 0)
-            end
-            open[top] = nm
-        elseif kind == 'close' then
-            if open[top] ~= nm then
-                error('</' .. nm .. '> closes <' .. open[top] .. '>', 0)
-            end
-            top = top - 1
-            if top == 0 then
-                st.n = n
-                return j
-            end
-        elseif kind == 'doctype' then
-            error('DOCTYPE inside the document', 0)
-        end
-        pos = j
-    end
-end
-
---[[
-Reads the value whose start tag (kind, name) ends at pos. When collect is
-set and the value is a dict, returns its entries: key -> { element, string
-text, entries of a Command dict }; keys given twice are refused there.
-Returns the index after the value, the element name, the string text.
-]]
-local function pl_value(st, kind, name, pos, depth, collect)
-    if kind == 'close' or kind == 'doctype' then
-        error('unexpected ' .. (name and '</' .. name .. '>' or 'DOCTYPE'), 0)
-    end
-    if kind == 'empty' then
-        if PL_SCALAR[name] or name == 'true' or name == 'false'
-           or name == 'dict' or name == 'array' then
-            return pos, name, name == 'string' and '' or nil,
-                   name == 'dict' and collect and {} or nil
-        end
-        error('unknown element <' .. name .. '/>', 0)
-    end
-    local k, nm, j, t
-    if PL_SCALAR[name] or name == 'true' or name == 'false' then
-        k, nm, j, t = pl_next(st, pos, name == 'string' and 'keep'
-                              or PL_SCALAR[name] and 'skip' or nil)
-        if k ~= 'close' or nm ~= name then
-            error('<' .. nm .. '> inside <' .. name .. '>', 0)
-        end
-        return j, name, name == 'string' and t or nil
-    end
-    if name ~= 'dict' and name ~= 'array' then
-        error('unknown element <' .. name .. '>', 0)
-    end
-    if depth >= PL_MAX_DEPTH then
-        error('nested deeper than ' .. PL_MAX_DEPTH .. ' levels', 0)
-    end
-    if not collect then
-        return pl_skip(st, name, pos, depth), name
-    end
-    local entries = collect and name == 'dict' and {} or nil
-    while true do
-        k, nm, j = pl_next(st, pos)
-        if k == 'close' then
-            if nm ~= name then
-                error('</' .. nm .. '> closes <' .. name .. '>', 0)
-            end
-            return j, name, nil, entries
-        end
-        local key
-        if name == 'dict' then
-            if nm ~= 'key' or (k ~= 'open' and k ~= 'empty') then
-                error('<' .. nm .. '> where a dict expects <key>', 0)
-            end
-            if k == 'open' then
-                k, nm, j, key = pl_next(st, j, 'keep')
-                if k ~= 'close' or nm ~= 'key' then
-                    error('<' .. nm .. '> inside <key>', 0)
-                end
-            else
-                key = ''
-            end
-            k, nm, j = pl_next(st, j)
-        end
-        local sub = entries and key == 'Command' and depth == 1
-        local vname, vtext, ventries
-        pos, vname, vtext, ventries = pl_value(st, k, nm, j, depth + 1, sub)
-        if entries then
-            if entries[key] then
-                error('key ' .. key .. ' given twice in a dict', 0)
-            end
-            entries[key] = { vname, vtext, ventries }
-        end
-    end
-end
-
--- The top-level dict's entries of an XML plist, or nil and why.
-local function pl_top(s)
-    local st = { s = s, n = 0 }
-    local ok, top = pcall(function()
-        local _
-        local pos = string.sub(s, 1, 3) == '\239\187\191' and 4 or 1
-        local k, nm, j = pl_next(st, pos)
-        if k == 'doctype' then
-            k, nm, j = pl_next(st, j)
-        end
-        if k ~= 'open' or nm ~= 'plist' then
-            error('not an XML property list', 0)
-        end
-        k, nm, j = pl_next(st, j)
-        if nm ~= 'dict' or (k ~= 'open' and k ~= 'empty') then
-            error('the plist is not a dict', 0)
-        end
-        local entries
-        j, _, _, entries = pl_value(st, k, nm, j, 1, true)
-        k, nm, j = pl_next(st, j)
-        if k ~= 'close' or nm ~= 'plist' then
-            error('more than one value in <plist>', 0)
-        end
-        -- only white space, comments and PIs after the document
         while true do
-            local lt = string.find(s, '<', j, true)
-            if string.find(s, '[^ \t\r\n]', j) ~= lt then
-                error('text after </plist>', 0)
+            local j = string.match(s, PL_GT, e)
+            if j then
+                return 'open', name, j
             end
+            j = string.match(s, PL_EMPTY_GT, e)
+            if j then
+                return 'empty', name, j
+            end
+            j = string.match(s, PL_ATTR2, e) or string.match(s, PL_ATTR1, e)
+            if not j then
+                error('malformed attributes in <' .. name .. '>', 0)
+            end
+            e = j
+        end
+    end
+
+    -- Character data in pieces: the first alone, a table only once there
+    -- are two.
+    local function pl_append(t, parts, piece)
+        if not t then
+            return piece, parts
+        end
+        parts = parts or { t }
+        parts[#parts + 1] = piece
+        return t, parts
+    end
+
+    --[[
+    The next element markup at or after pos; comments and PIs are skipped.
+    text: nil = only white space may come first, 'keep' = character data and
+    CDATA are returned (decoded), 'skip' = allowed and ignored.
+    Returns kind, name, index after, text.
+    ]]
+    local function pl_next(st, pos, text)
+        local s, t, parts = st.s
+        while true do
+            local lt = string.find(s, '<', pos, true)
             if not lt then
-                break
+                error('unexpected end of the document', 0)
             end
-            k, _, j = pl_markup(s, lt)
-            if k ~= 'skip' then
-                error('markup after </plist>', 0)
+            st.n = st.n + 1
+            if st.n > PL_MAX_ELEMENTS then
+                error('more than ' .. PL_MAX_ELEMENTS .. ' elements', 0)
+            end
+            if lt > pos then
+                if text == 'keep' then
+                    t, parts = pl_append(t, parts,
+                                         pl_text(string.sub(s, pos, lt - 1)))
+                elseif not text and string.find(s, PL_NOT_WS, pos) ~= lt then
+                    error('text outside a string at byte ' .. pos, 0)
+                end
+            end
+            local slash, name, empty, j = string.match(s, PL_TAG, lt)
+            if name and not (slash == '/' and empty == '/') then
+                if parts then
+                    t = table.concat(parts)
+                end
+                return slash == '/' and 'close' or empty == '/' and 'empty'
+                       or 'open', name, j, t or ''
+            end
+            local kind
+            kind, name, j = pl_markup(s, lt)
+            if kind == 'cdata' then
+                if not text then
+                    error('CDATA outside a string at byte ' .. lt, 0)
+                end
+                if text == 'keep' then
+                    t, parts = pl_append(t, parts, name)
+                end
+            elseif kind ~= 'skip' then
+                if parts then
+                    t = table.concat(parts)
+                end
+                return kind, name, j, t or ''
+            end
+            pos = j
+        end
+    end
+
+    --[[
+    Skips the rest of a container whose start tag <name> ends at pos, at
+    nesting depth. Values below the two dicts the queue reads are the device's
+    to check, so only what can hide or nest markup is read here: comments,
+    CDATA, PIs, and the elements named a* or d* (array, dict, data, date),
+    which must nest; the jump to the next of those is one string.find.
+    Returns the index after its end tag.
+    ]]
+    local function pl_skip(st, name, pos, depth)
+        local s, n = st.s, st.n
+        local find, match, byte = string.find, string.match, string.byte
+        local open, top, _ = { name }, 1
+        while true do
+            local lt = find(s, PL_SKIP_TO, pos)
+            if not lt then
+                error('unexpected end of the document', 0)
+            end
+            n = n + 1
+            if n > PL_MAX_ELEMENTS then
+                error('more than ' .. PL_MAX_ELEMENTS .. ' elements', 0)
+            end
+            local c = byte(s, lt + 1)
+            local nm, empty, j, kind
+            if c == 47 then                                 -- '/'
+                nm, j = match(s, PL_CLOSE, lt + 2)
+                kind = 'close'
+            elseif c == 33 and byte(s, lt + 2) == 45 then   -- '<!-'
+                if byte(s, lt + 3) ~= 45 then
+                    error('malformed comment at byte ' .. lt, 0)
+                end
+                _, j = find(s, '-->', lt + 4, true)
+                if not j then
+                    error('unterminated comment', 0)
+                end
+                kind, nm, j = 'skip', '', j + 1
+            elseif c ~= 33 and c ~= 63 then                 -- not '!' or '?'
+                nm, empty, j = match(s, PL_OPEN, lt + 1)
+                kind = empty == '/' and 'empty' or 'open'
+            end
+            if not nm then
+                kind, nm, j = pl_markup(s, lt)
+            end
+            if kind == 'open' then
+                top = top + 1
+                if depth + top > PL_MAX_DEPTH + 1 then
+                    error('nested deeper than ' .. PL_MAX_DEPTH
+                          .. ' levels', 0)
+                end
+                open[top] = nm
+            elseif kind == 'close' then
+                if open[top] ~= nm then
+                    error('</' .. nm .. '> closes <' .. open[top] .. '>', 0)
+                end
+                top = top - 1
+                if top == 0 then
+                    st.n = n
+                    return j
+                end
+            elseif kind == 'doctype' then
+                error('DOCTYPE inside the document', 0)
+            end
+            pos = j
+        end
+    end
+
+    --[[
+    Reads the value whose start tag (kind, name) ends at pos. When collect is
+    set and the value is a dict, returns its entries: key -> { element, string
+    text, entries of a Command dict }; keys given twice are refused there.
+    Returns the index after the value, the element name, the string text.
+    ]]
+    local function pl_value(st, kind, name, pos, depth, collect)
+        if kind == 'close' or kind == 'doctype' then
+            error('unexpected '
+                  .. (name and '</' .. name .. '>' or 'DOCTYPE'), 0)
+        end
+        if kind == 'empty' then
+            if PL_SCALAR[name] or name == 'true' or name == 'false'
+               or name == 'dict' or name == 'array' then
+                return pos, name, name == 'string' and '' or nil,
+                       name == 'dict' and collect and {} or nil
+            end
+            error('unknown element <' .. name .. '/>', 0)
+        end
+        local k, nm, j, t
+        if PL_SCALAR[name] or name == 'true' or name == 'false' then
+            k, nm, j, t = pl_next(st, pos, name == 'string' and 'keep'
+                                  or PL_SCALAR[name] and 'skip' or nil)
+            if k ~= 'close' or nm ~= name then
+                error('<' .. nm .. '> inside <' .. name .. '>', 0)
+            end
+            return j, name, name == 'string' and t or nil
+        end
+        if name ~= 'dict' and name ~= 'array' then
+            error('unknown element <' .. name .. '>', 0)
+        end
+        if depth >= PL_MAX_DEPTH then
+            error('nested deeper than ' .. PL_MAX_DEPTH .. ' levels', 0)
+        end
+        if not collect then
+            return pl_skip(st, name, pos, depth), name
+        end
+        local entries = collect and name == 'dict' and {} or nil
+        while true do
+            k, nm, j = pl_next(st, pos)
+            if k == 'close' then
+                if nm ~= name then
+                    error('</' .. nm .. '> closes <' .. name .. '>', 0)
+                end
+                return j, name, nil, entries
+            end
+            local key
+            if name == 'dict' then
+                if nm ~= 'key' or (k ~= 'open' and k ~= 'empty') then
+                    error('<' .. nm .. '> where a dict expects <key>', 0)
+                end
+                if k == 'open' then
+                    k, nm, j, key = pl_next(st, j, 'keep')
+                    if k ~= 'close' or nm ~= 'key' then
+                        error('<' .. nm .. '> inside <key>', 0)
+                    end
+                else
+                    key = ''
+                end
+                k, nm, j = pl_next(st, j)
+            end
+            local sub = entries and key == 'Command' and depth == 1
+            local vname, vtext, ventries
+            pos, vname, vtext, ventries = pl_value(st, k, nm, j, depth + 1,
+                                                   sub)
+            if entries then
+                if entries[key] then
+                    error('key ' .. key .. ' given twice in a dict', 0)
+                end
+                entries[key] = { vname, vtext, ventries }
             end
         end
-        return entries
-    end)
-    if not ok then
-        return nil, top
     end
-    return top
-end
 
-local function scan_command(body)
-    if not string.find(body, '<plist', 1, true) then
-        return nil, nil, 'the command is not an XML property list'
+    -- The top-level dict's entries of an XML plist, or nil and why.
+    local function pl_top(s)
+        local st = { s = s, n = 0 }
+        local ok, top = pcall(function()
+            local _
+            local pos = string.sub(s, 1, 3) == '\239\187\191' and 4 or 1
+            local k, nm, j = pl_next(st, pos)
+            if k == 'doctype' then
+                k, nm, j = pl_next(st, j)
+            end
+            if k ~= 'open' or nm ~= 'plist' then
+                error('not an XML property list', 0)
+            end
+            k, nm, j = pl_next(st, j)
+            if nm ~= 'dict' or (k ~= 'open' and k ~= 'empty') then
+                error('the plist is not a dict', 0)
+            end
+            local entries
+            j, _, _, entries = pl_value(st, k, nm, j, 1, true)
+            k, nm, j = pl_next(st, j)
+            if k ~= 'close' or nm ~= 'plist' then
+                error('more than one value in <plist>', 0)
+            end
+            -- only white space, comments and PIs after the document
+            while true do
+                local lt = string.find(s, '<', j, true)
+                if string.find(s, '[^ \t\r\n]', j) ~= lt then
+                    error('text after </plist>', 0)
+                end
+                if not lt then
+                    break
+                end
+                k, _, j = pl_markup(s, lt)
+                if k ~= 'skip' then
+                    error('markup after </plist>', 0)
+                end
+            end
+            return entries
+        end)
+        if not ok then
+            return nil, top
+        end
+        return top
     end
-    local top, err = pl_top(body)
-    if not top then
-        return nil, nil, 'the command is not a valid XML plist: ' .. err
+
+    function scan_command(body)
+        if not string.find(body, '<plist', 1, true) then
+            return nil, nil, 'the command is not an XML property list'
+        end
+        local top, err = pl_top(body)
+        if not top then
+            return nil, nil, 'the command is not a valid XML plist: ' .. err
+        end
+        local u = top.CommandUUID
+        if not u or u[1] ~= 'string' or u[2] == '' then
+            return nil, nil, 'the command has no CommandUUID string'
+        end
+        u = u[2]
+        if not string.match(u, '^[%w%-%._]+$') or #u > 128 then
+            return nil, nil, 'CommandUUID has invalid characters'
+        end
+        local c = top.Command
+        local rt = c and c[3] and c[3].RequestType
+        if not rt or rt[1] ~= 'string' or rt[2] == '' then
+            return nil, nil, 'the command has no Command.RequestType string'
+        end
+        return u, rt[2]
     end
-    local u = top.CommandUUID
-    if not u or u[1] ~= 'string' or u[2] == '' then
-        return nil, nil, 'the command has no CommandUUID string'
-    end
-    u = u[2]
-    if not string.match(u, '^[%w%-%._]+$') or #u > 128 then
-        return nil, nil, 'CommandUUID has invalid characters'
-    end
-    local c = top.Command
-    local rt = c and c[3] and c[3].RequestType
-    if not rt or rt[1] ~= 'string' or rt[2] == '' then
-        return nil, nil, 'the command has no Command.RequestType string'
-    end
-    return u, rt[2]
 end
 
 -- Push requests for ids not already pending (coalescing), in one pass.
@@ -2082,6 +2131,10 @@ local function forget(keys, args)
                     redis.call('DEL', k_cert(sha))
                 end
                 redis.call('DEL', k_users(d), k_refused(d))
+                -- ("default" names the default setting, not a device's)
+                if d ~= 'default' then
+                    redis.call('DEL', k_rts(d))
+                end
             else
                 redis.call('SREM', k_users(d), e)
             end
@@ -2123,6 +2176,143 @@ local function unbind(keys, args)
     redis.call('HDEL', dk, 'cert', 'cert_expiring', 'cert_not_after_ms')
     audit({ 'type', 'Unbind', 'id', d, 'ms', int(now_ms()), 'cert', sha })
     return sha
+end
+
+-- ReturnToService (issue 10) ------------------------------------------------
+
+local RTS_PROFILE_MAX = 1048576    -- bytes of each profile
+
+--[[
+The setting's key for 'default' or a device channel id, or an error reply:
+a user channel or an unknown device is refused, naming it. have: a device
+id that still has a setting is taken even if the device is gone.
+]]
+local function rts_key(t, usage, have)
+    if not t or t == '' then
+        return nil, redis.error_reply('usage: ' .. usage)
+    end
+    if t == 'default' then
+        return K_RTS_DEFAULT
+    end
+    if string.find(t, '[:{}]') then
+        return nil, redis.error_reply('not a device id: ' .. t
+            .. ' (ReturnToService is asked on the device channel)')
+    end
+    if redis.call('EXISTS', k_enr(t, t)) == 0
+       and not (have and redis.call('EXISTS', k_rts(t)) == 1) then
+        return nil, redis.error_reply('unknown device id ' .. t)
+    end
+    return k_rts(t)
+end
+
+-- nil when v ('' = none) may be stored as a profile, else why not: a
+-- property list (XML, binary) or DER (CMS signed data), up to the cap.
+-- mdmctl parses it; this keeps redis-cli writes to the same shape.
+local function rts_profile(what, v)
+    if v == '' then
+        return nil
+    end
+    if #v > RTS_PROFILE_MAX then
+        return what .. ' profile of ' .. #v .. ' bytes is over '
+               .. RTS_PROFILE_MAX
+    end
+    local head = string.gsub(string.sub(v, 1, 64), '^\239\187\191', '')
+    if string.find(head, '^%s*<') or string.sub(head, 1, 6) == 'bplist'
+       or string.byte(head, 1) == 0x30 then
+        return nil
+    end
+    return what .. ' profile is neither a property list nor CMS signed data'
+end
+
+--[[
+FCALL mdm_rts_set 0 <device id|default> <enabled 0|1> <wifi> <mdm>
+The whole setting ('' leaves a profile out). Reply: { id, source, enabled,
+wifi bytes, mdm bytes, ms }.
+]]
+local function rts_set(keys, args)
+    conf_reset()
+    local usage = 'mdm_rts_set 0 <device id|default> <enabled 0|1> '
+                  .. '<wifi profile|""> <mdm profile|"">'
+    if #args ~= 4 then
+        return redis.error_reply('usage: ' .. usage)
+    end
+    local key, err = rts_key(args[1], usage)
+    if err then
+        return err
+    end
+    local on, wifi, mdm = args[2], args[3], args[4]
+    if on ~= '0' and on ~= '1' then
+        return redis.error_reply('enabled must be 1 or 0')
+    end
+    local why = rts_profile('wifi', wifi) or rts_profile('mdm', mdm)
+    if why then
+        return redis.error_reply(why)
+    end
+    local ms = now_ms()
+    local h = { 'enabled', on, 'ms', int(ms) }
+    if wifi ~= '' then
+        h[#h + 1] = 'wifi'
+        h[#h + 1] = wifi
+    end
+    if mdm ~= '' then
+        h[#h + 1] = 'mdm'
+        h[#h + 1] = mdm
+    end
+    redis.call('DEL', key)
+    redis.call('HSET', key, unpack(h))
+    audit({ 'type', 'ReturnToServiceSet', 'id', args[1], 'enabled', on,
+            'wifi_bytes', int(#wifi), 'mdm_bytes', int(#mdm), 'ms', int(ms) })
+    return { args[1], args[1] == 'default' and 'default' or 'device', on,
+             #wifi, #mdm, int(ms) }
+end
+
+--[[
+FCALL_RO mdm_rts_get 0 <device id|default> : what that device is answered
+(for default: the default): { id, source (device, default, none), enabled,
+wifi, mdm, ms, bootstrap (1: a BootstrapToken is escrowed and goes with an
+enabled answer) }
+]]
+local function rts_get(keys, args)
+    local usage = 'mdm_rts_get 0 <device id|default>'
+    if #args ~= 1 then
+        return redis.error_reply('usage: ' .. usage)
+    end
+    local t = args[1]
+    local _, err = rts_key(t, usage)
+    if err then
+        return err
+    end
+    local h, src, bt
+    if t == 'default' then
+        h = redis.call('HMGET', K_RTS_DEFAULT, unpack(RTS_FIELDS))
+        src = h[1] and 'default' or 'none'
+        bt = '0'
+    else
+        h, src = rts_setting(t)
+        bt = redis.call('HEXISTS', k_enr(t, t), 'bootstrap_token') == 1
+             and '1' or '0'
+    end
+    h = h or {}
+    return { t, src, h[1] or '0', h[2] or '', h[3] or '', h[4] or '', bt }
+end
+
+-- FCALL mdm_rts_clear 0 <device id|default> : 1 when a setting was deleted
+local function rts_clear(keys, args)
+    conf_reset()
+    local usage = 'mdm_rts_clear 0 <device id|default>'
+    if #args ~= 1 then
+        return redis.error_reply('usage: ' .. usage)
+    end
+    local key, err = rts_key(args[1], usage, true)
+    if err then
+        return err
+    end
+    local n = redis.call('DEL', key)
+    if n == 1 then
+        audit({ 'type', 'ReturnToServiceClear', 'id', args[1],
+                'ms', int(now_ms()) })
+    end
+    return n
 end
 
 -- { field, value, hash, 1 when set there (0: the default) } for a setting
@@ -2713,6 +2903,12 @@ redis.register_function('mdm_cancel_command',
     admin_only('mdm_cancel_command', cancel_command))
 redis.register_function('mdm_forget', admin_only('mdm_forget', forget))
 redis.register_function('mdm_api', admin_only('mdm_api', api))
+redis.register_function('mdm_rts_set', admin_only('mdm_rts_set', rts_set))
+-- admin only too: the profiles may carry Wi-Fi passwords
+redis.register_function{ function_name = 'mdm_rts_get',
+    callback = admin_only('mdm_rts_get', rts_get), flags = { 'no-writes' } }
+redis.register_function('mdm_rts_clear',
+                        admin_only('mdm_rts_clear', rts_clear))
 redis.register_function('mdm_conf_set',
     admin_only('mdm_conf_set', conf_set))
 redis.register_function{ function_name = 'mdm_conf_get', callback = conf_get,

@@ -55,6 +55,8 @@ local K_PUSH_SENDERS = 'mdm:push:senders'
 local K_PUSH_STATS = 'mdm:push:stats'
 local function k_pushcert(t) return 'mdm:pushcert:' .. t end
 local K_PUSHCERTS = 'mdm:pushcerts'
+local function k_rts(d) return 'mdm:rts:' .. d end
+local K_RTS_DEFAULT = 'mdm:rts:default'
 local function k_scep_ch(c) return 'mdm:scep:ch:' .. c end
 local function k_scep_nonce(o) return 'mdm:scep:nonce:' .. o end
 local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end

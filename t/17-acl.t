@@ -139,6 +139,20 @@ ok_reply checkin('TokenUpdate', 'D1:U1', 'A', kv => [Token => 'tokU']), 200,
 ok_reply checkin('SetBootstrapToken', 'D1', 'A', kv => [BootstrapToken => 'bt',
     AwaitingConfiguration => 'false']), 200, 'nginx: SetBootstrapToken';
 ok_reply checkin('GetBootstrapToken', 'D1', 'A'), 200, 'nginx: GetBootstrapToken';
+ok_reply checkin('ReturnToService', 'D1', 'A'), 200,
+    'nginx: ReturnToService, nothing configured';
+is_deeply call($admin, 'fcall', 'mdm_rts_set', 0, 'default', '1', '<plist/>', ''),
+    ['default', 'default', '1', 8, 0, $admin->hget('mdm:rts:default', 'ms')],
+    'mdm-admin: mdm_rts_set default';
+is_deeply [ @{ checkin('ReturnToService', 'D1', 'A') }[0 .. 2, 6] ],
+    [200, 'rts', '1', '<plist/>'], 'nginx: ReturnToService reads mdm:rts:default';
+call($admin, 'fcall', 'mdm_rts_set', 0, 'D1', '0', '', '');
+is checkin('ReturnToService', 'D1', 'A')->[2], '0',
+    'nginx: ReturnToService reads mdm:rts:<d>';
+like call($nginx, 'hset', 'mdm:rts:D1', 'enabled', '1'), qr/NOPERM/,
+    'nginx cannot write mdm:rts:*';
+like call($nginx, 'hgetall', 'mdm:rts:default'), qr/NOPERM/,
+    'nginx: only HMGET on mdm:rts:*';
 ok_reply checkin('UserAuthenticate', 'D1:U2', 'A', flags => 'a'), 200,
     'nginx: UserAuthenticate accepted';
 ok_reply checkin('UserAuthenticate', 'D1:U2', 'A'), 410, 'nginx: UserAuthenticate declined';
@@ -234,6 +248,8 @@ my @admin_fns = (
     ['mdm_ddm_set_remove', 'S', 'su'], ['mdm_ddm_assign', 1, 'S', 'D2'],
     ['mdm_ddm_unassign', 1, 'S', 'D1'], ['mdm_ddm_sync', 'D1'],
     ['mdm_ddm_fanout'],
+    ['mdm_rts_set', 'D1', '1', '', ''], ['mdm_rts_clear', 'default'],
+    ['mdm_rts_get', 'default'],
 );
 for my $f (@admin_fns) {
     my ($fn, @a) = @$f;
@@ -328,12 +344,17 @@ $r = ctl('mdm-admin', 'events', '--from', 0, '--count', 1);
 is $r->{rc}, 0, 'mdmctl --user mdm-admin events' or diag $r->{out};
 $r = ctl('mdm-admin', 'escrow', 'D1', 'bootstrap');
 is $r->{rc}, 0, 'mdmctl --user mdm-admin escrow' or diag $r->{out};
+$r = ctl('mdm-admin', 'rts show', 'D1', '--json');
+like $r->{out}, qr/"source":"device"/, 'mdmctl --user mdm-admin rts show' or diag $r->{out};
+$r = ctl('mdm-admin', 'rts clear', 'D1');
+is $r->{out}, "D1: setting cleared\n", 'mdmctl --user mdm-admin rts clear';
 $r = ctl('mdm-admin', 'unbind', 'D3');
 is $r->{out}, "D3: certificate $sha{M} unbound\n", 'mdmctl --user mdm-admin unbind';
 for my $c (['conf', 'set', 'allow_rebind', 1], ['unbind', 'D1'],
+           ['rts set', 'default', '--disable'], ['rts show', 'default'],
            ['enqueue', '--no-push', 'EraseDevice', 'D1']) {
     $r = ctl('nginx', @$c);
-    ok $r->{rc} == 1 && $r->{out} =~ /^mdmctl \w+: NOPERM/ && $r->{out} =~ tr/\n// == 1,
+    ok $r->{rc} == 1 && $r->{out} =~ /^mdmctl \w+( \w+)?: NOPERM/ && $r->{out} =~ tr/\n// == 1,
         "mdmctl --user nginx @$c[0, 1]: refused, one line" or diag $r->{out};
 }
 is $admin->hget('mdm:policy', 'allow_rebind'), '0', 'policy unchanged';
