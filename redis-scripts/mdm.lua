@@ -455,85 +455,1794 @@ local function late(deadline, ms)
     return t > 0 and ms > t
 end
 
--- BEGIN ddm stub (replaced by the ddm-schema branch)
-local JOBJ, JARR, JNULL, DDM_STATUS_ITEMS
-local jparse, jencode, ddm_parse_many
+-- JSON ----------------------------------------------------------------------
+
+--[[
+Declarations need what cjson cannot give: [] told from {}, strict input
+(no duplicate keys, no lone surrogates) and one canonical text per content.
+jparse(s, max_depth, max_elements) -> value or nil, error naming the byte
+offset (from 0): an object is a table with metatable JOBJ, an array one with
+JARR (elements 1..n, n also in field n), null is JNULL. jencode(v) writes
+canonical JSON: keys in byte order, no whitespace, integers as such, other
+numbers in the shortest of %.15g..%.17g that reads back the same. Tables
+without JOBJ/JARR are arrays when v[1] ~= nil, objects otherwise.
+]]
+local JOBJ, JARR = {}, {}
+local JNULL = {}
+local jparse, jencode
+
+-- byte order: Lua's < is strcoll's, and Redis sets LC_COLLATE
+local function bytes_lt(a, b)
+    local x, y = string.byte(a), string.byte(b)
+    if x ~= y then
+        return (x or -1) < (y or -1)
+    end
+    local la, lb = #a, #b
+    for i = 2, la < lb and la or lb do
+        x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then
+            return x < y
+        end
+    end
+    return la < lb
+end
+
 do
-    JOBJ, JARR, JNULL = {}, {}, {}
-    DDM_STATUS_ITEMS = {}
-    local function jmark(v)
-        if type(v) ~= 'table' then
-            return v == cjson.null and JNULL or v
-        end
-        local arr = #v > 0 or next(v) == nil
-        for k, x in pairs(v) do
-            v[k] = jmark(x)
-        end
-        return setmetatable(v, arr and JARR or JOBJ)
-    end
-    function jparse(s)
-        local ok, v = pcall(cjson.decode, s)
-        if not ok then
-            return nil, tostring(v)
-        end
-        return jmark(v)
-    end
-    function jencode(v)
-        local mt = type(v) == 'table' and getmetatable(v)
-        if v == JNULL then
-            return 'null'
-        elseif mt == JARR then
-            local o = {}
-            for i = 1, #v do
-                o[i] = jencode(v[i])
-            end
-            return '[' .. table.concat(o, ',') .. ']'
-        elseif type(v) == 'table' then
-            local ks = {}
-            for k in pairs(v) do
-                ks[#ks + 1] = k
-            end
-            table.sort(ks)
-            local o = {}
-            for _, k in ipairs(ks) do
-                o[#o + 1] = cjson.encode(k) .. ':' .. jencode(v[k])
-            end
-            return '{' .. table.concat(o, ',') .. '}'
-        end
-        return cjson.encode(v)
-    end
-    function ddm_parse_many(text)
-        local v, err = jparse(text)
-        if not v then
-            return nil, err
-        end
-        if getmetatable(v) ~= JARR then
-            v = { v }
-        end
-        local out = {}
-        for _, x in ipairs(v) do
-            local kind = type(x.Type) == 'string'
-                         and string.match(x.Type, '^com%.apple%.(%a+)%.')
-            if not kind or type(x.Identifier) ~= 'string' then
-                return nil, 'bad declaration'
-            end
-            local refs, rk = {}, {}
-            if kind == 'activation' and x.Payload
-               and x.Payload.StandardConfigurations then
-                for _, r in ipairs(x.Payload.StandardConfigurations) do
-                    refs[#refs + 1] = r
-                    rk[#rk + 1] = 'configuration'
+    -- set on first use: the library's load sees no globals (Redis 7.0)
+    local find, match, sub, byte, char, format, floor, concat, huge, setmt
+    local getmt, gsub, sort, ESC, native_lt
+
+    -- whether < is byte order here (the C or C.UTF-8 collation): then
+    -- table.sort needs no comparator in Lua
+    local function collation_is_bytes()
+        local probe = { '', '\0', ' ', '-', '.', '0', '9', 'A', 'AB', 'Ab',
+                        'B', 'Z', '_', 'a', 'aB', 'a-b', 'ab', 'b', 'z', '~',
+                        '\127', '\194\128', '\195\169', '\239\191\189' }
+        for i = 1, #probe do
+            for j = 1, #probe do
+                if (probe[i] < probe[j]) ~= bytes_lt(probe[i], probe[j]) then
+                    return false
                 end
             end
-            out[#out + 1] = { type = x.Type, identifier = x.Identifier,
-                              kind = kind, payload = x.Payload
-                              or setmetatable({}, JOBJ), refs = refs,
-                              ref_kinds = rk }
+        end
+        return true
+    end
+
+    local function init()
+        find, match, sub = string.find, string.match, string.sub
+        byte, char, format = string.byte, string.char, string.format
+        floor, concat, huge = math.floor, table.concat, math.huge
+        setmt, getmt = setmetatable, getmetatable
+        gsub, sort = string.gsub, table.sort
+        native_lt = collation_is_bytes()
+        ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b',
+                ['\f'] = '\\f', ['\n'] = '\\n', ['\r'] = '\\r',
+                ['\t'] = '\\t' }
+        for c = 0, 31 do
+            ESC[char(c)] = ESC[char(c)] or format('\\u%04x', c)
+        end
+    end
+
+    -- the parse under way (Redis runs one script at a time): the text, and
+    -- the depth and values left
+    local src, depth, elems
+
+    local function fail(i, what)
+        error({ at = i, what = what }, 0)
+    end
+
+    -- offset of the first byte that is not UTF-8, or nil
+    local function utf8_bad(s)
+        local i = 1
+        while true do
+            i = find(s, '[\128-\255]', i)
+            if not i then
+                return nil
+            end
+            local c, c2 = byte(s, i, i + 1)
+            local len, lo, hi = 0, 0x80, 0xBF
+            if c >= 0xC2 and c <= 0xDF then
+                len = 2
+            elseif c >= 0xE0 and c <= 0xEF then
+                len = 3
+                if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+            elseif c >= 0xF0 and c <= 0xF4 then
+                len = 4
+                if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+            else
+                return i
+            end
+            if not c2 or c2 < lo or c2 > hi then
+                return i
+            end
+            for j = i + 2, i + len - 1 do
+                local cj = byte(s, j)
+                if not cj or cj < 0x80 or cj > 0xBF then
+                    return i
+                end
+            end
+            i = i + len
+        end
+    end
+
+    local WS = '^[ \t\n\r]*()'
+
+    local UNESC = { ['"'] = '"', ['\\'] = '\\', ['/'] = '/', b = '\b',
+                    f = '\f', n = '\n', r = '\r', t = '\t' }
+
+    local function utf8(c)
+        if c < 0x80 then
+            return char(c)
+        elseif c < 0x800 then
+            return char(0xC0 + floor(c / 64), 0x80 + c % 64)
+        elseif c < 0x10000 then
+            return char(0xE0 + floor(c / 4096), 0x80 + floor(c / 64) % 64,
+                        0x80 + c % 64)
+        end
+        return char(0xF0 + floor(c / 262144), 0x80 + floor(c / 4096) % 64,
+                    0x80 + floor(c / 64) % 64, 0x80 + c % 64)
+    end
+
+    -- the code unit of the \uXXXX at i
+    local function hex4(i)
+        local h = sub(src, i + 2, i + 5)
+        if not find(h, '^%x%x%x%x$') then
+            fail(i - 1, 'invalid \\u escape')
+        end
+        return tonumber(h, 16)
+    end
+
+    local STOP = '["\\%z\1-\31]'
+
+    -- the string whose text starts at i (past the quote), and the offset
+    -- past its closing quote
+    local function pstring(i)
+        local buf, n = {}, 0
+        while true do
+            local j = find(src, STOP, i)
+            if not j then
+                fail(#src, 'unterminated string')
+            end
+            local c = byte(src, j)
+            n = n + 1
+            buf[n] = sub(src, i, j - 1)
+            if c == 34 then
+                return concat(buf), j + 1
+            elseif c ~= 92 then
+                fail(j - 1, 'control character in string')
+            end
+            local e = sub(src, j + 1, j + 1)
+            if e == 'u' then
+                local u = hex4(j)
+                i = j + 6
+                if u >= 0xD800 and u <= 0xDBFF then
+                    local l = sub(src, i, i + 1) == '\\u' and hex4(i)
+                    if not l or l < 0xDC00 or l > 0xDFFF then
+                        fail(j - 1, 'lone surrogate')
+                    end
+                    u = 0x10000 + (u - 0xD800) * 1024 + (l - 0xDC00)
+                    i = i + 6
+                elseif u >= 0xDC00 and u <= 0xDFFF then
+                    fail(j - 1, 'lone surrogate')
+                end
+                n = n + 1
+                buf[n] = utf8(u)
+            else
+                local r = UNESC[e]
+                if not r then
+                    fail(j - 1, 'invalid escape')
+                end
+                n = n + 1
+                buf[n] = r
+                i = j + 2
+            end
+        end
+    end
+
+    --[[
+    One search reads a string without escapes, the common case, with what
+    follows it: a value, a key and its ':', a ',' and the next key.
+    ]]
+    local STR = '^"([^"\\%z\1-\31]*)"'
+    local KEY = '^"([^"\\%z\1-\31]*)"[ \t\n\r]*:[ \t\n\r]*'
+    local NEXT = '^[ \t\n\r]*,[ \t\n\r]*()"([^"\\%z\1-\31]*)"'
+                 .. '[ \t\n\r]*:[ \t\n\r]*'
+
+    local function pnumber(i)
+        local _, e = find(src, '^-?%d+', i)
+        if not e then
+            fail(i - 1, 'invalid number')
+        end
+        local d = byte(src, i) == 45 and i + 1 or i
+        if byte(src, d) == 48 and e > d then
+            fail(i - 1, 'leading zero in number')
+        end
+        local c = byte(src, e + 1)
+        if c == 46 or c == 69 or c == 101 then
+            local f
+            if c == 46 then
+                _, f = find(src, '^%.%d+', e + 1)
+                if not f then
+                    fail(e, 'invalid number')
+                end
+                e = f
+            end
+            _, f = find(src, '^[eE][-+]?%d+', e + 1)
+            if f then
+                e = f
+            elseif find(src, '^[eE]', e + 1) then
+                fail(e, 'invalid number')
+            end
+        end
+        local v = tonumber(sub(src, i, e))
+        if v == huge or v == -huge then
+            fail(i - 1, 'number out of range')
+        end
+        return v, e + 1
+    end
+
+    local pvalue
+
+    local function pobject(i)
+        depth = depth - 1
+        if depth < 0 then
+            fail(i - 2, 'nested too deep')
+        end
+        local o = setmt({}, JOBJ)
+        i = match(src, WS, i)
+        if byte(src, i) == 125 then
+            depth = depth + 1
+            return o, i + 1
+        end
+        local _, e, k = find(src, KEY, i)
+        while true do
+            if not e then
+                if byte(src, i) ~= 34 then
+                    fail(i - 1, 'expected a string key')
+                end
+                local j
+                k, j = pstring(i + 1)
+                _, e = find(src, '^[ \t\n\r]*:[ \t\n\r]*', j)
+                if not e then
+                    fail(match(src, WS, j) - 1, "expected ':'")
+                end
+            end
+            if o[k] ~= nil then
+                fail(i - 1, 'duplicate key ' .. jencode(sub(k, 1, 64)))
+            end
+            local j, c
+            o[k], j = pvalue(e + 1)
+            _, e, i, k = find(src, NEXT, j)
+            if not e then
+                _, e, c = find(src, '^[ \t\n\r]*([,}])[ \t\n\r]*', j)
+                if c == '}' then
+                    depth = depth + 1
+                    return o, e + 1
+                elseif not c then
+                    fail(match(src, WS, j) - 1, "expected ',' or '}'")
+                end
+                i, e = e + 1, nil
+            end
+        end
+    end
+
+    local function parray(i)
+        depth = depth - 1
+        if depth < 0 then
+            fail(i - 2, 'nested too deep')
+        end
+        local a, n = setmt({}, JARR), 0
+        i = match(src, WS, i)
+        if byte(src, i) == 93 then
+            depth = depth + 1
+            a.n = 0
+            return a, i + 1
+        end
+        while true do
+            local _, e, c
+            n = n + 1
+            a[n], i = pvalue(i)
+            _, e, c = find(src, '^[ \t\n\r]*([,%]])[ \t\n\r]*', i)
+            if c == ']' then
+                depth = depth + 1
+                a.n = n
+                return a, e + 1
+            elseif not c then
+                fail(match(src, WS, i) - 1, "expected ',' or ']'")
+            end
+            i = e + 1
+        end
+    end
+
+    function pvalue(i)
+        elems = elems - 1
+        if elems < 0 then
+            fail(i - 1, 'too many values')
+        end
+        local c = byte(src, i)
+        if c == 34 then
+            local _, e, v = find(src, STR, i)
+            if e then
+                return v, e + 1
+            end
+            return pstring(i + 1)
+        elseif c == 123 then
+            return pobject(i + 1)
+        elseif c == 91 then
+            return parray(i + 1)
+        elseif c == 45 or (c and c >= 48 and c <= 57) then
+            return pnumber(i)
+        elseif c == 116 and sub(src, i, i + 3) == 'true' then
+            return true, i + 4
+        elseif c == 102 and sub(src, i, i + 4) == 'false' then
+            return false, i + 5
+        elseif c == 110 and sub(src, i, i + 3) == 'null' then
+            return JNULL, i + 4
+        elseif not c then
+            fail(i - 1, 'unexpected end of input')
+        end
+        fail(i - 1, format(c > 32 and c < 127 and "unexpected '%c'"
+                           or 'unexpected byte 0x%02x', c))
+    end
+
+    function jparse(s, max_depth, max_elements)
+        if type(s) ~= 'string' then
+            return nil, 'no text'
+        end
+        if not find then
+            init()
+        end
+        local bad = utf8_bad(s)
+        if bad then
+            return nil, 'invalid UTF-8 at byte ' .. (bad - 1)
+        end
+        src, depth, elems = s, max_depth or 32, max_elements or 100000
+        local ok, v, i = pcall(pvalue, match(s, WS))
+        if ok then
+            i = match(s, WS, i)
+            if i <= #s then
+                ok, v = false, { at = i - 1, what = 'trailing garbage' }
+            end
+        end
+        src = nil
+        if ok then
+            return v
+        elseif type(v) ~= 'table' then
+            error(v, 0)
+        end
+        return nil, v.what .. ' at byte ' .. v.at
+    end
+
+    -- appends string s, quoted, to out after n; returns the new n
+    local function qstr(s, out, n)
+        if find(s, STOP) then
+            s = gsub(s, STOP, ESC)
+        end
+        out[n + 1] = '"'
+        out[n + 2] = s
+        out[n + 3] = '"'
+        return n + 3
+    end
+
+    local function qnum(x)
+        if x ~= x or x == huge or x == -huge then
+            error('jencode: ' .. tostring(x) .. ' is no JSON number', 0)
+        end
+        if x == floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then
+            return format('%d', x)
+        end
+        for p = 15, 16 do
+            local t = format('%.' .. p .. 'g', x)
+            if tonumber(t) == x then
+                return t
+            end
+        end
+        return format('%.17g', x)
+    end
+
+    local function enc(v, out, n)
+        local t = type(v)
+        if t == 'string' then
+            return qstr(v, out, n)
+        elseif t == 'number' then
+            n = n + 1
+            out[n] = qnum(v)
+        elseif t == 'boolean' then
+            n = n + 1
+            out[n] = v and 'true' or 'false'
+        elseif v == JNULL then
+            n = n + 1
+            out[n] = 'null'
+        elseif t ~= 'table' then
+            error('jencode: cannot encode a ' .. t, 0)
+        elseif getmt(v) == JARR or (getmt(v) ~= JOBJ and v[1] ~= nil) then
+            n = n + 1
+            out[n] = '['
+            for i = 1, #v do
+                if i > 1 then
+                    n = n + 1
+                    out[n] = ','
+                end
+                n = enc(v[i], out, n)
+            end
+            n = n + 1
+            out[n] = ']'
+        else
+            local keys, m = {}, 0
+            for k in pairs(v) do
+                if type(k) ~= 'string' then
+                    error('jencode: object key ' .. tostring(k)
+                          .. ' is no string', 0)
+                end
+                m = m + 1
+                keys[m] = k
+            end
+            if m > 1 then
+                sort(keys, not native_lt and bytes_lt or nil)
+            end
+            n = n + 1
+            out[n] = '{'
+            for i = 1, m do
+                local k = keys[i]
+                if i > 1 then
+                    n = n + 1
+                    out[n] = ','
+                end
+                n = qstr(k, out, n) + 1
+                out[n] = ':'
+                n = enc(v[k], out, n)
+            end
+            n = n + 1
+            out[n] = '}'
+        end
+        return n
+    end
+
+    function jencode(v)
+        if not find then
+            init()
+        end
+        local out = {}
+        enc(v, out, 0)
+        return concat(out)
+    end
+end
+
+-- declarations ---------------------------------------------------------------
+
+--[[
+What a declaration may hold, from Apple's schemas (declarative/), as
+tools/gen-ddm-schema describes: a key's spec has type, rangelist, min, max;
+a dictionary's keys, required (sorted) and any (its other keys' spec); an
+array's items; a reference's ref ('asset' or 'configuration': the string is
+another declaration's Identifier) and assettypes (the types it may have).
+]]
+-- BEGIN ddm schema: generated by tools/gen-ddm-schema from Apple's
+-- device-management schemas (declarative/, MIT licence)
+local DDM_BASE_KEYS = {
+    Identifier = 'string', Payload = 'dictionary', ServerToken = 'string',
+    Type = 'string',
+}
+local DDM_TYPES = {
+    ['com.apple.activation.simple'] = {
+        kind = 'activation', type = 'dictionary',
+        required = { 'StandardConfigurations' },
+        keys = {
+            Predicate = { type = 'string' },
+            StandardConfigurations = {
+                type = 'array',
+                items = { type = 'string', ref = 'configuration' },
+            },
+        },
+    },
+    ['com.apple.asset.credential.acme'] = {
+        kind = 'asset', type = 'dictionary', required = { 'Reference' },
+        keys = {
+            Accessible = {
+                type = 'string', rangelist = { 'Default', 'AfterFirstUnlock' },
+            },
+            Authentication = {
+                type = 'dictionary', required = { 'Type' },
+                keys = {
+                    Type = { type = 'string', rangelist = { 'MDM', 'None' } },
+                },
+            },
+            Reference = {
+                type = 'dictionary', required = { 'DataURL' },
+                keys = {
+                    ContentType = { type = 'string' },
+                    DataURL = { type = 'string' },
+                    ['Hash-SHA-256'] = { type = 'string' },
+                    Size = { type = 'integer' },
+                },
+            },
+        },
+    },
+    ['com.apple.asset.credential.certificate'] = {
+        kind = 'asset', type = 'dictionary', required = { 'Reference' },
+        keys = {
+            Authentication = {
+                type = 'dictionary', required = { 'Type' },
+                keys = {
+                    Type = { type = 'string', rangelist = { 'MDM', 'None' } },
+                },
+            },
+            Reference = {
+                type = 'dictionary', required = { 'DataURL' },
+                keys = {
+                    ContentType = { type = 'string' },
+                    DataURL = { type = 'string' },
+                    ['Hash-SHA-256'] = { type = 'string' },
+                    Size = { type = 'integer' },
+                },
+            },
+        },
+    },
+    ['com.apple.asset.credential.identity'] = {
+        kind = 'asset', type = 'dictionary', required = { 'Reference' },
+        keys = {
+            Accessible = {
+                type = 'string', rangelist = { 'Default', 'AfterFirstUnlock' },
+            },
+            Authentication = {
+                type = 'dictionary', required = { 'Type' },
+                keys = {
+                    Type = { type = 'string', rangelist = { 'MDM', 'None' } },
+                },
+            },
+            Reference = {
+                type = 'dictionary', required = { 'DataURL' },
+                keys = {
+                    ContentType = { type = 'string' },
+                    DataURL = { type = 'string' },
+                    ['Hash-SHA-256'] = { type = 'string' },
+                    Size = { type = 'integer' },
+                },
+            },
+        },
+    },
+    ['com.apple.asset.credential.scep'] = {
+        kind = 'asset', type = 'dictionary', required = { 'Reference' },
+        keys = {
+            Accessible = {
+                type = 'string', rangelist = { 'Default', 'AfterFirstUnlock' },
+            },
+            Authentication = {
+                type = 'dictionary', required = { 'Type' },
+                keys = {
+                    Type = { type = 'string', rangelist = { 'MDM', 'None' } },
+                },
+            },
+            Reference = {
+                type = 'dictionary', required = { 'DataURL' },
+                keys = {
+                    ContentType = { type = 'string' },
+                    DataURL = { type = 'string' },
+                    ['Hash-SHA-256'] = { type = 'string' },
+                    Size = { type = 'integer' },
+                },
+            },
+        },
+    },
+    ['com.apple.asset.credential.userpassword'] = {
+        kind = 'asset', type = 'dictionary', required = { 'Reference' },
+        keys = {
+            Authentication = {
+                type = 'dictionary', required = { 'Type' },
+                keys = {
+                    Type = { type = 'string', rangelist = { 'MDM', 'None' } },
+                },
+            },
+            Reference = {
+                type = 'dictionary', required = { 'DataURL' },
+                keys = {
+                    ContentType = { type = 'string' },
+                    DataURL = { type = 'string' },
+                    ['Hash-SHA-256'] = { type = 'string' },
+                    Size = { type = 'integer' },
+                },
+            },
+        },
+    },
+    ['com.apple.asset.data'] = {
+        kind = 'asset', type = 'dictionary', required = { 'Reference' },
+        keys = {
+            Authentication = {
+                type = 'dictionary', required = { 'Type' },
+                keys = {
+                    Type = { type = 'string', rangelist = { 'MDM', 'None' } },
+                },
+            },
+            Reference = {
+                type = 'dictionary', required = { 'DataURL' },
+                keys = {
+                    ContentType = { type = 'string' },
+                    DataURL = { type = 'string' },
+                    ['Hash-SHA-256'] = { type = 'string' },
+                    Size = { type = 'integer' },
+                },
+            },
+        },
+    },
+    ['com.apple.asset.useridentity'] = {
+        kind = 'asset', type = 'dictionary', required = {},
+        keys = {
+            EmailAddress = { type = 'string' }, FullName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.account.caldav'] = {
+        kind = 'configuration', type = 'dictionary', required = { 'HostName' },
+        keys = {
+            AuthenticationCredentialsAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.credential.userpassword' },
+            },
+            HostName = { type = 'string' }, Path = { type = 'string' },
+            Port = { type = 'integer' }, VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.account.carddav'] = {
+        kind = 'configuration', type = 'dictionary', required = { 'HostName' },
+        keys = {
+            AuthenticationCredentialsAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.credential.userpassword' },
+            },
+            HostName = { type = 'string' }, Path = { type = 'string' },
+            Port = { type = 'integer' }, VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.account.exchange'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'EnabledProtocolTypes' },
+        keys = {
+            AuthenticationCredentialsAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.credential.userpassword' },
+            },
+            AuthenticationIdentityAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = {
+                    'com.apple.asset.credential.acme',
+                    'com.apple.asset.credential.identity',
+                    'com.apple.asset.credential.scep',
+                },
+            },
+            CalendarServiceActive = { type = 'boolean' },
+            ContactsServiceActive = { type = 'boolean' },
+            EnabledProtocolTypes = {
+                type = 'array',
+                items = { type = 'string', rangelist = { 'EAS', 'EWS' } },
+            },
+            ['External Path'] = { type = 'string' },
+            ExternalHostName = { type = 'string' },
+            ExternalPort = { type = 'integer' }, HostName = { type = 'string' },
+            LockCalendarService = { type = 'boolean' },
+            LockContactsService = { type = 'boolean' },
+            LockMailService = { type = 'boolean' },
+            LockNotesService = { type = 'boolean' },
+            LockRemindersService = { type = 'boolean' },
+            MailServiceActive = { type = 'boolean' },
+            NotesServiceActive = { type = 'boolean' },
+            OAuth = {
+                type = 'dictionary', required = { 'Enabled' },
+                keys = {
+                    Enabled = { type = 'boolean' },
+                    SignInURL = { type = 'string' },
+                    TokenRequestURL = { type = 'string' },
+                },
+            },
+            Path = { type = 'string' }, Port = { type = 'integer' },
+            RemindersServiceActive = { type = 'boolean' },
+            SMIME = {
+                type = 'dictionary', required = {},
+                keys = {
+                    Encryption = {
+                        type = 'dictionary', required = { 'Enabled' },
+                        keys = {
+                            Enabled = { type = 'boolean' },
+                            IdentityAssetReference = {
+                                type = 'string', ref = 'asset',
+                                assettypes = {
+                                    'com.apple.asset.credential.acme',
+                                    'com.apple.asset.credential.identity',
+                                    'com.apple.asset.credential.scep',
+                                },
+                            },
+                            IdentityUserOverrideable = { type = 'boolean' },
+                            PerMessageSwitchEnabled = { type = 'boolean' },
+                            UserOverrideable = { type = 'boolean' },
+                        },
+                    },
+                    Signing = {
+                        type = 'dictionary', required = { 'Enabled' },
+                        keys = {
+                            Enabled = { type = 'boolean' },
+                            IdentityAssetReference = {
+                                type = 'string', ref = 'asset',
+                                assettypes = {
+                                    'com.apple.asset.credential.acme',
+                                    'com.apple.asset.credential.identity',
+                                    'com.apple.asset.credential.scep',
+                                },
+                            },
+                            IdentityUserOverrideable = { type = 'boolean' },
+                            UserOverrideable = { type = 'boolean' },
+                        },
+                    },
+                },
+            },
+            UserIdentityAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.useridentity' },
+            },
+            VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.account.google'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'UserIdentityAssetReference' },
+        keys = {
+            UserIdentityAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.useridentity' },
+            },
+            VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.account.ldap'] = {
+        kind = 'configuration', type = 'dictionary', required = { 'HostName' },
+        keys = {
+            AuthenticationCredentialsAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.credential.userpassword' },
+            },
+            HostName = { type = 'string' }, Port = { type = 'integer' },
+            SearchSettings = {
+                type = 'array',
+                items = {
+                    type = 'dictionary', required = { 'SearchBase' },
+                    keys = {
+                        Scope = {
+                            type = 'string',
+                            rangelist = { 'Base', 'OneLevel', 'Subtree' },
+                        },
+                        SearchBase = { type = 'string' },
+                        VisibleDescription = { type = 'string' },
+                    },
+                },
+            },
+            VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.account.mail'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'IncomingServer', 'OutgoingServer' },
+        keys = {
+            IncomingServer = {
+                type = 'dictionary',
+                required = { 'AuthenticationMethod', 'HostName', 'ServerType' },
+                keys = {
+                    AuthenticationCredentialsAssetReference = {
+                        type = 'string', ref = 'asset',
+                        assettypes = {
+                            'com.apple.asset.credential.userpassword',
+                        },
+                    },
+                    AuthenticationMethod = {
+                        type = 'string',
+                        rangelist = {
+                            'None', 'Password', 'CRAMMD5', 'NTLM', 'HTTPMD5',
+                        },
+                    },
+                    HostName = { type = 'string' },
+                    IMAPPathPrefix = { type = 'string' },
+                    Port = { type = 'integer' },
+                    ServerType = {
+                        type = 'string', rangelist = { 'IMAP', 'POP' },
+                    },
+                },
+            },
+            OutgoingServer = {
+                type = 'dictionary',
+                required = { 'AuthenticationMethod', 'HostName' },
+                keys = {
+                    AuthenticationCredentialsAssetReference = {
+                        type = 'string', ref = 'asset',
+                        assettypes = {
+                            'com.apple.asset.credential.userpassword',
+                        },
+                    },
+                    AuthenticationMethod = {
+                        type = 'string',
+                        rangelist = {
+                            'None', 'Password', 'CRAMMD5', 'NTLM', 'HTTPMD5',
+                        },
+                    },
+                    HostName = { type = 'string' }, Port = { type = 'integer' },
+                },
+            },
+            SMIME = {
+                type = 'dictionary', required = {},
+                keys = {
+                    Encryption = {
+                        type = 'dictionary', required = { 'Enabled' },
+                        keys = {
+                            Enabled = { type = 'boolean' },
+                            IdentityAssetReference = {
+                                type = 'string', ref = 'asset',
+                                assettypes = {
+                                    'com.apple.asset.credential.acme',
+                                    'com.apple.asset.credential.identity',
+                                    'com.apple.asset.credential.scep',
+                                },
+                            },
+                            IdentityUserOverrideable = { type = 'boolean' },
+                            PerMessageSwitchEnabled = { type = 'boolean' },
+                            UserOverrideable = { type = 'boolean' },
+                        },
+                    },
+                    Signing = {
+                        type = 'dictionary', required = { 'Enabled' },
+                        keys = {
+                            Enabled = { type = 'boolean' },
+                            IdentityAssetReference = {
+                                type = 'string', ref = 'asset',
+                                assettypes = {
+                                    'com.apple.asset.credential.acme',
+                                    'com.apple.asset.credential.identity',
+                                    'com.apple.asset.credential.scep',
+                                },
+                            },
+                            IdentityUserOverrideable = { type = 'boolean' },
+                            UserOverrideable = { type = 'boolean' },
+                        },
+                    },
+                },
+            },
+            UserIdentityAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.useridentity' },
+            },
+            VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.account.subscribed-calendar'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'CalendarURL' },
+        keys = {
+            AuthenticationCredentialsAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.credential.userpassword' },
+            },
+            CalendarURL = { type = 'string' },
+            VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.app.managed'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            AppComposedIdentifier = { type = 'string' },
+            AppConfig = {
+                type = 'dictionary', required = {},
+                keys = {
+                    Certificates = {
+                        type = 'array',
+                        items = {
+                            type = 'dictionary',
+                            required = { 'AssetReference', 'Identifier' },
+                            keys = {
+                                AssetReference = {
+                                    type = 'string', ref = 'asset',
+                                    assettypes = {
+                                        'com.apple.asset.credential.certificate',
+                                    },
+                                },
+                                Identifier = { type = 'string' },
+                            },
+                        },
+                    },
+                    DataAssetReference = {
+                        type = 'string', ref = 'asset',
+                        assettypes = { 'com.apple.asset.data' },
+                    },
+                    Identities = {
+                        type = 'array',
+                        items = {
+                            type = 'dictionary',
+                            required = { 'AssetReference', 'Identifier' },
+                            keys = {
+                                AssetReference = {
+                                    type = 'string', ref = 'asset',
+                                    assettypes = {
+                                        'com.apple.asset.credential.identity',
+                                        'com.apple.asset.credential.scep',
+                                        'com.apple.asset.credential.acme',
+                                    },
+                                },
+                                Identifier = { type = 'string' },
+                            },
+                        },
+                    },
+                    Passwords = {
+                        type = 'array',
+                        items = {
+                            type = 'dictionary',
+                            required = { 'AssetReference', 'Identifier' },
+                            keys = {
+                                AssetReference = {
+                                    type = 'string', ref = 'asset',
+                                    assettypes = {
+                                        'com.apple.asset.credential.userpassword',
+                                    },
+                                },
+                                Identifier = { type = 'string' },
+                            },
+                        },
+                    },
+                },
+            },
+            AppStoreID = { type = 'string' },
+            Attributes = {
+                type = 'dictionary', required = {},
+                keys = {
+                    AssociatedDomains = {
+                        type = 'array', items = { type = 'string' },
+                    },
+                    AssociatedDomainsEnableDirectDownloads = {
+                        type = 'boolean',
+                    },
+                    CellularSliceUUID = { type = 'string' },
+                    ContentFilterUUID = { type = 'string' },
+                    DNSProxyUUID = { type = 'string' },
+                    Hideable = { type = 'boolean' },
+                    Lockable = { type = 'boolean' },
+                    RelayUUID = { type = 'string' },
+                    TapToPayScreenLock = { type = 'boolean' },
+                    VPNUUID = { type = 'string' },
+                },
+            },
+            BundleID = { type = 'string' },
+            ExtensionConfigs = {
+                type = 'dictionary', required = {},
+                any = {
+                    type = 'dictionary', required = {},
+                    keys = {
+                        Certificates = {
+                            type = 'array',
+                            items = {
+                                type = 'dictionary',
+                                required = { 'AssetReference', 'Identifier' },
+                                keys = {
+                                    AssetReference = {
+                                        type = 'string', ref = 'asset',
+                                        assettypes = {
+                                            'com.apple.asset.credential.certificate',
+                                        },
+                                    },
+                                    Identifier = { type = 'string' },
+                                },
+                            },
+                        },
+                        DataAssetReference = {
+                            type = 'string', ref = 'asset',
+                            assettypes = { 'com.apple.asset.data' },
+                        },
+                        Identities = {
+                            type = 'array',
+                            items = {
+                                type = 'dictionary',
+                                required = { 'AssetReference', 'Identifier' },
+                                keys = {
+                                    AssetReference = {
+                                        type = 'string', ref = 'asset',
+                                        assettypes = {
+                                            'com.apple.asset.credential.identity',
+                                            'com.apple.asset.credential.scep',
+                                            'com.apple.asset.credential.acme',
+                                        },
+                                    },
+                                    Identifier = { type = 'string' },
+                                },
+                            },
+                        },
+                        Passwords = {
+                            type = 'array',
+                            items = {
+                                type = 'dictionary',
+                                required = { 'AssetReference', 'Identifier' },
+                                keys = {
+                                    AssetReference = {
+                                        type = 'string', ref = 'asset',
+                                        assettypes = {
+                                            'com.apple.asset.credential.userpassword',
+                                        },
+                                    },
+                                    Identifier = { type = 'string' },
+                                },
+                            },
+                        },
+                    },
+                },
+                keys = {},
+            },
+            IncludeInBackup = { type = 'boolean' },
+            InstallBehavior = {
+                type = 'dictionary', required = {},
+                keys = {
+                    AllowDownloadsOverCellular = {
+                        type = 'string',
+                        rangelist = {
+                            'AlwaysOn', 'AlwaysOff', 'StoreSettings',
+                        },
+                    },
+                    Install = {
+                        type = 'string', rangelist = { 'Optional', 'Required' },
+                    },
+                    License = {
+                        type = 'dictionary', required = {},
+                        keys = {
+                            Assignment = {
+                                type = 'string',
+                                rangelist = { 'Device', 'User' },
+                            },
+                            VPPType = {
+                                type = 'string',
+                                rangelist = { 'Device', 'User' },
+                            },
+                        },
+                    },
+                    Version = { type = 'integer' },
+                },
+            },
+            LegacyAppConfigAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.data' },
+            },
+            ManifestURL = { type = 'string' },
+            UpdateBehavior = {
+                type = 'dictionary', required = { 'AutomaticAppUpdates' },
+                keys = {
+                    AutomaticAppUpdates = {
+                        type = 'string',
+                        rangelist = {
+                            'AlwaysOn', 'AlwaysOff', 'StoreSettings',
+                        },
+                    },
+                },
+            },
+            iOSApp = { type = 'boolean' },
+        },
+    },
+    ['com.apple.configuration.audio-accessory.settings'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            TemporaryPairing = {
+                type = 'dictionary', required = {},
+                keys = {
+                    Configuration = {
+                        type = 'dictionary', required = { 'UnpairingTime' },
+                        keys = {
+                            UnpairingTime = {
+                                type = 'dictionary', required = { 'Policy' },
+                                keys = {
+                                    Hour = {
+                                        type = 'integer', min = 0, max = 23,
+                                    },
+                                    Policy = {
+                                        type = 'string',
+                                        rangelist = { 'None', 'Hour' },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    Disabled = { type = 'boolean' },
+                },
+            },
+        },
+    },
+    ['com.apple.configuration.diskmanagement.settings'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            Restrictions = {
+                type = 'dictionary', required = {},
+                keys = {
+                    ExternalStorage = {
+                        type = 'string',
+                        rangelist = { 'Allowed', 'ReadOnly', 'Disallowed' },
+                    },
+                    NetworkStorage = {
+                        type = 'string',
+                        rangelist = { 'Allowed', 'ReadOnly', 'Disallowed' },
+                    },
+                },
+            },
+        },
+    },
+    ['com.apple.configuration.legacy'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'ProfileURL' },
+        keys = { ProfileURL = { type = 'string' } },
+    },
+    ['com.apple.configuration.legacy.interactive'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'ProfileURL', 'VisibleName' },
+        keys = {
+            ProfileURL = { type = 'string' }, VisibleName = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.management.status-subscriptions'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'StatusItems' },
+        keys = {
+            StatusItems = {
+                type = 'array',
+                items = {
+                    type = 'dictionary', required = { 'Name' },
+                    keys = { Name = { type = 'string' } },
+                },
+            },
+        },
+    },
+    ['com.apple.configuration.management.test'] = {
+        kind = 'configuration', type = 'dictionary', required = { 'Echo' },
+        keys = {
+            Echo = { type = 'string' },
+            EchoDataAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.data' },
+            },
+            ReturnStatus = {
+                type = 'string',
+                rangelist = { 'Installed', 'Failed', 'Unlocked' },
+            },
+        },
+    },
+    ['com.apple.configuration.math.settings'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            Calculator = {
+                type = 'dictionary', required = {},
+                keys = {
+                    BasicMode = {
+                        type = 'dictionary', required = { 'AddSquareRoot' },
+                        keys = { AddSquareRoot = { type = 'boolean' } },
+                    },
+                    InputModes = {
+                        type = 'dictionary',
+                        required = { 'RPN', 'UnitConversion' },
+                        keys = {
+                            RPN = { type = 'boolean' },
+                            UnitConversion = { type = 'boolean' },
+                        },
+                    },
+                    MathNotesMode = {
+                        type = 'dictionary', required = { 'Enabled' },
+                        keys = { Enabled = { type = 'boolean' } },
+                    },
+                    ProgrammerMode = {
+                        type = 'dictionary', required = { 'Enabled' },
+                        keys = { Enabled = { type = 'boolean' } },
+                    },
+                    ScientificMode = {
+                        type = 'dictionary', required = { 'Enabled' },
+                        keys = { Enabled = { type = 'boolean' } },
+                    },
+                },
+            },
+            SystemBehavior = {
+                type = 'dictionary',
+                required = { 'KeyboardSuggestions', 'MathNotes' },
+                keys = {
+                    KeyboardSuggestions = { type = 'boolean' },
+                    MathNotes = { type = 'boolean' },
+                },
+            },
+        },
+    },
+    ['com.apple.configuration.package'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'ManifestURL' },
+        keys = {
+            InstallBehavior = {
+                type = 'dictionary', required = {},
+                keys = {
+                    Install = {
+                        type = 'string', rangelist = { 'Optional', 'Required' },
+                    },
+                },
+            },
+            ManifestURL = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.passcode.settings'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            ChangeAtNextAuth = { type = 'boolean' },
+            CustomRegex = {
+                type = 'dictionary', required = { 'Regex' },
+                keys = {
+                    Description = {
+                        type = 'dictionary', required = {},
+                        any = { type = 'string' }, keys = {},
+                    },
+                    Regex = { type = 'string' },
+                },
+            },
+            FailedAttemptsResetInMinutes = { type = 'integer' },
+            MaximumFailedAttempts = { type = 'integer', min = 2, max = 11 },
+            MaximumGracePeriodInMinutes = { type = 'integer' },
+            MaximumInactivityInMinutes = {
+                type = 'integer', min = 0, max = 15,
+            },
+            MaximumPasscodeAgeInDays = { type = 'integer', min = 0, max = 730 },
+            MinimumComplexCharacters = { type = 'integer', min = 0, max = 4 },
+            MinimumLength = { type = 'integer', min = 0, max = 16 },
+            PasscodeReuseLimit = { type = 'integer', min = 1, max = 50 },
+            RequireAlphanumericPasscode = { type = 'boolean' },
+            RequireComplexPasscode = { type = 'boolean' },
+            RequirePasscode = { type = 'boolean' },
+        },
+    },
+    ['com.apple.configuration.safari.extensions.settings'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            ManagedExtensions = {
+                type = 'dictionary', required = {},
+                any = {
+                    type = 'dictionary', required = {},
+                    keys = {
+                        AllowedDomains = {
+                            type = 'array', items = { type = 'string' },
+                        },
+                        DeniedDomains = {
+                            type = 'array', items = { type = 'string' },
+                        },
+                        PrivateBrowsing = {
+                            type = 'string',
+                            rangelist = { 'Allowed', 'AlwaysOn', 'AlwaysOff' },
+                        },
+                        State = {
+                            type = 'string',
+                            rangelist = { 'Allowed', 'AlwaysOn', 'AlwaysOff' },
+                        },
+                    },
+                },
+                keys = {},
+            },
+        },
+    },
+    ['com.apple.configuration.screensharing.connection'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = {
+            'ConnectionUUID', 'DisplayConfiguration', 'DisplayName', 'HostName',
+        },
+        keys = {
+            AuthenticationCredentialsAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.credential.userpassword' },
+            },
+            ConnectionUUID = { type = 'string' },
+            DisplayConfiguration = {
+                type = 'dictionary', required = { 'DisplayType' },
+                keys = {
+                    DisplayType = {
+                        type = 'string', rangelist = { 'Virtual1', 'Virtual2' },
+                    },
+                },
+            },
+            DisplayName = { type = 'string' }, HostName = { type = 'string' },
+            Port = { type = 'integer' },
+        },
+    },
+    ['com.apple.configuration.screensharing.connection.group'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'ConnectionGroupUUID', 'GroupName', 'Members' },
+        keys = {
+            ConnectionGroupUUID = { type = 'string' },
+            GroupName = { type = 'string' },
+            Members = { type = 'array', items = { type = 'string' } },
+        },
+    },
+    ['com.apple.configuration.screensharing.host.settings'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            MaximumVirtualDisplays = { type = 'integer', min = 0, max = 2 },
+            PortBase = { type = 'integer', min = 1024, max = 65535 },
+            PreventCopyFilesFromHost = { type = 'boolean' },
+            PreventCopyFilesToHost = { type = 'boolean' },
+            PreventHighPerformanceConnections = { type = 'boolean' },
+        },
+    },
+    ['com.apple.configuration.security.certificate'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'CredentialAssetReference' },
+        keys = {
+            CredentialAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.credential.certificate' },
+            },
+        },
+    },
+    ['com.apple.configuration.security.identity'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'CredentialAssetReference' },
+        keys = {
+            AllowAllAppsAccess = { type = 'boolean' },
+            CredentialAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = {
+                    'com.apple.asset.credential.identity',
+                    'com.apple.asset.credential.scep',
+                    'com.apple.asset.credential.acme',
+                },
+            },
+            KeyIsExtractable = { type = 'boolean' },
+        },
+    },
+    ['com.apple.configuration.security.passkey.attestation'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'AttestationIdentityAssetReference', 'RelyingParties' },
+        keys = {
+            AttestationIdentityAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = {
+                    'com.apple.asset.credential.identity',
+                    'com.apple.asset.credential.scep',
+                    'com.apple.asset.credential.acme',
+                },
+            },
+            AttestationIdentityKeyIsExtractable = { type = 'boolean' },
+            RelyingParties = { type = 'array', items = { type = 'string' } },
+        },
+    },
+    ['com.apple.configuration.services.background-tasks'] = {
+        kind = 'configuration', type = 'dictionary', required = { 'TaskType' },
+        keys = {
+            ExecutableAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.data' },
+            },
+            LaunchdConfigurations = {
+                type = 'array',
+                items = {
+                    type = 'dictionary',
+                    required = { 'Context', 'FileAssetReference' },
+                    keys = {
+                        Context = {
+                            type = 'string', rangelist = { 'daemon', 'agent' },
+                        },
+                        FileAssetReference = {
+                            type = 'string', ref = 'asset',
+                            assettypes = { 'com.apple.asset.data' },
+                        },
+                    },
+                },
+            },
+            TaskDescription = { type = 'string' },
+            TaskType = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.services.configuration-files'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'DataAssetReference', 'ServiceType' },
+        keys = {
+            DataAssetReference = {
+                type = 'string', ref = 'asset',
+                assettypes = { 'com.apple.asset.data' },
+            },
+            ServiceType = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.softwareupdate.enforcement.specific'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'TargetLocalDateTime', 'TargetOSVersion' },
+        keys = {
+            DetailsURL = { type = 'string' },
+            TargetBuildVersion = { type = 'string' },
+            TargetLocalDateTime = { type = 'string' },
+            TargetOSVersion = { type = 'string' },
+        },
+    },
+    ['com.apple.configuration.softwareupdate.settings'] = {
+        kind = 'configuration', type = 'dictionary', required = {},
+        keys = {
+            AllowStandardUserOSUpdates = { type = 'boolean' },
+            AutomaticActions = {
+                type = 'dictionary', required = {},
+                keys = {
+                    Download = {
+                        type = 'string',
+                        rangelist = { 'Allowed', 'AlwaysOn', 'AlwaysOff' },
+                    },
+                    InstallOSUpdates = {
+                        type = 'string',
+                        rangelist = { 'Allowed', 'AlwaysOn', 'AlwaysOff' },
+                    },
+                    InstallSecurityUpdate = {
+                        type = 'string',
+                        rangelist = { 'Allowed', 'AlwaysOn', 'AlwaysOff' },
+                    },
+                },
+            },
+            Beta = {
+                type = 'dictionary', required = {},
+                keys = {
+                    OfferPrograms = {
+                        type = 'array',
+                        items = {
+                            type = 'dictionary',
+                            required = { 'Description', 'Token' },
+                            keys = {
+                                Description = { type = 'string' },
+                                Token = { type = 'string' },
+                            },
+                        },
+                    },
+                    ProgramEnrollment = {
+                        type = 'string',
+                        rangelist = { 'Allowed', 'AlwaysOn', 'AlwaysOff' },
+                    },
+                    RequireProgram = {
+                        type = 'dictionary',
+                        required = { 'Description', 'Token' },
+                        keys = {
+                            Description = { type = 'string' },
+                            Token = { type = 'string' },
+                        },
+                    },
+                },
+            },
+            Deferrals = {
+                type = 'dictionary', required = {},
+                keys = {
+                    CombinedPeriodInDays = {
+                        type = 'integer', min = 1, max = 90,
+                    },
+                    MajorPeriodInDays = { type = 'integer', min = 1, max = 90 },
+                    MinorPeriodInDays = { type = 'integer', min = 1, max = 90 },
+                    SystemPeriodInDays = {
+                        type = 'integer', min = 1, max = 90,
+                    },
+                },
+            },
+            Notifications = { type = 'boolean' },
+            RapidSecurityResponse = {
+                type = 'dictionary', required = {},
+                keys = {
+                    Enable = { type = 'boolean' },
+                    EnableRollback = { type = 'boolean' },
+                },
+            },
+            RecommendedCadence = {
+                type = 'string', rangelist = { 'All', 'Oldest', 'Newest' },
+            },
+        },
+    },
+    ['com.apple.configuration.watch.enrollment'] = {
+        kind = 'configuration', type = 'dictionary',
+        required = { 'EnrollmentProfileURL' },
+        keys = {
+            AnchorCertificateAssetReferences = {
+                type = 'array',
+                items = {
+                    type = 'string', ref = 'asset',
+                    assettypes = { 'com.apple.asset.credential.certificate' },
+                },
+            },
+            EnrollmentProfileURL = { type = 'string' },
+        },
+    },
+    ['com.apple.management.organization-info'] = {
+        kind = 'management', type = 'dictionary', required = { 'Name' },
+        keys = {
+            Email = { type = 'string' }, Name = { type = 'string' },
+            Proof = {
+                type = 'dictionary', required = {},
+                keys = { IdentityToken = { type = 'string' } },
+            },
+            URL = { type = 'string' },
+        },
+    },
+    ['com.apple.management.properties'] = {
+        kind = 'management', type = 'dictionary', required = {},
+        any = { type = 'any' }, keys = {},
+    },
+    ['com.apple.management.server-capabilities'] = {
+        kind = 'management', type = 'dictionary',
+        required = { 'SupportedFeatures', 'Version' },
+        keys = {
+            SupportedFeatures = {
+                type = 'dictionary', required = {}, any = { type = 'any' },
+                keys = {},
+            },
+            Version = { type = 'string' },
+        },
+    },
+}
+local DDM_STATUS_ITEMS = {
+    ['account.list.caldav'] = true, ['account.list.carddav'] = true,
+    ['account.list.exchange'] = true, ['account.list.google'] = true,
+    ['account.list.ldap'] = true, ['account.list.mail.incoming'] = true,
+    ['account.list.mail.outgoing'] = true,
+    ['account.list.subscribed-calendar'] = true, ['app.managed.list'] = true,
+    ['device.identifier.serial-number'] = true,
+    ['device.identifier.udid'] = true, ['device.model.family'] = true,
+    ['device.model.identifier'] = true, ['device.model.marketing-name'] = true,
+    ['device.model.number'] = true,
+    ['device.operating-system.build-version'] = true,
+    ['device.operating-system.family'] = true,
+    ['device.operating-system.marketing-name'] = true,
+    ['device.operating-system.supplemental.build-version'] = true,
+    ['device.operating-system.supplemental.extra-version'] = true,
+    ['device.operating-system.version'] = true,
+    ['device.power.battery-health'] = true,
+    ['diskmanagement.filevault.enabled'] = true,
+    ['management.client-capabilities'] = true,
+    ['management.declarations'] = true, ['mdm.app'] = true,
+    ['package.list'] = true, ['passcode.is-compliant'] = true,
+    ['passcode.is-present'] = true,
+    ['screensharing.connection.group.unresolved-connection'] = true,
+    ['security.certificate.list'] = true, ['services.background-task'] = true,
+    ['softwareupdate.beta-enrollment'] = true,
+    ['softwareupdate.device-id'] = true,
+    ['softwareupdate.failure-reason'] = true,
+    ['softwareupdate.install-reason'] = true,
+    ['softwareupdate.install-state'] = true,
+    ['softwareupdate.pending-version'] = true, ['test.array-value'] = true,
+    ['test.boolean-value'] = true, ['test.dictionary-value'] = true,
+    ['test.error-value'] = true, ['test.integer-value'] = true,
+    ['test.real-value'] = true, ['test.string-value'] = true,
+}
+-- END ddm schema
+
+--[[
+ddm_parse_declaration(text) -> decl or nil, error: text is one declaration
+as an operator gives it (ServerToken, if any, is ignored: the server makes
+it); ddm_parse_many(text) -> { decl... } or nil, error: one declaration or
+an array of them. A decl is { type, identifier, kind, payload (parsed),
+canon (canonical JSON of Type, Identifier, Payload), refs (JARR of the
+Identifiers it references), ref_kinds (parallel: 'asset' or
+'configuration'), ref_types (parallel: the asset types allowed, or false) }.
+Errors name the declaration and the key path.
+]]
+local ddm_parse_declaration, ddm_parse_many
+
+do
+    local DEPTH = 32           -- JSON nesting
+    local VALUES = 100000      -- JSON values in one call
+    local MANY = 1000          -- declarations in one call
+    local ID_MAX = 64          -- octets of an Identifier (declarationbase)
+
+    local IS = {
+        string = function(v) return type(v) == 'string' end,
+        date = function(v) return type(v) == 'string' end,
+        data = function(v)
+            return type(v) == 'string' and not string.find(v, '[^%w+/=]')
+        end,
+        integer = function(v)
+            return type(v) == 'number' and v == math.floor(v)
+        end,
+        real = function(v) return type(v) == 'number' end,
+        boolean = function(v) return type(v) == 'boolean' end,
+        dictionary = function(v) return getmetatable(v) == JOBJ end,
+        array = function(v) return getmetatable(v) == JARR end,
+        any = function() return true end,
+    }
+
+    local function jtype(v)
+        if v == JNULL then
+            return 'null'
+        elseif getmetatable(v) == JOBJ then
+            return 'dictionary'
+        elseif getmetatable(v) == JARR then
+            return 'array'
+        elseif type(v) == 'number' then
+            return v == math.floor(v) and 'integer' or 'real'
+        end
+        return type(v)
+    end
+
+    -- a key or identifier as an error shows it
+    local function shown(k)
+        if k ~= '' and #k <= ID_MAX and not string.find(k, '[^%w%-_.:/@+]')
+        then
+            return k
+        end
+        return jencode(string.sub(k, 1, ID_MAX))
+    end
+
+    local function id_error(v)
+        if #v == 0 then
+            return 'empty'
+        elseif #v > ID_MAX then
+            return 'longer than ' .. ID_MAX .. ' octets'
+        elseif string.find(v, '[%z\1-\31\127]') then
+            return 'holds a control character'
+        elseif string.find(v, '/', 1, true) then
+            return "holds '/'"
+        elseif string.find(v, '..', 1, true) then
+            return "holds '..'"
+        end
+        return nil
+    end
+
+    local function sorted_keys(o)
+        local ks = {}
+        for k in pairs(o) do
+            ks[#ks + 1] = k
+        end
+        table.sort(ks, bytes_lt)
+        return ks
+    end
+
+    -- nil if v fits spec s, else the error; collects d's references
+    local function check(v, s, path, d)
+        if not IS[s.type](v) then
+            return path .. ': wrong type: ' .. jtype(v) .. ', want ' .. s.type
+        end
+        if s.rangelist then
+            local hit = false
+            for _, r in ipairs(s.rangelist) do
+                hit = hit or r == v
+            end
+            if not hit then
+                local rl = {}
+                for i, r in ipairs(s.rangelist) do
+                    rl[i] = tostring(r)
+                end
+                return path .. ': ' .. jencode(v) .. ' is not one of '
+                       .. table.concat(rl, ', ')
+            end
+        end
+        if s.min and v < s.min or s.max and v > s.max then
+            return path .. ': ' .. jencode(v) .. ' is out of range '
+                   .. (s.min or '') .. '..' .. (s.max or '')
+        end
+        if s.ref then
+            local e = id_error(v)
+            if e then
+                return path .. ': reference ' .. e
+            end
+            if not d.seen[v] then
+                d.seen[v] = true
+                local n = #d.refs + 1
+                d.refs[n] = v
+                d.ref_kinds[n] = s.ref
+                d.ref_types[n] = s.assettypes or false
+            end
+        end
+        if s.type == 'dictionary' then
+            for _, k in ipairs(s.required) do
+                if v[k] == nil then
+                    return path .. '.' .. k .. ': required key missing'
+                end
+            end
+            for _, k in ipairs(sorted_keys(v)) do
+                local sub = s.keys and s.keys[k] or s.any
+                local p = path .. '.' .. shown(k)
+                if not sub then
+                    return p .. ': unknown key for ' .. d.type
+                end
+                local e = check(v[k], sub, p, d)
+                if e then
+                    return e
+                end
+            end
+        elseif s.type == 'array' and s.items then
+            for i = 1, #v do
+                local e = check(v[i], s.items, path .. '[' .. (i - 1) .. ']',
+                                d)
+                if e then
+                    return e
+                end
+            end
+        end
+        return nil
+    end
+
+    -- the decl of parsed value v, item i of an array (nil: not in one)
+    local function declaration(v, i)
+        local name = i and 'declaration [' .. i .. ']' or 'declaration'
+        if getmetatable(v) ~= JOBJ then
+            return nil, name .. ': not a JSON object'
+        end
+        local id = v.Identifier
+        if type(id) == 'string' then
+            name = 'declaration ' .. shown(id)
+        end
+        for _, k in ipairs(sorted_keys(v)) do
+            local want = DDM_BASE_KEYS[k]
+            if not want then
+                local base = {}
+                for b in pairs(DDM_BASE_KEYS) do
+                    base[#base + 1] = b
+                end
+                table.sort(base, bytes_lt)
+                return nil, name .. ': ' .. shown(k) .. ': unknown key (a '
+                    .. 'declaration has ' .. table.concat(base, ', ') .. ')'
+            elseif not IS[want](v[k]) then
+                return nil, name .. ': ' .. k .. ': wrong type: '
+                    .. jtype(v[k]) .. ', want ' .. want
+            end
+        end
+        for _, k in ipairs({ 'Identifier', 'Type' }) do
+            if v[k] == nil then
+                return nil, name .. ': ' .. k .. ': required key missing'
+            end
+        end
+        local e = id_error(id)
+        if e then
+            return nil, name .. ': Identifier: ' .. e
+        end
+        local t = v.Type
+        local s = DDM_TYPES[t]
+        if not s then
+            return nil, name .. ': Type: unknown declaration type ' .. shown(t)
+        end
+        local d = { type = t, identifier = id, kind = s.kind,
+                    refs = setmetatable({}, JARR), ref_kinds = {},
+                    ref_types = {}, seen = {} }
+        local p = v.Payload
+        if p == nil then
+            if s.required[1] then
+                return nil, name .. ': Payload: required key missing'
+            end
+            p = setmetatable({}, JOBJ)
+        end
+        e = check(p, s, 'Payload', d)
+        if e then
+            return nil, name .. ': ' .. e
+        end
+        d.seen = nil
+        d.refs.n = #d.refs
+        d.payload = p
+        d.canon = jencode(setmetatable({ Type = t, Identifier = id,
+                                         Payload = p }, JOBJ))
+        return d
+    end
+
+    function ddm_parse_declaration(text)
+        local v, err = jparse(text, DEPTH, VALUES)
+        if v == nil then
+            return nil, 'declaration: not JSON: ' .. err
+        end
+        return declaration(v)
+    end
+
+    function ddm_parse_many(text)
+        local v, err = jparse(text, DEPTH, VALUES)
+        if v == nil then
+            return nil, 'declarations: not JSON: ' .. err
+        elseif getmetatable(v) ~= JARR then
+            local d
+            d, err = declaration(v)
+            return d and { d }, err
+        elseif #v == 0 then
+            return nil, 'declarations: an empty array'
+        elseif #v > MANY then
+            return nil, 'declarations: more than ' .. MANY .. ' in one call'
+        end
+        local out, at = {}, {}
+        for i = 1, #v do
+            local d
+            d, err = declaration(v[i], i - 1)
+            if not d then
+                return nil, err
+            end
+            local id = d.identifier
+            if at[id] then
+                return nil, 'declaration ' .. shown(id) .. ': Identifier '
+                    .. 'given twice (items ' .. at[id] .. ' and ' .. (i - 1)
+                    .. ')'
+            end
+            at[id] = i - 1
+            out[i] = d
         end
         return out
     end
 end
--- END ddm stub
 
 -- declarative device management: the device side ---------------------------
 
@@ -3036,8 +4745,9 @@ function ddm.fanout(budget, ms)
     return r
 end
 
+-- Replies in canonical JSON; lists that may be empty carry JARR.
 function ddm.jreply(t)
-    return cjson.encode(t)
+    return jencode(t)
 end
 
 function ddm.fanout_reply(ms)
@@ -3149,7 +4859,8 @@ function ddm.check(keys, args)
     end
     local out = {}
     for _, dc in ipairs(decls) do
-        out[#out + 1] = { Identifier = dc.identifier, Type = dc.type }
+        out[#out + 1] = { Identifier = dc.identifier, Type = dc.type,
+                          refs = dc.refs }
     end
     return ddm.jreply({ declarations = out })
 end
@@ -3186,7 +4897,7 @@ function ddm.list(keys, args)
         table.sort(sets)
         out[#out + 1] = { Identifier = id, ServerToken = tok,
                           Type = redis.call('HGET', k_ddm_decl(id), 'type'),
-                          sets = sets }
+                          sets = setmetatable(sets, JARR) }
     end
     table.sort(out, function(a, b) return a.Identifier < b.Identifier end)
     return #out > 0 and ddm.jreply(out) or '[]'
@@ -3390,7 +5101,7 @@ function ddm.sets(keys, args)
     for _, s in ipairs(sets) do
         local m = redis.call('SMEMBERS', k_ddm_set(s))
         table.sort(m)
-        out[#out + 1] = { set = s, declarations = m,
+        out[#out + 1] = { set = s, declarations = setmetatable(m, JARR),
                           enrollments = redis.call('SCARD',
                                                    k_ddm_setenr(s)) }
     end
@@ -3542,8 +5253,8 @@ function ddm.show(keys, args)
     local out = '{"enrollment":' .. cjson.encode(e)
         .. ',"on":' .. (h[1] and 'true' or 'false')
         .. ',"on_ms":' .. (h[1] or 'null')
-        .. ',"sets":' .. (#sets > 0 and cjson.encode(sets) or '[]')
-        .. ',"declarations":' .. (#decls > 0 and cjson.encode(decls) or '[]')
+        .. ',"sets":' .. jencode(setmetatable(sets, JARR))
+        .. ',"declarations":' .. jencode(setmetatable(decls, JARR))
         .. ',"DeclarationsToken":"' .. token .. '"'
         .. ',"Timestamp":"' .. ddm.rfc3339(ts) .. '"'
         .. ',"pending_command":' .. (pending and cjson.encode(pending)
