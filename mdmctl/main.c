@@ -47,6 +47,9 @@ static const mdm_cmd_t  mdm_commands[] = {
       "SCEP server: challenge, issued, revoke" },
     { "renew", mdm_renew_main,
       "queue a fresh enrollment profile: a new identity by SCEP" },
+    /* declarative device management (issue 10) */
+    { "ddm", mdm_ddm_main,
+      "declarations, sets, assignments, DDM status and sync" },
     { NULL, NULL, NULL }
 };
 
