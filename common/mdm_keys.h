@@ -86,6 +86,40 @@
 #define MDM_KEY_WEBHOOK_LOCK         "mdm:webhook:lock:%s"
 #define MDM_KEY_WEBHOOK_LOCK_NGX     "mdm:webhook:lock:%*s"
 #define MDM_KEY_WEBHOOK_LOCK_FIXED   17
+#define MDM_KEY_DDM_DECL             "mdm:ddm:decl:%s"
+#define MDM_KEY_DDM_DECL_NGX         "mdm:ddm:decl:%*s"
+#define MDM_KEY_DDM_DECL_FIXED       13
+#define MDM_KEY_DDM_INDEX            "mdm:ddm:index"
+#define MDM_KEY_DDM_SETS             "mdm:ddm:sets"
+#define MDM_KEY_DDM_SET              "mdm:ddm:set:%s"
+#define MDM_KEY_DDM_SET_NGX          "mdm:ddm:set:%*s"
+#define MDM_KEY_DDM_SET_FIXED        12
+#define MDM_KEY_DDM_SETENR           "mdm:ddm:setenr:%s"
+#define MDM_KEY_DDM_SETENR_NGX       "mdm:ddm:setenr:%*s"
+#define MDM_KEY_DDM_SETENR_FIXED     15
+#define MDM_KEY_DDM_DECLSETS         "mdm:ddm:declsets:%s"
+#define MDM_KEY_DDM_DECLSETS_NGX     "mdm:ddm:declsets:%*s"
+#define MDM_KEY_DDM_DECLSETS_FIXED   17
+#define MDM_KEY_DDM_REFBY            "mdm:ddm:refby:%s"
+#define MDM_KEY_DDM_REFBY_NGX        "mdm:ddm:refby:%*s"
+#define MDM_KEY_DDM_REFBY_FIXED      14
+#define MDM_KEY_DDM_GEN              "mdm:ddm:gen"
+#define MDM_KEY_DDM_DIRTY            "mdm:ddm:dirty"
+#define MDM_KEY_DDM_ENR              "mdm:{%s}:ddm:%s"
+#define MDM_KEY_DDM_ENR_NGX          "mdm:{%*s}:ddm:%*s"
+#define MDM_KEY_DDM_ENR_FIXED        11
+#define MDM_KEY_DDM_ESETS            "mdm:{%s}:dsets:%s"
+#define MDM_KEY_DDM_ESETS_NGX        "mdm:{%*s}:dsets:%*s"
+#define MDM_KEY_DDM_ESETS_FIXED      13
+#define MDM_KEY_DDM_ADV              "mdm:{%s}:dadv:%s"
+#define MDM_KEY_DDM_ADV_NGX          "mdm:{%*s}:dadv:%*s"
+#define MDM_KEY_DDM_ADV_FIXED        12
+#define MDM_KEY_DDM_DSTAT            "mdm:{%s}:dstat:%s"
+#define MDM_KEY_DDM_DSTAT_NGX        "mdm:{%*s}:dstat:%*s"
+#define MDM_KEY_DDM_DSTAT_FIXED      13
+#define MDM_KEY_DDM_ITEMS            "mdm:{%s}:ditems:%s"
+#define MDM_KEY_DDM_ITEMS_NGX        "mdm:{%*s}:ditems:%*s"
+#define MDM_KEY_DDM_ITEMS_FIXED      14
 
 
 #endif /* _MDM_KEYS_H_INCLUDED_ */

@@ -22,7 +22,7 @@
 
 
 /* The Redis Functions library version this module speaks. */
-#define NGX_HTTP_MDM_LIB_VERSION      "4"
+#define NGX_HTTP_MDM_LIB_VERSION      "5"
 
 #define NGX_HTTP_MDM_CHECKIN          1
 #define NGX_HTTP_MDM_COMMAND          2
@@ -98,6 +98,7 @@ typedef struct {
     ngx_flag_t                  require_id_in_cert;
     size_t                      max_checkin; /* mdm_max_body */
     size_t                      max_report;
+    ngx_flag_t                  device_auth; /* mdm_device_auth */
 } ngx_http_mdm_loc_conf_t;
 
 
@@ -123,6 +124,7 @@ typedef struct {
     ngx_str_t                   status;
     ngx_str_t                   command_uuid;
     ngx_str_t                   request_type;
+    ngx_str_t                   ddm_endpoint;
     ngx_str_t                   body;
     ngx_str_t                   cert;        /* cert_sha256, for $mdm_* */
     u_char                      cert_sha256[65];
@@ -130,6 +132,9 @@ typedef struct {
     X509                       *x509;        /* freed with the request */
     ngx_http_mdm_redis_op_t    *op;          /* the FCALL in flight */
     ngx_uint_t                  kind;        /* mdm_msg_kind_e */
+    ngx_uint_t                  auth;        /* mdm_device_auth's answer,
+                                                an HTTP status; 0 until it
+                                                came */
 } ngx_http_mdm_ctx_t;
 
 
@@ -141,6 +146,8 @@ ngx_int_t ngx_http_mdm_handler(ngx_http_request_t *r);
 void ngx_http_mdm_respond(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *ct, u_char *body, size_t len);
 void ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason);
+void ngx_http_mdm_refuse_log(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
 char *ngx_http_mdm_max_body_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -159,6 +166,14 @@ char *ngx_http_mdm_trusted_proxy_conf(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* store: one FCALL per device request */
 ngx_int_t ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx);
+u_char *ngx_http_mdm_deadline(ngx_http_mdm_srv_conf_t *mscf, u_char *p);
+u_char *ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e, size_t *len,
+    const char *prefix);
+
+/* mdm_device_auth: the device identity guards a location nginx serves */
+char *ngx_http_mdm_device_auth_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_mdm_device_auth_init(ngx_conf_t *cf);
 
 /* secrets at rest */
 char *ngx_http_mdm_secret_key_conf(ngx_conf_t *cf, ngx_command_t *cmd,

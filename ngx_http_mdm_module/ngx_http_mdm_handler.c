@@ -199,6 +199,11 @@ ngx_http_mdm_body_handler(ngx_http_request_t *r)
         ctx->command_uuid.len = ctx->msg.command_uuid_len;
     }
 
+    if (ctx->msg.endpoint) {
+        ctx->ddm_endpoint.data = (u_char *) ctx->msg.endpoint;
+        ctx->ddm_endpoint.len = ctx->msg.endpoint_len;
+    }
+
     if (rc != 0) {
         ngx_http_mdm_refuse(r, rc, reason);
         return;
@@ -224,11 +229,6 @@ ngx_http_mdm_body_handler(ngx_http_request_t *r)
     case MDM_MSG_GET_TOKEN:
         ngx_http_mdm_refuse(r, NGX_HTTP_BAD_REQUEST,
                             "GetToken: no token service is configured");
-        return;
-
-    case MDM_MSG_DECLARATIVE_MANAGEMENT:
-        ngx_http_mdm_refuse(r, NGX_HTTP_BAD_REQUEST,
-                            "DeclarativeManagement is not configured");
         return;
 
     default:
@@ -472,6 +472,17 @@ void
 ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason)
 {
+    ngx_http_mdm_refuse_log(r, status, reason);
+    ngx_http_mdm_respond(r, status, NULL, NULL, 0);
+}
+
+
+/* The refusal's line (and $mdm_error), for callers that answer otherwise. */
+
+void
+ngx_http_mdm_refuse_log(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason)
+{
     ngx_uint_t           level;
     ngx_http_mdm_ctx_t  *ctx;
 
@@ -494,8 +505,6 @@ ngx_http_mdm_refuse(ngx_http_request_t *r, ngx_uint_t status,
                   (ctx && ctx->cert_sha256[0]) ? (char *) ctx->cert_sha256
                                                : "-",
                   reason);
-
-    ngx_http_mdm_respond(r, status, NULL, NULL, 0);
 }
 
 

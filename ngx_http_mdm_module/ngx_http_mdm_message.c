@@ -45,6 +45,7 @@ static int mdm_cut(mdm_message_t *m, plist_t node, const mdm_key_t *k,
 static void mdm_too_long(mdm_message_t *m, const mdm_key_t *k,
     const char **err);
 static void mdm_hex(const char *in, size_t len, char *out);
+static int mdm_ddm_endpoint(mdm_message_t *m, const char **err);
 
 
 static const mdm_type_name_t  mdm_types[] = {
@@ -89,6 +90,7 @@ static const mdm_key_t  mdm_keys[] = {
     { "DigestResponse", MDM_T_STRING, 4096, 0 },
     { "TokenServiceType", MDM_T_STRING, MDM_LABEL_MAX, 0 },
     { "Endpoint", MDM_T_STRING, 1024, 0 },
+    { "Data", MDM_T_DATA, MDM_DDM_DATA_MAX, 0 },
     { NULL, 0, 0, 0 }
 };
 
@@ -231,7 +233,97 @@ mdm_message_parse(mdm_message_t *m, mdm_msg_kind_e kind, const char *body,
         return 400;
     }
 
-    return mdm_collect(m, err);
+    if (mdm_collect(m, err) != 0) {
+        return 400;
+    }
+
+    if (m->type == MDM_MSG_DECLARATIVE_MANAGEMENT) {
+        return mdm_ddm_endpoint(m, err);
+    }
+
+    return 0;
+}
+
+
+/*
+ * The DDM Endpoint grammar: tokens, declaration-items, status, or
+ * declaration/<kind>/<Identifier>. The identifier becomes part of a Redis
+ * key and of log lines: 1-64 octets, no '/', no "..", no control bytes.
+ */
+
+static int
+mdm_ddm_endpoint(mdm_message_t *m, const char **err)
+{
+    int                 i;
+    size_t              n, k;
+    const char         *s, *id;
+    static const char  *kinds[] = {
+        "activation", "asset", "configuration", "management", NULL
+    };
+
+    s = NULL;
+    n = 0;
+
+    for (i = 0; i < m->nkv; i++) {
+        if (strcmp(m->kv[i].key, "Endpoint") == 0) {
+            s = m->kv[i].val;
+            n = m->kv[i].len;
+        }
+    }
+
+    if (s == NULL) {
+        *err = "DeclarativeManagement without Endpoint";
+        return 400;
+    }
+
+    m->endpoint = s;
+    m->endpoint_len = n;
+
+    if ((n == 6 && memcmp(s, "tokens", 6) == 0)
+        || (n == 17 && memcmp(s, "declaration-items", 17) == 0)
+        || (n == 6 && memcmp(s, "status", 6) == 0))
+    {
+        return 0;
+    }
+
+    if (n < 12 || memcmp(s, "declaration/", 12) != 0) {
+        *err = "unknown DeclarativeManagement Endpoint";
+        return 400;
+    }
+
+    s += 12;
+    n -= 12;
+
+    for (i = 0; kinds[i]; i++) {
+        k = strlen(kinds[i]);
+        if (n > k && memcmp(s, kinds[i], k) == 0 && s[k] == '/') {
+            break;
+        }
+    }
+
+    if (kinds[i] == NULL) {
+        *err = "declaration Endpoint with an unknown kind";
+        return 400;
+    }
+
+    id = s + k + 1;
+    n -= k + 1;
+
+    if (n == 0 || n > MDM_DDM_ID_MAX) {
+        *err = "declaration Identifier empty or over 64 octets";
+        return 400;
+    }
+
+    for (k = 0; k < n; k++) {
+        if ((unsigned char) id[k] < 0x20 || id[k] == 0x7f || id[k] == '/'
+            || (id[k] == '.' && k + 1 < n && id[k + 1] == '.'))
+        {
+            *err = "declaration Identifier with '/', '..' or a control byte";
+            return 400;
+        }
+    }
+
+    return 0;
 }
 
 

@@ -31,6 +31,10 @@
 #define MDM_LABEL_MAX     256         /* Topic, UserShortName, ... */
 #define MDM_BLOB_MAX      16384       /* UnlockToken, BootstrapToken */
 
+/* DDM: the check-in body limit (mdm_max_body) caps a StatusReport first */
+#define MDM_DDM_DATA_MAX  (4 * 1024 * 1024)
+#define MDM_DDM_ID_MAX    64
+
 
 typedef enum {
     MDM_MSG_NONE = 0,
@@ -86,6 +90,9 @@ typedef struct {
     size_t              status_len;
     const char         *command_uuid;
     size_t              command_uuid_len;
+
+    const char         *endpoint;       /* DeclarativeManagement */
+    size_t              endpoint_len;
 
     mdm_kv_t            kv[MDM_KV_MAX];
     int                 nkv;

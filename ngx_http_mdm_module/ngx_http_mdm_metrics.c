@@ -36,10 +36,10 @@
 static const char  *ngx_http_mdm_m_types[] = {
     "other", "CheckIn", "Authenticate", "TokenUpdate", "CheckOut",
     "UserAuthenticate", "SetBootstrapToken", "GetBootstrapToken",
-    "GetToken", "DeclarativeManagement", "Report", NULL
+    "GetToken", "DeclarativeManagement", "DeviceAuth", "Report", NULL
 };
 
-#define NGX_HTTP_MDM_M_REPORT       10
+#define NGX_HTTP_MDM_M_REPORT       11
 
 static const char  *ngx_http_mdm_m_statuses[] = {
     "", "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow",

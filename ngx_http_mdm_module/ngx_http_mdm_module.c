@@ -74,6 +74,13 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
       NGX_HTTP_MDM_ENDPOINT,
       NULL },
 
+    { ngx_string("mdm_device_auth"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_mdm_device_auth_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("mdm_topic"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_conf_set_str_array_slot,
@@ -143,7 +150,7 @@ static ngx_command_t  ngx_http_mdm_commands[] = {
 
 static ngx_http_module_t  ngx_http_mdm_module_ctx = {
     ngx_http_mdm_add_variables,            /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_mdm_device_auth_init,         /* postconfiguration */
 
     ngx_http_mdm_create_main_conf,         /* create main configuration */
     ngx_http_mdm_init_main_conf,           /* init main configuration */
@@ -194,6 +201,10 @@ static ngx_http_variable_t  ngx_http_mdm_vars[] = {
 
     { ngx_string("mdm_request_type"), NULL, ngx_http_mdm_variable,
       offsetof(ngx_http_mdm_ctx_t, request_type), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
+    { ngx_string("mdm_ddm_endpoint"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, ddm_endpoint), NGX_HTTP_VAR_NOCACHEABLE,
       0 },
 
     { ngx_string("mdm_cert_sha256"), NULL, ngx_http_mdm_variable,
@@ -346,6 +357,7 @@ ngx_http_mdm_create_loc_conf(ngx_conf_t *cf)
     mlcf->require_id_in_cert = NGX_CONF_UNSET;
     mlcf->max_checkin = NGX_CONF_UNSET_SIZE;
     mlcf->max_report = NGX_CONF_UNSET_SIZE;
+    mlcf->device_auth = NGX_CONF_UNSET;
 
     return mlcf;
 }
@@ -374,8 +386,17 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->max_report, prev->max_report,
                               NGX_HTTP_MDM_MAX_REPORT);
 
-    if (conf->endpoint == 0) {
+    /* nested locations stay guarded: there is no way to turn it off */
+    ngx_conf_merge_value(conf->device_auth, prev->device_auth, 0);
+
+    if (conf->endpoint == 0 && !conf->device_auth) {
         return NGX_CONF_OK;
+    }
+
+    if (conf->endpoint && conf->device_auth) {
+        return "has \"mdm_device_auth\" in a device endpoint's location "
+               "(or one nested in it): endpoints check the identity "
+               "themselves";
     }
 
     /* the srv conf is this server's, merged before its locations */
@@ -385,7 +406,7 @@ ngx_http_mdm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return "needs \"mdm_redis\" in the http or server block";
     }
 
-    if (conf->topics == NULL) {
+    if (conf->endpoint && conf->topics == NULL) {
         return "needs \"mdm_topic\": the push topics this server owns";
     }
 

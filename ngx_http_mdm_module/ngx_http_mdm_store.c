@@ -9,7 +9,7 @@
  * Reply of mdm_checkin / mdm_report: { status, kind, payload, reason,
  * command uuid, request type }; kind is "" (empty body), "command" (payload
  * is the command plist), "bootstrap" (payload is the raw token) or
- * "digest" (an empty DigestChallenge).
+ * "digest" (an empty DigestChallenge) or "json" (a DDM reply body).
  */
 
 
@@ -24,8 +24,6 @@ static void ngx_http_mdm_store_done(ngx_int_t rc, redisReply *reply,
     void *data);
 static void ngx_http_mdm_store_reply(ngx_http_request_t *r,
     redisReply *reply);
-static u_char *ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e,
-    size_t *len, const char *prefix);
 static ngx_int_t ngx_http_mdm_bootstrap_plist(ngx_http_request_t *r,
     u_char *token, size_t len, ngx_str_t *out);
 static ngx_int_t ngx_http_mdm_binary(ngx_http_request_t *r,
@@ -35,6 +33,7 @@ static ngx_int_t ngx_http_mdm_adopt(ngx_http_request_t *r, char *buf,
 
 
 static ngx_str_t  ngx_http_mdm_xml = ngx_string("application/xml");
+static ngx_str_t  ngx_http_mdm_json = ngx_string("application/json");
 
 static u_char  ngx_http_mdm_digest[] =
     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
@@ -51,8 +50,6 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     int                        argc, i;
     u_char                    *p, *flags, *enr, *cert, *na, *dl;
     ngx_int_t                  rc;
-    ngx_msec_t                 margin;
-    ngx_time_t                *tp;
     ngx_str_t                  raw, v;
     size_t                     len[NGX_HTTP_MDM_ARGS_MAX];
     const char                *argv[NGX_HTTP_MDM_ARGS_MAX];
@@ -90,17 +87,8 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     p = ngx_sprintf(na, "%T", ctx->cert_not_after);
     len[11] = p - na;
 
-    /*
-     * The function refuses to run past the moment our timer answers 503
-     * (less a margin for the trip back), so a timed-out request changes
-     * nothing.
-     */
-    margin = ngx_min(mscf->timeout / 4, 500);
-    tp = ngx_timeofday();
     dl = p;
-    p = ngx_sprintf(dl, "%uM",
-                    (uint64_t) tp->sec * 1000 + tp->msec
-                    + mscf->timeout - margin);
+    p = ngx_http_mdm_deadline(mscf, dl);
     len[13] = p - dl;
 
     argv[0] = "FCALL";
@@ -196,6 +184,27 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     r->write_event_handler = ngx_http_request_empty_handler;
 
     return NGX_OK;
+}
+
+
+/*
+ * The deadline argument (Unix ms) of a device call: the function refuses
+ * to run past the moment our timer answers 503 (less a margin for the trip
+ * back), so a timed-out request changes nothing. Writes at most
+ * NGX_INT64_LEN bytes at p; returns their end.
+ */
+
+u_char *
+ngx_http_mdm_deadline(ngx_http_mdm_srv_conf_t *mscf, u_char *p)
+{
+    ngx_msec_t   margin;
+    ngx_time_t  *tp;
+
+    margin = ngx_min(mscf->timeout / 4, 500);
+    tp = ngx_timeofday();
+
+    return ngx_sprintf(p, "%uM", (uint64_t) tp->sec * 1000 + tp->msec
+                                 + mscf->timeout - margin);
 }
 
 
@@ -350,6 +359,10 @@ ngx_http_mdm_store_reply(ngx_http_request_t *r, redisReply *reply)
                              body.len);
         return;
 
+    case 'j': /* json: DDM */
+        ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_json, payload, n);
+        return;
+
     case 'd': /* digest */
         ngx_http_mdm_respond(r, NGX_HTTP_OK, &ngx_http_mdm_xml,
                              ngx_http_mdm_digest,
@@ -419,7 +432,7 @@ ngx_http_mdm_adopt(ngx_http_request_t *r, char *buf, uint32_t n,
  * after an optional prefix (*len counts the element alone).
  */
 
-static u_char *
+u_char *
 ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e, size_t *len,
     const char *prefix)
 {

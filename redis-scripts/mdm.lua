@@ -9,7 +9,7 @@ Bump VERSION whenever a function's arguments or replies change; the module
 refuses to serve (503) against another version.
 ]]
 
-local VERSION = '4'
+local VERSION = '5'
 
 local RESULT_TTL = 604800          -- seconds; mdm:conf result_ttl overrides
 local EVENTS_MAXLEN = 100000       -- mdm:conf events_maxlen overrides
@@ -88,6 +88,20 @@ local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end
 local function k_scep_serial(s) return 'mdm:scep:serial:' .. s end
 local K_SCEP_ISSUED = 'mdm:scep:issued'
 local K_SCEP_REVOKED = 'mdm:scep:revoked'
+local function k_ddm_decl(i) return 'mdm:ddm:decl:' .. i end
+local K_DDM_INDEX = 'mdm:ddm:index'
+local K_DDM_SETS = 'mdm:ddm:sets'
+local function k_ddm_set(s) return 'mdm:ddm:set:' .. s end
+local function k_ddm_setenr(s) return 'mdm:ddm:setenr:' .. s end
+local function k_ddm_declsets(i) return 'mdm:ddm:declsets:' .. i end
+local function k_ddm_refby(i) return 'mdm:ddm:refby:' .. i end
+local K_DDM_GEN = 'mdm:ddm:gen'
+local K_DDM_DIRTY = 'mdm:ddm:dirty'
+local function k_ddm_enr(d, e) return 'mdm:{' .. d .. '}:ddm:' .. e end
+local function k_ddm_esets(d, e) return 'mdm:{' .. d .. '}:dsets:' .. e end
+local function k_ddm_adv(d, e) return 'mdm:{' .. d .. '}:dadv:' .. e end
+local function k_ddm_dstat(d, e) return 'mdm:{' .. d .. '}:dstat:' .. e end
+local function k_ddm_items(d, e) return 'mdm:{' .. d .. '}:ditems:' .. e end
 -- END keys
 
 local function device_of(e) return string.match(e, '^[^:]+') end
@@ -182,6 +196,28 @@ local function admin_only(name, fn)
 end
 
 local function int(n) return string.format('%d', n) end
+
+-- Variadic calls go in slices: Lua's unpack() has a limit (~8000).
+local CHUNK = 1000
+
+local function slice(t, i, j)
+    local out = {}
+    for k = i, j do
+        out[#out + 1] = t[k]
+    end
+    return out
+end
+
+-- for part in parts(ids): the ids in slices of at most CHUNK.
+local function parts(ids)
+    local i = 1 - CHUNK
+    return function()
+        i = i + CHUNK
+        if i <= #ids then
+            return slice(ids, i, math.min(i + CHUNK - 1, #ids))
+        end
+    end
+end
 
 --[[
 Two streams, so that rare events stay findable at fleet scale: mdm:events
@@ -417,6 +453,441 @@ local function late(deadline, ms)
     return t > 0 and ms > t
 end
 
+-- BEGIN ddm stub (replaced by the ddm-schema branch)
+local JOBJ, JARR, JNULL, DDM_STATUS_ITEMS
+local jparse, jencode, ddm_parse_many
+do
+    JOBJ, JARR, JNULL = {}, {}, {}
+    DDM_STATUS_ITEMS = {}
+    local function jmark(v)
+        if type(v) ~= 'table' then
+            return v == cjson.null and JNULL or v
+        end
+        local arr = #v > 0 or next(v) == nil
+        for k, x in pairs(v) do
+            v[k] = jmark(x)
+        end
+        return setmetatable(v, arr and JARR or JOBJ)
+    end
+    function jparse(s)
+        local ok, v = pcall(cjson.decode, s)
+        if not ok then
+            return nil, tostring(v)
+        end
+        return jmark(v)
+    end
+    function jencode(v)
+        local mt = type(v) == 'table' and getmetatable(v)
+        if v == JNULL then
+            return 'null'
+        elseif mt == JARR then
+            local o = {}
+            for i = 1, #v do
+                o[i] = jencode(v[i])
+            end
+            return '[' .. table.concat(o, ',') .. ']'
+        elseif type(v) == 'table' then
+            local ks = {}
+            for k in pairs(v) do
+                ks[#ks + 1] = k
+            end
+            table.sort(ks)
+            local o = {}
+            for _, k in ipairs(ks) do
+                o[#o + 1] = cjson.encode(k) .. ':' .. jencode(v[k])
+            end
+            return '{' .. table.concat(o, ',') .. '}'
+        end
+        return cjson.encode(v)
+    end
+    function ddm_parse_many(text)
+        local v, err = jparse(text)
+        if not v then
+            return nil, err
+        end
+        if getmetatable(v) ~= JARR then
+            v = { v }
+        end
+        local out = {}
+        for _, x in ipairs(v) do
+            local kind = type(x.Type) == 'string'
+                         and string.match(x.Type, '^com%.apple%.(%a+)%.')
+            if not kind or type(x.Identifier) ~= 'string' then
+                return nil, 'bad declaration'
+            end
+            local refs, rk = {}, {}
+            if kind == 'activation' and x.Payload
+               and x.Payload.StandardConfigurations then
+                for _, r in ipairs(x.Payload.StandardConfigurations) do
+                    refs[#refs + 1] = r
+                    rk[#rk + 1] = 'configuration'
+                end
+            end
+            out[#out + 1] = { type = x.Type, identifier = x.Identifier,
+                              kind = kind, payload = x.Payload
+                              or setmetatable({}, JOBJ), refs = refs,
+                              ref_kinds = rk }
+        end
+        return out
+    end
+end
+-- END ddm stub
+
+-- declarative device management: the device side ---------------------------
+
+local ddm = {}     -- the DDM functions (Lua 5.1 allows 200 locals)
+
+--[[
+A declaration reaches an enrollment only through a set assigned to it.
+What an enrollment resolves to is computed on its own request, not pushed
+to it: a change to a declaration in a set assigned to 100,000 enrollments
+writes the declaration once and bumps mdm:ddm:gen; each enrollment's cached
+tokens (mdm:{D}:ddm:E) are stale from then on and recomputed at its next
+DDM request, one SUNION and one HMGET of the index for what it holds.
+Between changes a tokens or declaration-items request reads its cache.
+]]
+local DDM_KINDS = { activation = 'Activations', asset = 'Assets',
+                    configuration = 'Configurations',
+                    management = 'Management' }
+local DDM_STATUS_MAX = 256          -- status items kept per enrollment
+local DDM_DSTAT_MAX = 1024          -- declaration states kept per enrollment
+
+-- RFC 3339 UTC, seconds, from Unix ms (no os.date in Redis' Lua)
+function ddm.rfc3339(ms)
+    local s = math.floor(ms / 1000)
+    local days, rem = math.floor(s / 86400), s % 86400
+    -- civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
+    local z = days + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460)
+                            + math.floor(doe / 36524)
+                            - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4)
+                       - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local day = doy - math.floor((153 * mp + 2) / 5) + 1
+    local month = mp < 10 and mp + 3 or mp - 9
+    local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+    return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', year, month, day,
+                         math.floor(rem / 3600), math.floor(rem / 60) % 60,
+                         rem % 60)
+end
+
+-- The sorted identifiers e resolves to and their index entries
+-- ("<kind> <ServerToken>"), from its sets.
+function ddm.resolve(d, e)
+    local sets = redis.call('SMEMBERS', k_ddm_esets(d, e))
+    if #sets == 0 then
+        return {}, {}
+    end
+    for i, s in ipairs(sets) do
+        sets[i] = k_ddm_set(s)
+    end
+    local ids = redis.call('SUNION', unpack(sets))
+    if #ids == 0 then
+        return {}, {}
+    end
+    table.sort(ids)
+    return ids, redis.call('HMGET', K_DDM_INDEX, unpack(ids))
+end
+
+--[[
+DeclarationsToken: SHA-1 over the sorted (Identifier, ServerToken) pairs,
+so it changes exactly when what the enrollment should hold changes.
+Returns the token and the DeclarationItemsResponse body.
+]]
+function ddm.items_of(ids, idx)
+    local lists = { Activations = {}, Assets = {}, Configurations = {},
+                    Management = {} }
+    local pairs_ = {}
+    for i, id in ipairs(ids) do
+        local kind, tok = string.match(idx[i] or '', '^(%S+) (%S+)$')
+        local list = kind and lists[DDM_KINDS[kind]]
+        if list then
+            local jid = jencode(id)
+            list[#list + 1] = '{"Identifier":' .. jid .. ',"ServerToken":"'
+                              .. tok .. '"}'
+            pairs_[#pairs_ + 1] = id .. '\0' .. tok
+        end
+    end
+    local token = redis.sha1hex(table.concat(pairs_, '\n'))
+    local body = '{"Declarations":{"Activations":['
+        .. table.concat(lists.Activations, ',') .. '],"Assets":['
+        .. table.concat(lists.Assets, ',') .. '],"Configurations":['
+        .. table.concat(lists.Configurations, ',') .. '],"Management":['
+        .. table.concat(lists.Management, ',') .. ']},"DeclarationsToken":"'
+        .. token .. '"}'
+    return token, body
+end
+
+--[[
+The enrollment's DeclarationsToken, Timestamp (ms), items body, and the
+resolved ids when they were computed (nil: from the cache). Timestamp is
+when what it resolves to last changed: the stamp the change left on it
+(changed_ms), or now for its first computation. write: keep the result.
+]]
+function ddm.state(d, e, ms, write)
+    local ek = k_ddm_enr(d, e)
+    local h = redis.call('HMGET', ek, 'gen', 'token', 'ts_ms', 'items',
+                         'changed_ms')
+    local gen = redis.call('GET', K_DDM_GEN) or '0'
+    if h[1] == gen and h[4] then
+        return h[2], tonumber(h[3]), h[4], nil
+    end
+    local ids, idx = ddm.resolve(d, e)
+    local token, body = ddm.items_of(ids, idx)
+    local ts = tonumber(h[3])
+    if token ~= h[2] or not ts then
+        ts = tonumber(h[5]) or ms
+    end
+    if write then
+        redis.call('HSET', ek, 'gen', gen, 'token', token, 'ts_ms', int(ts),
+                   'items', body)
+    end
+    return token, ts, body, ids
+end
+
+-- What the device was told it should hold, for fetches that follow.
+function ddm.advertise(d, e, token, ids)
+    local ek, ak = k_ddm_enr(d, e), k_ddm_adv(d, e)
+    if redis.call('HGET', ek, 'adv_token') == token then
+        return
+    end
+    if not ids then
+        ids = ddm.resolve(d, e)
+    end
+    redis.call('DEL', ak)
+    for part in parts(ids) do
+        redis.call('SADD', ak, unpack(part))
+    end
+    redis.call('HSET', ek, 'adv_token', token)
+end
+
+--[[
+A declaration is served when it was in the enrollment's last
+DeclarationItemsResponse or it resolves for it now: one that left its scope
+after the items were sent is still served until the device next fetches
+the items (which no longer list it), so the device never fetches an
+advertised declaration into a 404 loop. A deleted declaration is a 404:
+delete is refused while a set holds it, so only a device that still
+fetches what it was told to drop meets it.
+]]
+function ddm.declaration(d, e, kind, id)
+    local ok = redis.call('SISMEMBER', k_ddm_adv(d, e), id) == 1
+    if not ok then
+        for _, s in ipairs(redis.call('SMEMBERS', k_ddm_esets(d, e))) do
+            if redis.call('SISMEMBER', k_ddm_set(s), id) == 1 then
+                ok = true
+                break
+            end
+        end
+    end
+    if not ok then
+        return refuse(404, 'declaration ' .. id .. ' is not assigned to '
+                           .. 'this enrollment')
+    end
+    local h = redis.call('HMGET', k_ddm_decl(id), 'json', 'kind')
+    if not h[1] then
+        return refuse(404, 'declaration ' .. id .. ' does not exist')
+    end
+    if h[2] ~= kind then
+        return refuse(404, 'declaration ' .. id .. ' is a ' .. h[2]
+                           .. ', not a ' .. kind)
+    end
+    return { 200, 'json', h[1], '', '', '' }
+end
+
+function ddm.jtype(v)
+    local mt = type(v) == 'table' and getmetatable(v)
+    if mt == JOBJ then
+        return 'object'
+    elseif mt == JARR then
+        return 'array'
+    end
+    return type(v)
+end
+
+-- field = value in hash k, at most max fields: new names beyond it are
+-- dropped (a device cannot grow its status without bound), known ones
+-- still update. room: fields left; returns the room left.
+function ddm.hset_bounded(k, field, value, room)
+    if room > 0 then
+        return room - redis.call('HSET', k, field, value)
+    end
+    if redis.call('HEXISTS', k, field) == 1 then
+        redis.call('HSET', k, field, value)
+    end
+    return room
+end
+
+-- The software-update items an event reports when install-state changes.
+local DDM_SU = { 'softwareupdate.install-state',
+                 'softwareupdate.pending-version',
+                 'softwareupdate.failure-reason' }
+
+--[[
+A StatusReport: the latest value of each status item (ditems: name ->
+canonical JSON), each declaration's state (dstat: Identifier -> JSON), the
+report's Errors. FullReport replaces what was stored. Events: a
+declaration that turns invalid, a change of softwareupdate.install-state.
+]]
+function ddm.status(d, e, data, ms)
+    local rep, err = jparse(data)
+    if not rep then
+        return refuse(400, 'StatusReport is not JSON: ' .. err)
+    end
+    if ddm.jtype(rep) ~= 'object' then
+        return refuse(400, 'StatusReport is not a JSON object')
+    end
+    local si, errs, full = rep.StatusItems, rep.Errors, rep.FullReport
+    if si ~= nil and ddm.jtype(si) ~= 'object' then
+        return refuse(400, 'StatusReport StatusItems is not an object')
+    end
+    if errs ~= nil and ddm.jtype(errs) ~= 'array' then
+        return refuse(400, 'StatusReport Errors is not an array')
+    end
+    if full ~= nil and type(full) ~= 'boolean' then
+        return refuse(400, 'StatusReport FullReport is not a boolean')
+    end
+    local ik, sk, ek = k_ddm_items(d, e), k_ddm_dstat(d, e), k_ddm_enr(d, e)
+    if full then
+        redis.call('DEL', ik, sk)
+    end
+    local old = redis.call('HMGET', ik, unpack(DDM_SU))
+
+    local items, decls = {}, {}
+    local function walk(obj, prefix)
+        for key, v in pairs(obj) do
+            local name = prefix .. key
+            if name == 'management.declarations' and ddm.jtype(v) == 'object'
+            then
+                for _, kind in ipairs({ 'activations', 'assets',
+                                        'configurations', 'management' }) do
+                    local list = v[kind]
+                    if ddm.jtype(list) == 'array' then
+                        for _, s in ipairs(list) do
+                            if ddm.jtype(s) == 'object'
+                               and type(s.identifier) == 'string' then
+                                decls[#decls + 1] = s
+                            end
+                        end
+                    end
+                end
+            elseif DDM_STATUS_ITEMS[name] or ddm.jtype(v) ~= 'object' then
+                items[#items + 1] = { name, jencode(v) }
+            else
+                walk(v, name .. '.')
+            end
+        end
+    end
+    if si then
+        walk(si, '')
+    end
+
+    local room = DDM_STATUS_MAX - redis.call('HLEN', ik)
+    for _, it in ipairs(items) do
+        room = ddm.hset_bounded(ik, it[1], it[2], room)
+    end
+    room = DDM_DSTAT_MAX - redis.call('HLEN', sk)
+    for _, s in ipairs(decls) do
+        local id = s.identifier
+        local was = not full and redis.call('HGET', sk, id)
+        room = ddm.hset_bounded(sk, id, jencode(s), room)
+        if s.valid == 'invalid'
+           and not (was and string.find(was, '"valid":"invalid"', 1, true))
+        then
+            event({ 'type', 'DDMDeclarationInvalid', 'id', e, 'ms', int(ms),
+                    'identifier', id, 'server_token',
+                    tostring(s['server-token'] or ''),
+                    'reasons', s.reasons and jencode(s.reasons) or '[]' })
+        end
+    end
+
+    local h = { 'status_ms', int(ms), 'errors',
+                errs and jencode(errs) or '[]' }
+    if full then
+        h[#h + 1] = 'full_report_ms'
+        h[#h + 1] = int(ms)
+    end
+    redis.call('HSET', ek, unpack(h))
+
+    local now = redis.call('HMGET', ik, unpack(DDM_SU))
+    if now[1] and now[1] ~= old[1] then
+        event({ 'type', 'DDMSoftwareUpdate', 'id', e, 'ms', int(ms),
+                'install_state', now[1], 'pending_version', now[2] or '',
+                'failure_reason', now[3] or '' })
+    end
+    return OK
+end
+
+--[[
+MessageType DeclarativeManagement, dispatched on Endpoint (the module has
+checked its grammar). Each channel is its own enrollment: its sets, tokens
+and status. Only an enabled enrollment (after its TokenUpdate) talks DDM;
+its first message records that DDM is on.
+]]
+function ddm.checkin(d, e, enr, f, ms)
+    local h = redis.call('HMGET', enr, 'enabled')
+    if h[1] ~= '1' then
+        return refuse(403, 'DeclarativeManagement from an enrollment that '
+                           .. 'is not enabled (TokenUpdate first)')
+    end
+    local ep, data = f.Endpoint or '', f.Data
+    if data and ep ~= 'status' then
+        local v, err = jparse(data)
+        if not v then
+            return refuse(400, 'Data is not JSON: ' .. err)
+        end
+        if ddm.jtype(v) ~= 'object' then
+            return refuse(400, 'Data is not a JSON object')
+        end
+    end
+    local ek = k_ddm_enr(d, e)
+    if redis.call('HSETNX', ek, 'on_ms', int(ms)) == 1 then
+        event({ 'type', 'DDMEnabled', 'id', e, 'ms', int(ms) })
+    end
+    seen(d, e, ms)
+
+    if ep == 'tokens' then
+        local token, ts = ddm.state(d, e, ms, true)
+        return { 200, 'json', '{"SyncTokens":{"DeclarationsToken":"' .. token
+                 .. '","Timestamp":"' .. ddm.rfc3339(ts) .. '"}}', '', '', '' }
+    elseif ep == 'declaration-items' then
+        local token, _, body, ids = ddm.state(d, e, ms, true)
+        ddm.advertise(d, e, token, ids)
+        return { 200, 'json', body, '', '', '' }
+    elseif ep == 'status' then
+        if not data then
+            return refuse(400, 'status without Data (a StatusReport)')
+        end
+        return ddm.status(d, e, data, ms)
+    end
+    local kind, id = string.match(ep, '^declaration/([a-z]+)/(.+)$')
+    if not kind or not DDM_KINDS[kind] then
+        return refuse(400, 'unknown DeclarativeManagement Endpoint '
+                           .. string.format('%q', string.sub(ep, 1, 80)))
+    end
+    return ddm.declaration(d, e, kind, id)
+end
+
+-- A new enrollment (Authenticate) starts with DDM off and no status; its
+-- sets stay: they are the operator's.
+function ddm.reset(d, e)
+    redis.call('DEL', k_ddm_enr(d, e), k_ddm_adv(d, e), k_ddm_dstat(d, e),
+               k_ddm_items(d, e))
+end
+
+-- An enrollment's DDM state goes with it (mdm_forget).
+function ddm.forget(d, e)
+    local ek = k_ddm_esets(d, e)
+    for _, s in ipairs(redis.call('SMEMBERS', ek)) do
+        redis.call('SREM', k_ddm_setenr(s), e)
+    end
+    redis.call('DEL', ek)
+    ddm.reset(d, e)
+end
+
 -- device path ---------------------------------------------------------------
 
 --[[
@@ -488,8 +959,10 @@ local function checkin(keys, args)
         for _, u in ipairs(redis.call('SMEMBERS', k_users(d))) do
             clear_queue(d, u, 'Cleared', ms, ttl)
             redis.call('HSET', k_enr(d, u), 'enabled', '0')
+            ddm.reset(d, u)
         end
         clear_queue(d, d, 'Cleared', ms, ttl)
+        ddm.reset(d, d)
         redis.call('HDEL', enr, 'bootstrap_token', 'cert_expiring',
                    unpack(AUTH_FIELDS))
 
@@ -510,6 +983,10 @@ local function checkin(keys, args)
         return refused(d, sha, ms, why)
     end
     cert_expiry(d, not_after, ms, was)
+
+    if mt == 'DeclarativeManagement' then
+        return ddm.checkin(d, e, enr, f, ms)
+    end
 
     if mt == 'TokenUpdate' then
         local h = { 'type', channel, 'enabled', '1',
@@ -674,6 +1151,40 @@ local function report(keys, args)
         return { 200, 'command', body, '', nu, rt or '' }
     end
     return OK
+end
+
+--[[
+FCALL_RO mdm_device_auth 1 <cert key> <cert sha256> <deadline ms>
+  -> { status, device id, reason }
+A file fetch in a location with mdm_device_auth: 200 with the device id
+when the certificate is the one bound to a device whose device channel is
+enabled and not revoked, else 403 and why. Read-only, so a refusal changes
+nothing (no audit event) and the call may run on a replica. It reads what
+check_binding and checkin read (the binding both ways, the revocation
+list) but moves no binding: a renewed certificate works here once its
+device has made a check-in or report with it; migration binds nothing.
+]]
+local function device_auth(keys, args)
+    local sha = args[1]
+    if late(args[2], now_ms()) then
+        return { 503, '', 'deadline passed before Redis ran the call' }
+    end
+    if scep_revoked(sha) then
+        return { 403, '', 'certificate is revoked (mdmctl scep revoke)' }
+    end
+    local d = redis.call('GET', keys[1])
+    if not d then
+        return { 403, '', 'certificate is not bound to a device' }
+    end
+    local h = redis.call('HMGET', k_enr(d, d), 'cert', 'enabled')
+    if h[1] ~= sha then
+        return { 403, d, 'certificate is not the one bound to this device' }
+    end
+    if h[2] ~= '1' then
+        return { 403, d, 'device is not enrolled (checked out, or no '
+                         .. 'TokenUpdate yet)' }
+    end
+    return { 200, d, '' }
 end
 
 -- admin API -----------------------------------------------------------------
@@ -1085,28 +1596,6 @@ local function scan_command(body)
     return u, rt[2]
 end
 
--- Variadic calls go in slices: Lua's unpack() has a limit (~8000).
-local CHUNK = 1000
-
-local function slice(t, i, j)
-    local out = {}
-    for k = i, j do
-        out[#out + 1] = t[k]
-    end
-    return out
-end
-
--- for part in parts(ids): the ids in slices of at most CHUNK.
-local function parts(ids)
-    local i = 1 - CHUNK
-    return function()
-        i = i + CHUNK
-        if i <= #ids then
-            return slice(ids, i, math.min(i + CHUNK - 1, #ids))
-        end
-    end
-end
-
 -- Push requests for ids not already pending (coalescing), in one pass.
 local function push_requests(ids)
     local n = 0
@@ -1156,6 +1645,36 @@ end
 local function unknown_id(ids)
     local _, unknown = split_known(ids)
     return unknown[1]
+end
+
+-- Writes command u (new unless existing) into the queues of ids new.
+local function queue_targets(u, body, rt, prio, score, xms, existing, new, ms)
+    local ck, ct = k_cmd(u), k_cmdt(u)
+    local m = meta('Queued', 0, 0, ms, xms)
+
+    if existing then
+        redis.call('HINCRBY', ck, 'refs', #new)
+    else
+        redis.call('HSET', ck, 'body', body, 'request_type', rt,
+                   'ms', int(ms), 'refs', #new, 'priority', prio,
+                   'expires_ms', int(xms), 'score', int(score))
+        -- the sweep finds commands by expiry
+        redis.call('ZADD', K_EXPIRY, xms, u)
+    end
+    redis.call('PERSIST', ct)
+
+    for _, e in ipairs(new) do
+        redis.call('ZADD', k_q(device_of(e), e), score, u)
+    end
+    -- per target state lives with the command: one field per target
+    for part in parts(new) do
+        local fv = {}
+        for _, e in ipairs(part) do
+            fv[#fv + 1] = e
+            fv[#fv + 1] = m
+        end
+        redis.call('HSET', ct, unpack(fv))
+    end
 end
 
 --[[
@@ -1248,31 +1767,7 @@ local function enqueue(keys, args)
         xms = ms + (exp > 0 and exp or conf('command_max_age',
                                             COMMAND_MAX_AGE)) * 1000
     end
-    local m = meta('Queued', 0, 0, ms, xms)
-
-    if existing[1] then
-        redis.call('HINCRBY', ck, 'refs', n)
-    else
-        redis.call('HSET', ck, 'body', body, 'request_type', rt,
-                   'ms', int(ms), 'refs', n, 'priority', prio,
-                   'expires_ms', int(xms), 'score', int(score))
-        -- the sweep finds commands by expiry
-        redis.call('ZADD', K_EXPIRY, xms, u)
-    end
-    redis.call('PERSIST', ct)
-
-    for _, e in ipairs(new) do
-        redis.call('ZADD', k_q(device_of(e), e), score, u)
-    end
-    -- per target state lives with the command: one field per target
-    for part in parts(new) do
-        local fv = {}
-        for _, e in ipairs(part) do
-            fv[#fv + 1] = e
-            fv[#fv + 1] = m
-        end
-        redis.call('HSET', ct, unpack(fv))
-    end
+    queue_targets(u, body, rt, prio, score, xms, existing[1], new, ms)
     local pushes = nopush ~= '1' and push_requests(new) or 0
 
     audit({ 'type', 'Enqueue', 'uuid', u, 'request_type', rt,
@@ -1548,6 +2043,7 @@ end
 local function forget_one(d, e, ms, ttl)
     local n = clear_queue(d, e, 'Forgotten', ms, ttl)
     redis.call('DEL', k_enr(d, e), k_unk(d, e))
+    ddm.forget(d, e)
     redis.call('ZREM', K_ENROLLMENTS, e)
     audit({ 'type', 'Forget', 'id', e, 'ms', int(ms) })
     return n
@@ -2195,6 +2691,8 @@ redis.register_function{ function_name = 'mdm_version',
     callback = function() return VERSION end, flags = { 'no-writes' } }
 redis.register_function('mdm_checkin', checkin)
 redis.register_function('mdm_report', report)
+redis.register_function{ function_name = 'mdm_device_auth',
+    callback = device_auth, flags = { 'no-writes' } }
 redis.register_function('mdm_enqueue', admin_only('mdm_enqueue', enqueue))
 redis.register_function('mdm_push', admin_only('mdm_push', push))
 redis.register_function('mdm_cancel', admin_only('mdm_cancel', cancel))
@@ -2226,3 +2724,699 @@ redis.register_function{ function_name = 'mdm_scep_issued',
     callback = scep_issued, flags = { 'no-writes' } }
 redis.register_function('mdm_scep_revoke',
     admin_only('mdm_scep_revoke', scep_revoke))
+
+-- declarative device management: the admin side -----------------------------
+
+
+local DDM_FANOUT_BUDGET = 2000      -- enrollments one call syncs
+local DDM_SET_PAT = '^[%w][%w._-]*$'
+
+function ddm.uuid(ms)
+    local h = redis.sha1hex(int(redis.call('INCR', K_SEQ)) .. ':' .. int(ms))
+    return string.upper(string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12)
+        .. '-' .. string.sub(h, 13, 16) .. '-' .. string.sub(h, 17, 20)
+        .. '-' .. string.sub(h, 21, 32))
+end
+
+function ddm.command(u)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n'
+        .. '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" '
+        .. '"http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n'
+        .. '<plist version="1.0">\n<dict>\n\t<key>Command</key>\n\t<dict>\n'
+        .. '\t\t<key>RequestType</key>\n'
+        .. '\t\t<string>DeclarativeManagement</string>\n\t</dict>\n'
+        .. '\t<key>CommandUUID</key>\n\t<string>' .. u .. '</string>\n'
+        .. '</dict>\n</plist>\n'
+end
+
+--[[
+The sync of enrollments ids (all enrolled): one DeclarativeManagement
+command for those without one pending (at most one pending per
+enrollment), and a push request for each. Each is stamped changed_ms, its
+Timestamp if what it resolves to changed. Returns queued, already, pushes.
+]]
+function ddm.sync(ids, ms)
+    local new, already = {}, 0
+    local u = ddm.uuid(ms)
+    for _, e in ipairs(ids) do
+        local d = device_of(e)
+        local ek = k_ddm_enr(d, e)
+        local pending = redis.call('HGET', ek, 'cmd')
+        if pending and redis.call('ZSCORE', k_q(d, e), pending) then
+            already = already + 1
+            redis.call('HSET', ek, 'changed_ms', int(ms))
+        else
+            new[#new + 1] = e
+            redis.call('HSET', ek, 'changed_ms', int(ms), 'cmd', u)
+        end
+    end
+    if #new > 0 then
+        local xms = ms + conf('command_max_age', COMMAND_MAX_AGE) * 1000
+        local score = 4 * 1e13 + redis.call('INCR', K_SEQ)
+        queue_targets(u, ddm.command(u), 'DeclarativeManagement', 5, score,
+                      xms, false, new, ms)
+    end
+    return #new, already, push_requests(ids)
+end
+
+-- The sets of declaration ids changed: their enrollments are synced by
+-- the fan-out, from the start of each set.
+function ddm.dirty(sets)
+    for _, s in ipairs(sets) do
+        redis.call('HSET', K_DDM_DIRTY, s, '0')
+    end
+    if #sets > 0 then
+        redis.call('INCR', K_DDM_GEN)
+    end
+end
+
+function ddm.dirty_decls(ids)
+    local sets, seen_ = {}, {}
+    for _, id in ipairs(ids) do
+        for _, s in ipairs(redis.call('SMEMBERS', k_ddm_declsets(id))) do
+            if not seen_[s] then
+                seen_[s] = true
+                sets[#sets + 1] = s
+            end
+        end
+    end
+    ddm.dirty(sets)
+end
+
+--[[
+Continues the fan-out jobs (mdm:ddm:dirty: set -> SSCAN cursor) for at
+most budget enrollments. A change restarts its set's cursor; SSCAN returns
+every member present for the whole scan, duplicates are coalesced.
+]]
+function ddm.fanout(budget, ms)
+    local r = { synced = 0, queued = 0, pushes = 0, already = 0 }
+    local jobs = redis.call('HGETALL', K_DDM_DIRTY)
+    for i = 1, #jobs, 2 do
+        local s, cur = jobs[i], jobs[i + 1]
+        repeat
+            if budget <= 0 then
+                break
+            end
+            local sc = redis.call('SSCAN', k_ddm_setenr(s), cur, 'COUNT',
+                                  math.min(budget, CHUNK))
+            cur = sc[1]
+            local ids = sc[2]
+            if #ids > 0 then
+                local q, a, p = ddm.sync(ids, ms)
+                r.synced = r.synced + #ids
+                r.queued, r.already = r.queued + q, r.already + a
+                r.pushes = r.pushes + p
+            end
+            budget = budget - math.max(#ids, 10)
+        until cur == '0'
+        if cur == '0' then
+            redis.call('HDEL', K_DDM_DIRTY, s)
+        else
+            redis.call('HSET', K_DDM_DIRTY, s, cur)
+            break
+        end
+    end
+    r.remaining = redis.call('HLEN', K_DDM_DIRTY)
+    return r
+end
+
+function ddm.jreply(t)
+    return cjson.encode(t)
+end
+
+function ddm.fanout_reply(ms)
+    local f = ddm.fanout(DDM_FANOUT_BUDGET, ms)
+    return { synced = f.synced, queued = f.queued, pushes = f.pushes,
+             remaining = f.remaining }
+end
+
+--[[
+The ServerToken: SHA-1 over the canonical content (Identifier, Payload,
+Type: the served body without its token) and the touch salt, so the same
+content keeps its token and mdm_ddm_touch gives a new one.
+]]
+function ddm.token(canon, salt)
+    return redis.sha1hex(canon .. '\n' .. salt)
+end
+
+function ddm.served(prefix, token, typ)
+    return prefix .. ',"ServerToken":"' .. token .. '","Type":'
+           .. jencode(typ) .. '}'
+end
+
+--[[
+FCALL mdm_ddm_put 0 <json: a declaration or an array of them>
+Validated against Apple's schemas (all or nothing); references must name
+declarations that exist (or come in the same call) of the right kind. The
+same content keeps its ServerToken (a no-op); a changed one gets a new
+token and its sets' enrollments are synced.
+]]
+function ddm.put(keys, args)
+    conf_reset()
+    if #args ~= 1 then
+        return redis.error_reply('usage: mdm_ddm_put 0 <declaration JSON>')
+    end
+    local decls, err = ddm_parse_many(args[1])
+    if not decls then
+        return redis.error_reply(err)
+    end
+    local batch = {}
+    for _, dc in ipairs(decls) do
+        batch[dc.identifier] = dc.kind
+    end
+    for _, dc in ipairs(decls) do
+        for i, ref in ipairs(dc.refs or {}) do
+            local want = dc.ref_kinds[i]
+            local kind = batch[ref]
+            if not kind then
+                local x = redis.call('HGET', K_DDM_INDEX, ref)
+                kind = x and string.match(x, '^(%S+)')
+            end
+            if not kind then
+                return redis.error_reply('declaration ' .. dc.identifier
+                    .. ' references ' .. ref .. ', which does not exist')
+            end
+            if want and kind ~= want then
+                return redis.error_reply('declaration ' .. dc.identifier
+                    .. ' references ' .. ref .. ', a ' .. kind
+                    .. ', where a ' .. want .. ' is needed')
+            end
+        end
+    end
+    local ms = now_ms()
+    local out, changed = {}, {}
+    for _, dc in ipairs(decls) do
+        local id = dc.identifier
+        local dk = k_ddm_decl(id)
+        local old = redis.call('HMGET', dk, 'token', 'salt', 'refs')
+        local salt = old[2] or '0'
+        local prefix = '{"Identifier":' .. jencode(id) .. ',"Payload":'
+                       .. jencode(dc.payload)
+        local token = ddm.token(prefix .. ',"Type":' .. jencode(dc.type)
+                                .. '}', salt)
+        local result = old[1] and 'changed' or 'created'
+        if old[1] == token then
+            result = 'unchanged'
+        else
+            local json = ddm.served(prefix, token, dc.type)
+            for ref in string.gmatch(old[3] or '', '%S+') do
+                redis.call('SREM', k_ddm_refby(ref), id)
+            end
+            for _, ref in ipairs(dc.refs or {}) do
+                redis.call('SADD', k_ddm_refby(ref), id)
+            end
+            redis.call('HSET', dk, 'json', json, 'type', dc.type,
+                       'kind', dc.kind, 'token', token, 'salt', salt,
+                       'ms', int(ms),
+                       'refs', table.concat(dc.refs or {}, ' '))
+            redis.call('HSET', K_DDM_INDEX, id, dc.kind .. ' ' .. token)
+            if old[1] then
+                changed[#changed + 1] = id
+            end
+        end
+        out[#out + 1] = { Identifier = id, ServerToken = token,
+                          result = result }
+    end
+    ddm.dirty_decls(changed)
+    audit({ 'type', 'DDMPut', 'ms', int(ms), 'declarations', #decls,
+            'changed', #changed })
+    return ddm.jreply({ declarations = out, fanout = ddm.fanout_reply(ms) })
+end
+
+function ddm.check(keys, args)
+    if #args ~= 1 then
+        return redis.error_reply('usage: mdm_ddm_check 0 <declaration JSON>')
+    end
+    local decls, err = ddm_parse_many(args[1])
+    if not decls then
+        return redis.error_reply(err)
+    end
+    local out = {}
+    for _, dc in ipairs(decls) do
+        out[#out + 1] = { Identifier = dc.identifier, Type = dc.type }
+    end
+    return ddm.jreply({ declarations = out })
+end
+
+function ddm.known(ids)
+    for _, id in ipairs(ids) do
+        if redis.call('HEXISTS', K_DDM_INDEX, id) == 0 then
+            return id
+        end
+    end
+end
+
+-- FCALL_RO mdm_ddm_get 0 <id> : the declaration as the device gets it.
+function ddm.get(keys, args)
+    local id = args[1]
+    if not id then
+        return redis.error_reply('usage: mdm_ddm_get 0 <id>')
+    end
+    local json = redis.call('HGET', k_ddm_decl(id), 'json')
+    if not json then
+        return redis.error_reply('no declaration ' .. id)
+    end
+    return json
+end
+
+-- FCALL_RO mdm_ddm_list 0 : every declaration, its type, token and sets.
+function ddm.list(keys, args)
+    local idx = redis.call('HGETALL', K_DDM_INDEX)
+    local out = {}
+    for i = 1, #idx, 2 do
+        local id = idx[i]
+        local tok = string.match(idx[i + 1], ' (%S+)$')
+        local sets = redis.call('SMEMBERS', k_ddm_declsets(id))
+        table.sort(sets)
+        out[#out + 1] = { Identifier = id, ServerToken = tok,
+                          Type = redis.call('HGET', k_ddm_decl(id), 'type'),
+                          sets = sets }
+    end
+    table.sort(out, function(a, b) return a.Identifier < b.Identifier end)
+    return #out > 0 and ddm.jreply(out) or '[]'
+end
+
+--[[
+FCALL mdm_ddm_delete 0 <id>... : refused while a set holds one or another
+declaration references it (an activation its configuration, a
+configuration its asset).
+]]
+function ddm.delete(keys, args)
+    if #args == 0 then
+        return redis.error_reply('usage: mdm_ddm_delete 0 <id>...')
+    end
+    local bad = ddm.known(args)
+    if bad then
+        return redis.error_reply('no declaration ' .. bad)
+    end
+    for _, id in ipairs(args) do
+        local sets = redis.call('SMEMBERS', k_ddm_declsets(id))
+        if #sets > 0 then
+            table.sort(sets)
+            return redis.error_reply('declaration ' .. id .. ' is in set '
+                .. table.concat(sets, ', ') .. ': set-remove it first')
+        end
+        local by = redis.call('SMEMBERS', k_ddm_refby(id))
+        if #by > 0 then
+            table.sort(by)
+            return redis.error_reply('declaration ' .. id .. ' is '
+                .. 'referenced by ' .. table.concat(by, ', '))
+        end
+    end
+    local ms = now_ms()
+    for _, id in ipairs(args) do
+        local refs = redis.call('HGET', k_ddm_decl(id), 'refs') or ''
+        for ref in string.gmatch(refs, '%S+') do
+            redis.call('SREM', k_ddm_refby(ref), id)
+        end
+        redis.call('DEL', k_ddm_decl(id))
+        redis.call('HDEL', K_DDM_INDEX, id)
+        audit({ 'type', 'DDMDelete', 'ms', int(ms), 'identifier', id })
+    end
+    return ddm.jreply({ deleted = #args })
+end
+
+-- FCALL mdm_ddm_touch 0 <id>... : a new ServerToken for the same content.
+function ddm.touch(keys, args)
+    conf_reset()
+    if #args == 0 then
+        return redis.error_reply('usage: mdm_ddm_touch 0 <id>...')
+    end
+    local bad = ddm.known(args)
+    if bad then
+        return redis.error_reply('no declaration ' .. bad)
+    end
+    local ms = now_ms()
+    local out = {}
+    for _, id in ipairs(args) do
+        local dk = k_ddm_decl(id)
+        local h = redis.call('HMGET', dk, 'json', 'salt', 'kind', 'token',
+                             'type')
+        local salt = int((tonumber(h[2]) or 0) + 1)
+        local tail = ',"ServerToken":"' .. h[4] .. '","Type":'
+                     .. jencode(h[5]) .. '}'
+        if string.sub(h[1], -#tail) ~= tail then
+            return redis.error_reply('declaration ' .. id .. ' is stored '
+                                     .. 'damaged: put it again')
+        end
+        local prefix = string.sub(h[1], 1, #h[1] - #tail)
+        local token = ddm.token(prefix .. ',"Type":' .. jencode(h[5]) .. '}',
+                                salt)
+        local json = ddm.served(prefix, token, h[5])
+        redis.call('HSET', dk, 'json', json, 'salt', salt, 'token', token)
+        redis.call('HSET', K_DDM_INDEX, id, h[3] .. ' ' .. token)
+        out[#out + 1] = { Identifier = id, ServerToken = token }
+    end
+    ddm.dirty_decls(args)
+    audit({ 'type', 'DDMTouch', 'ms', int(ms), 'declarations', #args })
+    return ddm.jreply({ declarations = out, fanout = ddm.fanout_reply(ms) })
+end
+
+function ddm.set_name(s)
+    return s and #s <= 64 and string.match(s, DDM_SET_PAT) ~= nil
+end
+
+-- The declarations set s' members reference that s would not hold.
+function ddm.missing_ref(s, ids, removing)
+    local gone = {}
+    for _, id in ipairs(removing or {}) do
+        gone[id] = true
+    end
+    for _, id in ipairs(ids) do
+        local refs = redis.call('HGET', k_ddm_decl(id), 'refs') or ''
+        for ref in string.gmatch(refs, '%S+') do
+            if gone[ref]
+               or (not removing
+                   and redis.call('SISMEMBER', k_ddm_set(s), ref) == 0) then
+                return id, ref
+            end
+        end
+    end
+end
+
+--[[
+FCALL mdm_ddm_set_add 0 <set> <id>... : creates the set if new. A set
+holds what its declarations reference: an activation comes with its
+configurations, a configuration with its assets (in the set already or
+in the same call).
+]]
+function ddm.set_add(keys, args)
+    conf_reset()
+    local s = args[1]
+    if not ddm.set_name(s) or #args < 2 then
+        return redis.error_reply('usage: mdm_ddm_set_add 0 <set> <id>... '
+            .. '(set: 1-64 of letters, digits, . _ -)')
+    end
+    local ids = slice(args, 2, #args)
+    local bad = ddm.known(ids)
+    if bad then
+        return redis.error_reply('no declaration ' .. bad)
+    end
+    local sk = k_ddm_set(s)
+    local tmp = {}
+    for _, id in ipairs(ids) do
+        tmp[id] = true
+    end
+    for _, id in ipairs(ids) do
+        local refs = redis.call('HGET', k_ddm_decl(id), 'refs') or ''
+        for ref in string.gmatch(refs, '%S+') do
+            if not tmp[ref] and redis.call('SISMEMBER', sk, ref) == 0 then
+                return redis.error_reply('declaration ' .. id
+                    .. ' references ' .. ref .. ', which set ' .. s
+                    .. ' would not hold: add it too')
+            end
+        end
+    end
+    local ms = now_ms()
+    redis.call('SADD', K_DDM_SETS, s)
+    local added = 0
+    for _, id in ipairs(ids) do
+        if redis.call('SADD', sk, id) == 1 then
+            added = added + 1
+            redis.call('SADD', k_ddm_declsets(id), s)
+        end
+    end
+    if added > 0 then
+        ddm.dirty({ s })
+    end
+    audit({ 'type', 'DDMSetAdd', 'ms', int(ms), 'set', s, 'added', added })
+    return ddm.jreply({ added = added, fanout = ddm.fanout_reply(ms) })
+end
+
+-- FCALL mdm_ddm_set_remove 0 <set> <id>...
+function ddm.set_remove(keys, args)
+    conf_reset()
+    local s = args[1]
+    if not s or #args < 2 then
+        return redis.error_reply('usage: mdm_ddm_set_remove 0 <set> <id>...')
+    end
+    if redis.call('SISMEMBER', K_DDM_SETS, s) == 0 then
+        return redis.error_reply('no set ' .. s)
+    end
+    local ids = slice(args, 2, #args)
+    local sk = k_ddm_set(s)
+    -- what stays must not reference what goes
+    local stay, going = {}, {}
+    for _, id in ipairs(ids) do
+        going[id] = true
+    end
+    for _, id in ipairs(redis.call('SMEMBERS', sk)) do
+        if not going[id] then
+            stay[#stay + 1] = id
+        end
+    end
+    local id, ref = ddm.missing_ref(s, stay, ids)
+    if id then
+        return redis.error_reply('declaration ' .. id .. ' in set ' .. s
+            .. ' references ' .. ref .. ': remove ' .. id .. ' too')
+    end
+    local ms = now_ms()
+    local removed = 0
+    for _, i in ipairs(ids) do
+        if redis.call('SREM', sk, i) == 1 then
+            removed = removed + 1
+            redis.call('SREM', k_ddm_declsets(i), s)
+        end
+    end
+    if removed > 0 then
+        ddm.dirty({ s })
+    end
+    audit({ 'type', 'DDMSetRemove', 'ms', int(ms), 'set', s,
+            'removed', removed })
+    return ddm.jreply({ removed = removed, fanout = ddm.fanout_reply(ms) })
+end
+
+-- FCALL_RO mdm_ddm_sets 0 : every set, its declarations, its enrollments.
+function ddm.sets(keys, args)
+    local sets = redis.call('SMEMBERS', K_DDM_SETS)
+    table.sort(sets)
+    local out = {}
+    for _, s in ipairs(sets) do
+        local m = redis.call('SMEMBERS', k_ddm_set(s))
+        table.sort(m)
+        out[#out + 1] = { set = s, declarations = m,
+                          enrollments = redis.call('SCARD',
+                                                   k_ddm_setenr(s)) }
+    end
+    return #out > 0 and ddm.jreply(out) or '[]'
+end
+
+-- <nsets> <set>... <enrollment>... of mdm_ddm_assign/unassign, checked.
+function ddm.assign_args(args, name)
+    local n = tonumber(args[1])
+    local usage = 'usage: ' .. name .. ' 0 <nsets> <set>... <enrollment>...'
+    if not n or n < 1 or n % 1 ~= 0 or #args < n + 2 then
+        return nil, nil, redis.error_reply(usage)
+    end
+    local sets, ids = slice(args, 2, n + 1), slice(args, n + 2, #args)
+    if #ids > API_MAX_IDS then
+        return nil, nil, redis.error_reply('at most ' .. API_MAX_IDS
+                                           .. ' enrollments per call')
+    end
+    for _, s in ipairs(sets) do
+        if redis.call('SISMEMBER', K_DDM_SETS, s) == 0 then
+            return nil, nil, redis.error_reply('no set ' .. s)
+        end
+    end
+    local bad = unknown_id(ids)
+    if bad then
+        return nil, nil, redis.error_reply('unknown enrollment id ' .. bad)
+    end
+    return sets, ids
+end
+
+-- assign (add = true) or unassign sets; the enrollments that changed are
+-- synced.
+function ddm.assignment(args, name, add)
+    conf_reset()
+    local sets, ids, err = ddm.assign_args(args, name)
+    if err then
+        return err
+    end
+    local ms = now_ms()
+    local changed, n = {}, 0
+    for _, e in ipairs(ids) do
+        local d = device_of(e)
+        local ch = false
+        for _, s in ipairs(sets) do
+            local r
+            if add then
+                r = redis.call('SADD', k_ddm_esets(d, e), s)
+                if r == 1 then
+                    redis.call('SADD', k_ddm_setenr(s), e)
+                end
+            else
+                r = redis.call('SREM', k_ddm_esets(d, e), s)
+                if r == 1 then
+                    redis.call('SREM', k_ddm_setenr(s), e)
+                end
+            end
+            if r == 1 then
+                n = n + 1
+                ch = true
+            end
+        end
+        if ch then
+            changed[#changed + 1] = e
+        end
+    end
+    local q, p = 0, 0
+    if #changed > 0 then
+        redis.call('INCR', K_DDM_GEN)
+        local _
+        q, _, p = ddm.sync(changed, ms)
+    end
+    audit({ 'type', add and 'DDMAssign' or 'DDMUnassign', 'ms', int(ms),
+            'sets', table.concat(sets, ' '), 'enrollments', #ids,
+            'changed', n })
+    local r = { queued = q, pushes = p }
+    r[add and 'assigned' or 'unassigned'] = n
+    return ddm.jreply(r)
+end
+
+function ddm.assign(keys, args)
+    return ddm.assignment(args, 'mdm_ddm_assign', true)
+end
+
+function ddm.unassign(keys, args)
+    return ddm.assignment(args, 'mdm_ddm_unassign', false)
+end
+
+-- FCALL mdm_ddm_sync 0 <enrollment>... : a sync without a change.
+function ddm.sync_fn(keys, args)
+    conf_reset()
+    if #args == 0 or #args > API_MAX_IDS then
+        return redis.error_reply('usage: mdm_ddm_sync 0 <enrollment>... '
+                                 .. '(at most ' .. API_MAX_IDS .. ')')
+    end
+    local bad = unknown_id(args)
+    if bad then
+        return redis.error_reply('unknown enrollment id ' .. bad)
+    end
+    local ms = now_ms()
+    local q, a, p = ddm.sync(args, ms)
+    audit({ 'type', 'DDMSync', 'ms', int(ms), 'enrollments', #args })
+    return ddm.jreply({ queued = q, already = a, pushes = p })
+end
+
+-- FCALL mdm_ddm_fanout 0 [budget] : continue the fan-out of changes.
+function ddm.fanout_fn(keys, args)
+    conf_reset()
+    local b = tonumber(args[1] or DDM_FANOUT_BUDGET)
+    if not b or b < 1 or b > 100000 then
+        return redis.error_reply('usage: mdm_ddm_fanout 0 [budget 1-100000]')
+    end
+    local f = ddm.fanout(b, now_ms())
+    return ddm.jreply(f)
+end
+
+function ddm.enr_arg(args, name)
+    local e = args[1]
+    local d = e and device_of(e)
+    if not d then
+        return nil, nil, redis.error_reply('usage: ' .. name
+                                           .. ' 0 <enrollment>')
+    end
+    if redis.call('EXISTS', k_enr(d, e)) == 0 then
+        return nil, nil, redis.error_reply('unknown enrollment id ' .. e)
+    end
+    return e, d
+end
+
+-- FCALL_RO mdm_ddm_show 0 <enrollment> : what it resolves to, its tokens.
+function ddm.show(keys, args)
+    local e, d, err = ddm.enr_arg(args, 'mdm_ddm_show')
+    if err then
+        return err
+    end
+    local ms = now_ms()
+    local token, ts = ddm.state(d, e, ms, false)
+    local ids, idx = ddm.resolve(d, e)
+    local decls = {}
+    for i, id in ipairs(ids) do
+        local kind, tok = string.match(idx[i] or '', '^(%S+) (%S+)$')
+        decls[#decls + 1] = { Identifier = id, Kind = kind,
+                              ServerToken = tok }
+    end
+    local h = redis.call('HMGET', k_ddm_enr(d, e), 'on_ms', 'cmd',
+                         'status_ms')
+    local sets = redis.call('SMEMBERS', k_ddm_esets(d, e))
+    table.sort(sets)
+    local pending = h[2] and redis.call('ZSCORE', k_q(d, e), h[2]) and h[2]
+    local out = '{"enrollment":' .. cjson.encode(e)
+        .. ',"on":' .. (h[1] and 'true' or 'false')
+        .. ',"on_ms":' .. (h[1] or 'null')
+        .. ',"sets":' .. (#sets > 0 and cjson.encode(sets) or '[]')
+        .. ',"declarations":' .. (#decls > 0 and cjson.encode(decls) or '[]')
+        .. ',"DeclarationsToken":"' .. token .. '"'
+        .. ',"Timestamp":"' .. ddm.rfc3339(ts) .. '"'
+        .. ',"pending_command":' .. (pending and cjson.encode(pending)
+                                     or 'null')
+        .. ',"status_ms":' .. (h[3] or 'null') .. '}'
+    return out
+end
+
+-- A hash of name -> JSON text as a JSON object.
+function ddm.jhash(k)
+    local h = redis.call('HGETALL', k)
+    local names = {}
+    local val = {}
+    for i = 1, #h, 2 do
+        names[#names + 1] = h[i]
+        val[h[i]] = h[i + 1]
+    end
+    table.sort(names)
+    local out = {}
+    for _, n in ipairs(names) do
+        out[#out + 1] = cjson.encode(n) .. ':' .. val[n]
+    end
+    return '{' .. table.concat(out, ',') .. '}'
+end
+
+-- FCALL_RO mdm_ddm_status 0 <enrollment> : declaration states, status
+-- item values, the last report's errors.
+function ddm.status_fn(keys, args)
+    local e, d, err = ddm.enr_arg(args, 'mdm_ddm_status')
+    if err then
+        return err
+    end
+    local h = redis.call('HMGET', k_ddm_enr(d, e), 'errors', 'status_ms',
+                         'full_report_ms')
+    return '{"enrollment":' .. cjson.encode(e)
+        .. ',"declarations":' .. ddm.jhash(k_ddm_dstat(d, e))
+        .. ',"items":' .. ddm.jhash(k_ddm_items(d, e))
+        .. ',"errors":' .. (h[1] or '[]')
+        .. ',"report_ms":' .. (h[2] or 'null')
+        .. ',"full_report_ms":' .. (h[3] or 'null') .. '}'
+end
+
+redis.register_function('mdm_ddm_put', admin_only('mdm_ddm_put', ddm.put))
+redis.register_function{ function_name = 'mdm_ddm_check',
+    callback = admin_only('mdm_ddm_check', ddm.check),
+    flags = { 'no-writes' } }
+redis.register_function{ function_name = 'mdm_ddm_get', callback = ddm.get,
+    flags = { 'no-writes' } }
+redis.register_function{ function_name = 'mdm_ddm_list', callback = ddm.list,
+    flags = { 'no-writes' } }
+redis.register_function('mdm_ddm_delete',
+    admin_only('mdm_ddm_delete', ddm.delete))
+redis.register_function('mdm_ddm_touch',
+    admin_only('mdm_ddm_touch', ddm.touch))
+redis.register_function('mdm_ddm_set_add',
+    admin_only('mdm_ddm_set_add', ddm.set_add))
+redis.register_function('mdm_ddm_set_remove',
+    admin_only('mdm_ddm_set_remove', ddm.set_remove))
+redis.register_function{ function_name = 'mdm_ddm_sets', callback = ddm.sets,
+    flags = { 'no-writes' } }
+redis.register_function('mdm_ddm_assign',
+    admin_only('mdm_ddm_assign', ddm.assign))
+redis.register_function('mdm_ddm_unassign',
+    admin_only('mdm_ddm_unassign', ddm.unassign))
+redis.register_function('mdm_ddm_sync',
+    admin_only('mdm_ddm_sync', ddm.sync_fn))
+redis.register_function('mdm_ddm_fanout',
+    admin_only('mdm_ddm_fanout', ddm.fanout_fn))
+redis.register_function{ function_name = 'mdm_ddm_show', callback = ddm.show,
+    flags = { 'no-writes' } }
+redis.register_function{ function_name = 'mdm_ddm_status',
+    callback = ddm.status_fn, flags = { 'no-writes' } }

@@ -61,6 +61,20 @@ local function k_scep_cert(h) return 'mdm:scep:cert:' .. h end
 local function k_scep_serial(s) return 'mdm:scep:serial:' .. s end
 local K_SCEP_ISSUED = 'mdm:scep:issued'
 local K_SCEP_REVOKED = 'mdm:scep:revoked'
+local function k_ddm_decl(i) return 'mdm:ddm:decl:' .. i end
+local K_DDM_INDEX = 'mdm:ddm:index'
+local K_DDM_SETS = 'mdm:ddm:sets'
+local function k_ddm_set(s) return 'mdm:ddm:set:' .. s end
+local function k_ddm_setenr(s) return 'mdm:ddm:setenr:' .. s end
+local function k_ddm_declsets(i) return 'mdm:ddm:declsets:' .. i end
+local function k_ddm_refby(i) return 'mdm:ddm:refby:' .. i end
+local K_DDM_GEN = 'mdm:ddm:gen'
+local K_DDM_DIRTY = 'mdm:ddm:dirty'
+local function k_ddm_enr(d, e) return 'mdm:{' .. d .. '}:ddm:' .. e end
+local function k_ddm_esets(d, e) return 'mdm:{' .. d .. '}:dsets:' .. e end
+local function k_ddm_adv(d, e) return 'mdm:{' .. d .. '}:dadv:' .. e end
+local function k_ddm_dstat(d, e) return 'mdm:{' .. d .. '}:dstat:' .. e end
+local function k_ddm_items(d, e) return 'mdm:{' .. d .. '}:ditems:' .. e end
 -- END keys
 
 local function device_of(e) return string.match(e, '^[^:]+') end

@@ -133,7 +133,7 @@ $r = $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'UserAuthenticate',
     UDID => $mac, UserID => 'net-user-1'), cert => 'mac');
 is $r->{status}, 410, 'UserAuthenticate declined with 410';
 
-# --- GetToken and DeclarativeManagement: not configured --------------------
+# --- GetToken: not configured; DeclarativeManagement: t/56-ddm.t -----------
 my $before = $t->redis_state;
 $t->mark_log;
 $r = $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'GetToken',
@@ -141,8 +141,8 @@ $r = $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'GetToken',
 is $r->{status}, 400, 'GetToken not configured: 400';
 like $t->log_since_mark, qr/mdm: 400 GetToken .*no token service/, 'logged';
 $r = $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'DeclarativeManagement',
-    UDID => $mac, Endpoint => 'tokens'), cert => 'mac');
-is $r->{status}, 400, 'DeclarativeManagement not configured: 400';
+    UDID => $mac), cert => 'mac');
+is $r->{status}, 400, 'DeclarativeManagement without Endpoint: 400';
 $t->state_unchanged($before, 'nothing changed');
 
 # --- CheckOut disables device and its user channels ---------------------

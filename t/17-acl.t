@@ -149,6 +149,15 @@ ok_reply checkin('TokenUpdate', 'D2', 'B'), 200, 'nginx: TokenUpdate D2';
 ok_reply checkin('TokenUpdate', 'D1', 'A', deadline => 1000), 503,
     'nginx: a late call is refused';
 
+# mdm_device_auth (FCALL_RO): binding both ways, enabled, revocation list
+sub device_auth {
+    my ($cert) = @_;
+    return cli('nginx', 'FCALL_RO', 'mdm_device_auth', 1,
+               "mdm:cert:$sha{$cert}", $sha{$cert}, 0);
+}
+is device_auth('A'), "200\nD1\n\n", 'nginx: FCALL_RO mdm_device_auth';
+like device_auth('X'), qr/^403\n\nc/, 'nginx: mdm_device_auth, unbound';
+
 # commands: shared body (refs), Ack, NotNow, Idle, Expired, Missing, unknown
 is_deeply enqueue('C1', 'D1', 'D2'), ['C1', 2, 0, 0], 'mdm-admin: mdm_enqueue';
 enqueue($_, 'D1') for qw(C2 C3 C4);
@@ -190,6 +199,25 @@ is $admin->get("mdm:cert:$sha{M}"), 'D3', 'bound by migration';
 call($admin, 'fcall', 'mdm_conf_set', 0, 'migration', '0');
 is_deeply call($nginx, 'hmget', 'mdm:policy', 'allow_rebind', 'migration'),
     ['0', '0'], 'nginx reads mdm:policy';
+# DDM: the four endpoints, after the admin's declaration and assignment
+call($admin, 'fcall', 'mdm_ddm_put', 0, '{"Type":"com.apple.configuration.'
+     . 'softwareupdate.enforcement.specific","Identifier":"su","Payload":'
+     . '{"TargetOSVersion":"26.1","TargetLocalDateTime":"2026-12-24T18:00:00"}}');
+call($admin, 'fcall', 'mdm_ddm_set_add', 0, 'S', 'su');
+like call($admin, 'fcall', 'mdm_ddm_assign', 0, 1, 'S', 'D3'), qr/"queued":1/,
+    'mdm-admin: mdm_ddm_assign';
+for my $ep ('tokens', 'declaration-items', 'declaration/configuration/su') {
+    my $r = checkin('DeclarativeManagement', 'D3', 'M', kv => [Endpoint => $ep]);
+    ok_reply $r, 200, "nginx: DeclarativeManagement $ep";
+}
+ok_reply checkin('DeclarativeManagement', 'D3', 'M', kv => [Endpoint => 'status',
+    Data => '{"StatusItems":{"device":{"model":{"family":"iPad"}}},'
+    . '"FullReport":true}']), 200, 'nginx: DeclarativeManagement status';
+like cli('mdm-admin', 'FCALL_RO', 'mdm_ddm_status', 0, 'D3'), qr/iPad/,
+    'mdm-admin: FCALL_RO mdm_ddm_status';
+# the assignment's push request is not the sender tests' business
+$admin->lrem('mdm:push:q', 0, 'D3');
+$admin->srem('mdm:push:pending', 'D3');
 my $gauges = call($nginx, 'fcall', 'mdm_metrics', 0);
 is ref $gauges && $gauges->[0], '1', 'nginx runs mdm_metrics (the gauges)'
     or diag explain $gauges;
@@ -201,6 +229,11 @@ my @admin_fns = (
     ['mdm_push', 'D1'], ['mdm_cancel', 'D1', 'C2'], ['mdm_clear', 'D1'],
     ['mdm_unbind', 'D1'], ['mdm_conf_set', 'migration', '1'],
     ['mdm_forget', 'D1'], ['mdm_cancel_command', 'C2'],
+    ['mdm_ddm_put', '{}'], ['mdm_ddm_check', '{}'], ['mdm_ddm_delete', 'su'],
+    ['mdm_ddm_touch', 'su'], ['mdm_ddm_set_add', 'S', 'su'],
+    ['mdm_ddm_set_remove', 'S', 'su'], ['mdm_ddm_assign', 1, 'S', 'D2'],
+    ['mdm_ddm_unassign', 1, 'S', 'D1'], ['mdm_ddm_sync', 'D1'],
+    ['mdm_ddm_fanout'],
 );
 for my $f (@admin_fns) {
     my ($fn, @a) = @$f;
@@ -212,6 +245,7 @@ for my $f (@admin_fns) {
 for my $c (['hset', 'mdm:conf', 'result_ttl', 1], ['del', 'mdm:policy'],
            ['hset', 'mdm:cmd:EVIL', 'body', 'x'], ['hset', 'mdm:cmd:C2', 'body', 'x'],
            ['zadd', 'mdm:{D1}:q:D1', 1, 'C2'], ['rpush', 'mdm:push:q', 'D1'],
+           ['hset', 'mdm:ddm:decl:su', 'json', '{}'], ['sadd', 'mdm:ddm:set:S', 'x'],
            ['function', 'load', 'replace', "#!lua name=mdm\n"],
            ['function', 'flush'], ['eval', 'return 1', 0], ['keys', '*'],
            ['scan', 0], ['flushall'], ['config', 'get', 'dir'], ['acl', 'list'],

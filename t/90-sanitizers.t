@@ -17,7 +17,7 @@ for my $f (qw(t/10-checkin.t t/11-bad-input.t t/12-faults.t
                 t/17-acl.t t/18-secrets.t t/19-hostile-plists.t
                 t/20-commands.t t/22-device-facts.t t/23-tenants.t
                 t/24-growth.t t/25-api.t t/27-metrics.t
-                t/30-identity.t
+                t/30-identity.t t/58-device-auth.t
                 t/28-scep-server.t t/28-scep-flow.t
                 t/26-failover-faults.t)) {
     next unless -e MdmTest::root() . "/$f";
