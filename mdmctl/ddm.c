@@ -215,9 +215,10 @@ mdm_ddm_fanout(redisContext *c, json_t *reply)
 
         r = mdm_ddm_call(c, 0, "mdm_ddm_fanout", 0, NULL, NULL, NULL);
         if (r == NULL) {
+            /* the jobs stay in mdm:ddm:dirty for the next change */
             mdm_err("the change is stored; its fan-out stopped with %lld "
-                    "set%s to go (run 'mdmctl ddm sync' for them)", left,
-                    left == 1 ? "" : "s");
+                    "set%s to go (the next 'mdmctl ddm' change goes on)",
+                    left, left == 1 ? "" : "s");
             return -1;
         }
         mdm_ddm_sum(f, r);
