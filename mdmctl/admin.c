@@ -23,31 +23,8 @@
 #include "mdm_secret.h"
 
 
-/* ids per FCALL: a call to 2,000 targets runs well under 50 ms */
-#define MDM_CHUNK        2000
 #define MDM_BLOCK_MS     5000
 #define MDM_FAILOVER_MS  15000    /* how long sentinel= waits for a primary */
-
-#define MDM_REDIS_OPTS                                                      \
-    { "redis", required_argument, NULL, 'R' },                              \
-    { "user", required_argument, NULL, 'U' },                               \
-    { "password", required_argument, NULL, 'P' },                           \
-    { "db", required_argument, NULL, 'D' },                                 \
-    { "json", no_argument, NULL, 'j' },                                     \
-    { "help", no_argument, NULL, 'h' }
-
-#define MDM_REDIS_HELP                                                      \
-    "  --redis SPEC      ADDR [username=U] [password=P] [db=N]; ADDR is\n"  \
-    "                    unix:/path, IPv4:port or [IPv6]:port (default:\n" \
-    "                    $MDM_REDIS or unix:/run/redis/redis-server.sock),\n" \
-    "                    or sentinel=IP:port,... master=NAME; replicas=N\n" \
-    "                    [wait_timeout=MS]: writes confirmed by WAIT\n"     \
-    "  --user NAME       Redis ACL user (default: username= of --redis,\n"  \
-    "                    else $MDM_REDIS_USER; needs a password)\n"        \
-    "  --password SPEC   Redis password: pass:X, env:VAR, file:PATH\n"      \
-    "                    (default: $MDM_REDIS_PASSWORD)\n"                 \
-    "  --db N            Redis database number\n"                           \
-    "  --json            JSON output\n"
 
 
 typedef struct {
@@ -470,13 +447,6 @@ mdm_is_array(redisReply *r, size_t min)
 
 /* ---- ids ----------------------------------------------------------------- */
 
-typedef struct {
-    char    **v;
-    size_t    n;
-    size_t    cap;
-} mdm_ids_t;
-
-
 static int
 mdm_ids_add(mdm_ids_t *ids, const char *id)
 {
@@ -531,7 +501,7 @@ mdm_ids_stdin(mdm_ids_t *ids)
 }
 
 
-static void
+void
 mdm_ids_free(mdm_ids_t *ids)
 {
     size_t  i;
@@ -603,7 +573,7 @@ mdm_enr_key(const char *id)
  * A list sent in several chunks is checked first, pipelined, so an
  * unknown id stops it before the first chunk changes anything.
  */
-static int
+int
 mdm_ids_exist(redisContext *c, mdm_ids_t *ids)
 {
     int          rc;
@@ -639,7 +609,7 @@ mdm_ids_exist(redisContext *c, mdm_ids_t *ids)
  * Positional ids: "-" reads more from stdin. Returns the number of
  * arguments that were not ids (Key=Value items) through kv when wanted.
  */
-static int
+int
 mdm_ids_args(mdm_ids_t *ids, int argc, char **argv, char **kv, int *nkv)
 {
     int  i, from_stdin;
@@ -675,7 +645,7 @@ mdm_ids_args(mdm_ids_t *ids, int argc, char **argv, char **kv, int *nkv)
 
 /* ---- output -------------------------------------------------------------- */
 
-static const char *
+const char *
 mdm_time(const char *ms, char *buf, size_t size)
 {
     long long  v;
@@ -1313,7 +1283,7 @@ static const char  mdm_push_usage[] =
     MDM_REDIS_HELP;
 
 
-static int
+int
 mdm_simple_opts(int argc, char **argv, const char *usage,
     const struct option *extra, int (*handler)(int ch))
 {
@@ -1352,20 +1322,6 @@ mdm_simple_opts(int argc, char **argv, const char *usage,
 }
 
 
-/* Parses the options; returns argv's first operand, or how to exit. */
-#define MDM_OPTS(usage, extra, handler)                                     \
-    do {                                                                    \
-        int  n_;                                                            \
-        n_ = mdm_simple_opts(argc, argv, usage, extra, handler);            \
-        if (n_ == -1000) {                                                  \
-            return MDM_OK;                                                  \
-        }                                                                   \
-        if (n_ < 0) {                                                       \
-            return -n_;                                                     \
-        }                                                                   \
-        argc -= n_;                                                         \
-        argv += n_;                                                         \
-    } while (0)
 
 
 int

@@ -50,6 +50,9 @@ static const mdm_cmd_t  mdm_commands[] = {
     /* issue 10 */
     { "rts", mdm_rts_main,
       "ReturnToService answers, per device or default: set, show, clear" },
+    /* declarative device management (issue 10) */
+    { "ddm", mdm_ddm_main,
+      "declarations, sets, assignments, DDM status and sync" },
     { NULL, NULL, NULL }
 };
 
