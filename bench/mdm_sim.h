@@ -440,6 +440,8 @@ void sim_redis_enroll(sim_t *sim, struct redisContext *rc, int n,
     char **ids);
 double sim_redis_slowest(struct redisContext *rc, const char *fn);
 void sim_redis_drain(struct redisContext *rc, int n, const char *what);
+long long sim_redis_info(struct redisContext *rc, const char *section,
+    const char *field);
 void sim_redis_cleanup(sim_t *sim, struct redisContext *rc, int n,
     char **ids, const char *uuid);
 

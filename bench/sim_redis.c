@@ -289,7 +289,7 @@ sim_redis_enqueue(sim_t *sim)
 
 
 /* A numeric field of INFO section ("used_memory", "aof_rewrites"). */
-static long long
+long long
 sim_redis_info(redisContext *rc, const char *section, const char *field)
 {
     char        *p, name[64];
