@@ -124,6 +124,7 @@ typedef struct {
     ngx_str_t                   status;
     ngx_str_t                   command_uuid;
     ngx_str_t                   request_type;
+    ngx_str_t                   ddm_endpoint;
     ngx_str_t                   body;
     ngx_str_t                   cert;        /* cert_sha256, for $mdm_* */
     u_char                      cert_sha256[65];

@@ -199,6 +199,11 @@ ngx_http_mdm_body_handler(ngx_http_request_t *r)
         ctx->command_uuid.len = ctx->msg.command_uuid_len;
     }
 
+    if (ctx->msg.endpoint) {
+        ctx->ddm_endpoint.data = (u_char *) ctx->msg.endpoint;
+        ctx->ddm_endpoint.len = ctx->msg.endpoint_len;
+    }
+
     if (rc != 0) {
         ngx_http_mdm_refuse(r, rc, reason);
         return;

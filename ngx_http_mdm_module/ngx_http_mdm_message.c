@@ -276,6 +276,9 @@ mdm_ddm_endpoint(mdm_message_t *m, const char **err)
         return 400;
     }
 
+    m->endpoint = s;
+    m->endpoint_len = n;
+
     if ((n == 6 && memcmp(s, "tokens", 6) == 0)
         || (n == 17 && memcmp(s, "declaration-items", 17) == 0)
         || (n == 6 && memcmp(s, "status", 6) == 0))

@@ -91,6 +91,9 @@ typedef struct {
     const char         *command_uuid;
     size_t              command_uuid_len;
 
+    const char         *endpoint;       /* DeclarativeManagement */
+    size_t              endpoint_len;
+
     mdm_kv_t            kv[MDM_KV_MAX];
     int                 nkv;
 

@@ -203,6 +203,10 @@ static ngx_http_variable_t  ngx_http_mdm_vars[] = {
       offsetof(ngx_http_mdm_ctx_t, request_type), NGX_HTTP_VAR_NOCACHEABLE,
       0 },
 
+    { ngx_string("mdm_ddm_endpoint"), NULL, ngx_http_mdm_variable,
+      offsetof(ngx_http_mdm_ctx_t, ddm_endpoint), NGX_HTTP_VAR_NOCACHEABLE,
+      0 },
+
     { ngx_string("mdm_cert_sha256"), NULL, ngx_http_mdm_variable,
       offsetof(ngx_http_mdm_ctx_t, cert), NGX_HTTP_VAR_NOCACHEABLE, 0 },
 

@@ -127,6 +127,9 @@ is $it->{Declarations}{Configurations}[0]{ServerToken}, $st{'com.example.su'},
     'their ServerTokens';
 
 # --- fetch ---------------------------------------------------------------
+like $t->slurp('access.log'),
+    qr/^200 DeclarativeManagement id=DEV1 .* ddm=declaration-items$/m,
+    '$mdm_ddm_endpoint in the access log';
 $r = dm('DEV1', 'dev1', 'declaration/configuration/com.example.su');
 is $r->{status}, 200, 'fetch a configuration';
 is $r->{headers}{'content-type'}, 'application/json', 'as JSON';
@@ -343,6 +346,12 @@ for my $c (
                 split /\n/, $t->log_since_mark;
     is scalar(@lines), 1, "$name: one log line" or diag $t->log_since_mark;
 }
+# a StatusReport over the check-in body limit (64 KB)
+$t->mark_log;
+$r = dm('DEV2', 'dev2', 'status', data => '{"StatusItems":{"x":"'
+        . ('a' x 60000) . '"}}');
+is $r->{status}, 413, 'StatusReport over the check-in body limit: 413';
+like $t->log_since_mark, qr/too large body|mdm: 413 /, 'logged';
 # not enabled
 $t->put('/mdm/checkin', MdmTest::plist(MessageType => 'CheckOut',
         Topic => $MdmTest::TOPIC, UDID => 'DEV2'), cert => 'dev2');
@@ -351,6 +360,25 @@ $r = dm('DEV2', 'dev2', 'tokens');
 is $r->{status}, 403, 'DDM from an enrollment that is not enabled: 403';
 unlike $r->{body}, qr/unrecognized/, 'not the unenrolling 403';
 $t->state_unchanged($before, 'bad DDM input changed nothing');
+
+# --- a new enrollment starts with DDM off; forget takes its DDM keys -----
+$t->enroll('DEV3', 'dev3');
+fj('mdm_ddm_assign', 1, 'fleet', 'DEV3');
+tokens('DEV3', 'dev3');
+dm('DEV3', 'dev3', 'status', data => '{"StatusItems":{"device":{"model":'
+   . '{"family":"Mac"}}}}');
+$r = $t->put('/mdm/checkin', $t->authenticate('DEV3'), cert => 'dev3');
+is $r->{status}, 200, 're-Authenticate';
+ok !fj('mdm_ddm_show', 'DEV3')->{on}, 'DDM is off again';
+is_deeply fj('mdm_ddm_status', 'DEV3')->{items}, {}, 'its status is gone';
+is_deeply fj('mdm_ddm_show', 'DEV3')->{sets}, ['fleet'],
+    'the assignment stays';
+$redis->fcall('mdm_forget', 0, 'DEV3');
+# (results expire after result_ttl; mdmctl forget deletes them)
+is_deeply [grep { !/:res:/ } sort $redis->keys('mdm:{DEV3}:*')], [],
+    'forget: no DEV3 keys left';
+ok !$redis->sismember('mdm:ddm:setenr:fleet', 'DEV3'),
+    'forget: off the set\'s enrollments';
 
 # --- fan-out: a change reaches every assigned enrollment ----------------
 my @many = map { sprintf 'FAN%05d', $_ } 1 .. 4500;

@@ -369,7 +369,8 @@ http {
     %%HTTP_GLOBALS%%
     log_format mdm '\$status \$mdm_message_type id=\$mdm_enrollment_id '
                    'err="\$mdm_error" cmd=\$mdm_command_uuid '
-                   'rt=\$mdm_request_type st=\$mdm_status';
+                   'rt=\$mdm_request_type st=\$mdm_status '
+                   'ddm=\$mdm_ddm_endpoint';
     access_log %%TESTDIR%%/access.log mdm;
     mdm_redis $redis timeout=$timeout;
     $http
