@@ -21,7 +21,7 @@
 static const char  *sim_usage =
 "usage: mdm-sim [options]\n"
 "  -s, --scenario NAME     enroll | poll | cycle | mixed | static | enqueue\n"
-"                          | growth\n"
+"                          | growth | ddm | ddm-fanout\n"
 "  -n, --devices N         simulated devices (default 100)\n"
 "  -c, --connections N     devices talking at once (default N); fewer\n"
 "                          connections than devices rotate devices\n"
@@ -88,6 +88,8 @@ static const char  *sim_usage =
 "                          (mdm_report; default 0.9), the rest never poll\n"
 "      --gc CMD            growth: sweep with this shell command (mdmctl gc)\n"
 "                          instead of FCALL mdm_sweep until more = 0\n"
+"      --ddm-decls N       ddm: with --redis, put N declarations in one set\n"
+"                          and assign it to the fleet first (default 20)\n"
 "      --warmup            start measuring once every connection is up and\n"
 "                          has answered once (no handshakes in the figures)\n"
 "      --cpu-pid LABEL:PID CPU time of PID (utime + stime) over the measured\n"
@@ -104,7 +106,8 @@ enum {
     OPT_NO_UNLOCK, OPT_MIXED,
     OPT_REDIS, OPT_COMMANDS, OPT_TARGETS, OPT_JSON, OPT_WARMUP, OPT_CPU,
     OPT_MAX_OPENING, OPT_TARGET_PREFIX, OPT_ENROLL, OPT_ENROLL_ONLY,
-    OPT_CHUNK, OPT_PACE, OPT_EXPIRES, OPT_DURING, OPT_CLEANUP, OPT_ANSWER, OPT_GC
+    OPT_CHUNK, OPT_PACE, OPT_EXPIRES, OPT_DURING, OPT_CLEANUP, OPT_ANSWER, OPT_GC,
+    OPT_DDM_DECLS
 };
 
 static const struct option  sim_options[] = {
@@ -148,6 +151,7 @@ static const struct option  sim_options[] = {
     { "cleanup", no_argument, NULL, OPT_CLEANUP },
     { "answer", required_argument, NULL, OPT_ANSWER },
     { "gc", required_argument, NULL, OPT_GC },
+    { "ddm-decls", required_argument, NULL, OPT_DDM_DECLS },
     { "json", no_argument, NULL, OPT_JSON },
     { "warmup", no_argument, NULL, OPT_WARMUP },
     { "max-connecting", required_argument, NULL, OPT_MAX_OPENING },
@@ -162,7 +166,8 @@ static sim_scenario_e
 sim_scenario(const char *s)
 {
     static const char  *names[] = {
-        "enroll", "poll", "cycle", "mixed", "static", "enqueue", "growth"
+        "enroll", "poll", "cycle", "mixed", "static", "enqueue", "growth",
+        "ddm", "ddm-fanout"
     };
     size_t  i;
 
@@ -203,6 +208,7 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
     cf->enqueue_chunk = 2000;
     cf->enqueue_pace = 50;
     cf->answer = 0.9;
+    cf->ddm_decls = 20;
     connect = "127.0.0.1:8443";
 
     while ((o = getopt_long(argc, argv, "s:n:c:d:vh", sim_options, NULL))
@@ -261,6 +267,7 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
         case OPT_CLEANUP: cf->cleanup = 1; break;
         case OPT_ANSWER: cf->answer = atof(optarg); break;
         case OPT_GC: cf->gc_command = optarg; break;
+        case OPT_DDM_DECLS: cf->ddm_decls = atoi(optarg); break;
         case OPT_JSON: cf->json = 1; break;
         case OPT_WARMUP: cf->warmup = 1; break;
         case OPT_MAX_OPENING: cf->max_opening = atoi(optarg); break;
@@ -286,11 +293,12 @@ sim_parse_args(sim_t *sim, int argc, char **argv)
     }
     if (cf->enqueue_chunk < 0 || cf->enqueue_pace < 1 || cf->enqueue_pace > 100
         || cf->expires < 0 || cf->answer < 0
-        || cf->answer > 1)
+        || cf->answer > 1 || cf->ddm_decls < 0
+        || cf->ddm_decls > SIM_DDM_MAX)
     {
         sim_die("--enqueue-chunk and --expires must not be negative,"
                 " --enqueue-pace is 1-100,"
-                " --answer is a share 0-1");
+                " --answer is a share 0-1, --ddm-decls 0-%d", SIM_DDM_MAX);
     }
     if (cf->target_prefix == NULL) {
         cf->target_prefix = cf->udid_prefix;
@@ -618,6 +626,14 @@ main(int argc, char **argv)
         return 0;
     }
 
+    if (sim->conf.scenario == SIM_DDM_FANOUT) {
+        sim_ddm_fanout(sim);
+        sim_stats_print(sim, sim->conf.json);
+        return sim->stats.ddm.have_cmd == (uint64_t) sim->conf.targets
+               && sim->stats.ddm.have_push == (uint64_t) sim->conf.targets
+               && sim->stats.ddm.not_dm == 0 ? 0 : 1;
+    }
+
     sim_resolve(sim);
     sim_pki_init(sim);
 
@@ -631,8 +647,16 @@ main(int argc, char **argv)
         sim_redis_bg_prepare(sim);
     }
 
+    if (sim->conf.scenario == SIM_DDM) {
+        sim_ddm_setup(sim);
+    }
+
     sim_run(sim);
     sim_redis_bg_finish(sim);
+
+    if (sim->conf.scenario == SIM_DDM) {
+        sim_ddm_memory(sim);
+    }
 
     if (sim->stats.cmd_enqueued > sim->stats.cmd_acked) {
         sim->stats.cmd_missing = sim->stats.cmd_enqueued

@@ -27,7 +27,9 @@ typedef enum {
     SIM_MIXED,
     SIM_STATIC,
     SIM_ENQUEUE,
-    SIM_GROWTH
+    SIM_GROWTH,
+    SIM_DDM,
+    SIM_DDM_FANOUT
 } sim_scenario_e;
 
 typedef enum {
@@ -42,6 +44,10 @@ typedef enum {
     SIM_RQ_IDLE,
     SIM_RQ_ACK,
     SIM_RQ_STATIC,
+    SIM_RQ_DDM_TOKENS,              /* DeclarativeManagement check-ins */
+    SIM_RQ_DDM_ITEMS,
+    SIM_RQ_DDM_DECL,
+    SIM_RQ_DDM_STATUS,
     SIM_RQ_NKINDS
 } sim_kind_e;
 
@@ -100,7 +106,30 @@ typedef struct {
     int               cleanup;      /* delete the targets' keys after */
     double            answer;       /* growth: share that acknowledges */
     const char       *gc_command;   /* growth: run instead of mdm_sweep */
+    int               ddm_decls;    /* ddm: declarations in the fleet's set */
 } sim_conf_t;
+
+
+/* The DDM scenarios: the fleet's sync and the fan-out of one change. */
+typedef struct {
+    uint64_t          status_bytes; /* the StatusReport JSON of a sync */
+    uint64_t          devices;      /* memory: enrollments measured */
+    long long         mem[6];       /* MEMORY USAGE summed: ddm, dsets,
+                                       dadv, dstat, ditems; the set's
+                                       enrollment set */
+    double            assign_ms;    /* fan-out: the assignment, set-up */
+    uint64_t          calls;        /* touch + fanout calls */
+    uint64_t          synced;       /* their replies, summed */
+    uint64_t          queued;
+    uint64_t          pushes;
+    double            total_ms;
+    double            max_ms;
+    double            server_max_ms; /* SLOWLOG, 0 if < 10 ms */
+    uint64_t          have_cmd;     /* checked: DM command in the queue */
+    uint64_t          have_push;    /*   push requested */
+    uint64_t          commands;     /* distinct CommandUUIDs, all DM */
+    uint64_t          not_dm;       /* of which not DeclarativeManagement */
+} sim_ddm_t;
 
 
 /* A chunked enqueue of one command, as the client saw it. */
@@ -160,6 +189,16 @@ typedef struct {
 } sim_growth_t;
 
 
+/* The XML property list around a message's keys. */
+#define SIM_PLIST_HEAD                                                       \
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"                           \
+    "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" "                \
+    "\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n"                  \
+    "<plist version=\"1.0\">\n<dict>\n"
+
+#define SIM_PLIST_TAIL  "</dict>\n</plist>\n"
+
+
 /* Log-linear latency histogram in microseconds (about 1.6% precision). */
 #define SIM_HIST_SUB    64
 #define SIM_HIST_N      (128 + 40 * SIM_HIST_SUB)
@@ -196,6 +235,7 @@ typedef struct {
     double            enqueue_ms;
     sim_enq_t         enq;              /* enqueue, --enqueue-during */
     sim_growth_t      growth;
+    sim_ddm_t         ddm;
     double            cleanup_ms;
     double            enroll_ms;        /* enqueue: direct enrollment */
     int64_t           enroll_memory;    /* used_memory delta, bytes */
@@ -244,6 +284,15 @@ typedef struct {
     size_t            cap;
 } sim_buf_t;
 
+/* One entry of a DeclarationItemsResponse, fetched next in the sync. */
+#define SIM_DDM_MAX     64
+
+typedef struct {
+    char              id[96];
+    char              token[48];
+    int               kind;         /* 0-3: activation ... management */
+} sim_ddm_item_t;
+
 typedef struct {
     int               id;
     int               fd;
@@ -279,6 +328,10 @@ typedef struct {
 
     char              cmd_uuid[64];
     char              cmd_type[64];
+
+    sim_ddm_item_t   *ddm;          /* the sync's declaration-items */
+    int               ddm_n;
+    int               ddm_next;     /* the next one to fetch */
 } sim_conn_t;
 
 
@@ -317,6 +370,8 @@ typedef struct {
 } sim_t;
 
 
+struct redisContext;
+
 /* sim_util.c */
 double sim_now(void);
 void sim_buf_reset(sim_buf_t *b);
@@ -351,6 +406,7 @@ void sim_body_command(sim_t *sim, int k, sim_buf_t *out);
 void sim_body_ack(sim_device_t *dev, const char *uuid, const char *type,
     sim_buf_t *b);
 void sim_body_uuid(sim_t *sim, int k, char *out, size_t n);
+void sim_body_serial(const char *udid, char *out);
 int sim_body_uuid_index(sim_t *sim, const char *uuid);
 
 /* sim_conn.c */
@@ -377,5 +433,23 @@ void sim_redis_bg_prepare(sim_t *sim);
 void sim_redis_bg_start(sim_t *sim);
 int sim_redis_bg_done(sim_t *sim);
 void sim_redis_bg_finish(sim_t *sim);
+struct redisContext *sim_redis_connect(const char *addr);
+char **sim_redis_ids(const char *prefix, int n);
+void sim_redis_ids_free(char **ids);
+void sim_redis_enroll(sim_t *sim, struct redisContext *rc, int n,
+    char **ids);
+double sim_redis_slowest(struct redisContext *rc, const char *fn);
+void sim_redis_drain(struct redisContext *rc, int n, const char *what);
+long long sim_redis_info(struct redisContext *rc, const char *section,
+    const char *field);
+void sim_redis_cleanup(sim_t *sim, struct redisContext *rc, int n,
+    char **ids, const char *uuid);
+
+/* sim_ddm.c */
+void sim_ddm_body(sim_t *sim, sim_conn_t *c, sim_kind_e kind, sim_buf_t *b);
+int sim_ddm_next(sim_t *sim, sim_conn_t *c);
+void sim_ddm_setup(sim_t *sim);
+void sim_ddm_memory(sim_t *sim);
+void sim_ddm_fanout(sim_t *sim);
 
 #endif /* MDM_SIM_H */

@@ -15,15 +15,6 @@
 #include "mdm_sim.h"
 
 
-#define SIM_PLIST_HEAD                                                       \
-    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"                           \
-    "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" "                \
-    "\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n"                  \
-    "<plist version=\"1.0\">\n<dict>\n"
-
-#define SIM_PLIST_TAIL  "</dict>\n</plist>\n"
-
-
 static const char  *sim_command_types[] = {
     "DeviceInformation", "ProfileList", "SecurityInfo"
 };
@@ -50,8 +41,8 @@ sim_uuid_from(const uint8_t h[16], char *out, size_t n)
 }
 
 
-static void
-sim_serial(const char *udid, char *out)
+void
+sim_body_serial(const char *udid, char *out)
 {
     int      i;
     uint8_t  h[32];
@@ -71,7 +62,7 @@ sim_authenticate(sim_t *sim, sim_device_t *dev, sim_buf_t *b)
 {
     char  serial[16];
 
-    sim_serial(dev->udid, serial);
+    sim_body_serial(dev->udid, serial);
     sim_buf_printf(b, SIM_PLIST_HEAD
         "\t<key>BuildVersion</key>\n\t<string>21B74</string>\n"
         "\t<key>MessageType</key>\n\t<string>Authenticate</string>\n"
@@ -123,7 +114,7 @@ sim_result_keys(sim_device_t *dev, const char *type, sim_buf_t *b)
     char  serial[16];
 
     if (strcmp(type, "DeviceInformation") == 0) {
-        sim_serial(dev->udid, serial);
+        sim_body_serial(dev->udid, serial);
         sim_buf_printf(b,
             "\t<key>QueryResponses</key>\n\t<dict>\n"
             "\t\t<key>AvailableDeviceCapacity</key>\n"
@@ -214,6 +205,11 @@ sim_body_build(sim_t *sim, sim_conn_t *c, sim_kind_e kind, sim_buf_t *b)
 
     dev = c->dev;
 
+    if (kind >= SIM_RQ_DDM_TOKENS && kind <= SIM_RQ_DDM_STATUS) {
+        sim_ddm_body(sim, c, kind, b);
+        return;
+    }
+
     if (kind != SIM_RQ_ACK) {
         sim_body_device(sim, dev, kind, b);
         return;
@@ -254,7 +250,7 @@ sim_body_checkin_fields(sim_t *sim, sim_device_t *dev, sim_kind_e kind,
     kv[(*n)++] = sim->conf.topic;
 
     if (kind == SIM_RQ_AUTHENTICATE) {
-        sim_serial(dev->udid, serial);
+        sim_body_serial(dev->udid, serial);
         memcpy(hex, serial, 13);
         kv[(*n)++] = "SerialNumber";
         kv[(*n)++] = hex;

@@ -229,6 +229,10 @@ sim_conn_send(sim_t *sim, sim_conn_t *c, sim_kind_e kind)
     switch (kind) {
     case SIM_RQ_AUTHENTICATE:
     case SIM_RQ_TOKEN_UPDATE:
+    case SIM_RQ_DDM_TOKENS:
+    case SIM_RQ_DDM_ITEMS:
+    case SIM_RQ_DDM_DECL:
+    case SIM_RQ_DDM_STATUS:
         path = sim->conf.checkin_path;
         ct = "application/x-apple-aspen-mdm-checkin";
         method = "PUT";

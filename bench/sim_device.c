@@ -129,6 +129,9 @@ sim_session_begin(sim_t *sim, sim_conn_t *c)
     case SIM_STATIC:
         kind = SIM_RQ_STATIC;
         break;
+    case SIM_DDM:
+        kind = SIM_RQ_DDM_TOKENS;
+        break;
     case SIM_MIXED:
         kind = (random() / (double) RAND_MAX < sim->conf.mixed_checkin)
                ? SIM_RQ_TOKEN_UPDATE : SIM_RQ_IDLE;
@@ -408,6 +411,8 @@ sim_command_acked(sim_t *sim, sim_conn_t *c)
 void
 sim_device_response(sim_t *sim, sim_conn_t *c, int status)
 {
+    int  next;
+
     if (status != 200) {
         sim_session_end(sim, c, 0);
         return;
@@ -429,6 +434,27 @@ sim_device_response(sim_t *sim, sim_conn_t *c, int status)
 
     case SIM_RQ_STATIC:
         sim_session_end(sim, c, 1);
+        return;
+
+    case SIM_RQ_DDM_TOKENS:
+    case SIM_RQ_DDM_ITEMS:
+    case SIM_RQ_DDM_DECL:
+    case SIM_RQ_DDM_STATUS:
+        next = sim_ddm_next(sim, c);
+        if (next < 0) {
+            sim->stats.err_protocol++;
+            sim_session_end(sim, c, 0);
+            return;
+        }
+        if (next == SIM_RQ_NKINDS) {
+            sim_session_end(sim, c, 1);
+            return;
+        }
+        if (sim->stopping) {
+            sim_slot_done(sim, c);
+            return;
+        }
+        sim_conn_send(sim, c, (sim_kind_e) next);
         return;
 
     case SIM_RQ_ACK:

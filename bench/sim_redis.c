@@ -17,7 +17,7 @@
 #include "../common/mdm_keys.h"
 
 
-static redisContext *
+redisContext *
 sim_redis_connect(const char *addr)
 {
     char          *host, *colon;
@@ -45,7 +45,7 @@ sim_redis_connect(const char *addr)
 
 
 /* n ids in one block: prefix followed by 8 hex digits of the index. */
-static char **
+char **
 sim_redis_ids(const char *prefix, int n)
 {
     int     i;
@@ -67,7 +67,7 @@ sim_redis_ids(const char *prefix, int n)
 }
 
 
-static void
+void
 sim_redis_ids_free(char **ids)
 {
     if (ids != NULL) {
@@ -83,7 +83,7 @@ sim_redis_ids_free(char **ids)
  * are logged): how long one call held Redis, without the time it waited
  * behind other clients.
  */
-static double
+double
 sim_redis_slowest(redisContext *rc, const char *fn)
 {
     size_t       i;
@@ -289,7 +289,7 @@ sim_redis_enqueue(sim_t *sim)
 
 
 /* A numeric field of INFO section ("used_memory", "aof_rewrites"). */
-static long long
+long long
 sim_redis_info(redisContext *rc, const char *section, const char *field)
 {
     char        *p, name[64];
@@ -469,7 +469,7 @@ sim_redis_time_ms(redisContext *rc)
 
 
 /* The replies of n pipelined calls; what names them in an error. */
-static void
+void
 sim_redis_drain(redisContext *rc, int n, const char *what)
 {
     redisReply  *r;
@@ -607,7 +607,7 @@ sim_redis_enroll_light(redisContext *rc, int n, char **ids)
 }
 
 
-static void
+void
 sim_redis_enroll(sim_t *sim, redisContext *rc, int n, char **ids)
 {
     double  t;
@@ -635,7 +635,7 @@ sim_redis_enroll(sim_t *sim, redisContext *rc, int n, char **ids)
  * target table, its entries in the expiry index and the sweep's cursors).
  * UNLINK frees in the background, pipelined.
  */
-static void
+void
 sim_redis_cleanup(sim_t *sim, redisContext *rc, int n, char **ids,
     const char *uuid)
 {

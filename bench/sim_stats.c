@@ -9,11 +9,13 @@
 
 
 static const char  *sim_kind_names[SIM_RQ_NKINDS] = {
-    "authenticate", "token_update", "idle", "acknowledged", "static"
+    "authenticate", "token_update", "idle", "acknowledged", "static",
+    "ddm_tokens", "ddm_items", "ddm_declaration", "ddm_status"
 };
 
 static const char  *sim_scenario_names[] = {
-    "enroll", "poll", "cycle", "mixed", "static", "enqueue", "growth"
+    "enroll", "poll", "cycle", "mixed", "static", "enqueue", "growth",
+    "ddm", "ddm-fanout"
 };
 
 
@@ -225,6 +227,45 @@ sim_growth_print(sim_t *sim, int json)
 }
 
 
+/* The DDM figures: the sync's report size and memory, the fan-out. */
+static void
+sim_ddm_print(sim_t *sim, int json)
+{
+    static const char  *fmt[2] = {
+        "ddm          status report %llu B; memory of %llu enrollments:"
+        " ddm %lld, dsets %lld, dadv %lld, dstat %lld, ditems %lld,"
+        " set members %lld B\n"
+        "  fan-out    assign %.1f ms; %llu calls %.1f ms, longest %.1f ms"
+        " (in Redis %.1f); synced %llu, queued %llu, pushes %llu;"
+        " checked: command %llu, push %llu, %llu commands (%llu not DM)\n",
+        ",\"ddm\":{\"status_bytes\":%llu,\"devices\":%llu,"
+        "\"mem_ddm\":%lld,\"mem_dsets\":%lld,\"mem_dadv\":%lld,"
+        "\"mem_dstat\":%lld,\"mem_ditems\":%lld,\"mem_setenr\":%lld,"
+        "\"assign_ms\":%.3f,\"calls\":%llu,\"total_ms\":%.3f,"
+        "\"max_ms\":%.3f,\"server_max_ms\":%.3f,\"synced\":%llu,"
+        "\"queued\":%llu,\"pushes\":%llu,\"have_cmd\":%llu,"
+        "\"have_push\":%llu,\"commands\":%llu,\"not_dm\":%llu}"
+    };
+    sim_ddm_t  *d;
+
+    d = &sim->stats.ddm;
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    printf(fmt[json ? 1 : 0], (unsigned long long) d->status_bytes,
+           (unsigned long long) d->devices, d->mem[0], d->mem[1], d->mem[2],
+           d->mem[3], d->mem[4], d->mem[5], d->assign_ms,
+           (unsigned long long) d->calls, d->total_ms, d->max_ms,
+           d->server_max_ms, (unsigned long long) d->synced,
+           (unsigned long long) d->queued, (unsigned long long) d->pushes,
+           (unsigned long long) d->have_cmd,
+           (unsigned long long) d->have_push,
+           (unsigned long long) d->commands,
+           (unsigned long long) d->not_dm);
+#pragma GCC diagnostic pop
+}
+
+
 /* The CPU of every pid under the label of entry i, once per label. */
 static int
 sim_cpu_label(sim_t *sim, int i, double *cpu)
@@ -337,6 +378,11 @@ sim_stats_print(sim_t *sim, int json)
         if (sim->conf.scenario == SIM_GROWTH) {
             sim_growth_print(sim, 0);
         }
+        if (sim->conf.scenario == SIM_DDM
+            || sim->conf.scenario == SIM_DDM_FANOUT)
+        {
+            sim_ddm_print(sim, 0);
+        }
         if (s->cmd_enqueued || s->cmd_received) {
             sim_commands_print(s, 0);
         }
@@ -404,5 +450,6 @@ sim_stats_print(sim_t *sim, int json)
            s->enq.retry, (unsigned long long) s->enq.retry_queued,
            (unsigned long long) s->enq.retry_already, s->cleanup_ms);
     sim_growth_print(sim, 1);
+    sim_ddm_print(sim, 1);
     sim_commands_print(s, 1);
 }

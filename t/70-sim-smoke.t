@@ -186,6 +186,42 @@ ok($j->{redis}{enroll_memory} > 0 && $j->{redis}{enqueue_memory} > 0,
 is($r->zcard('mdm:{BULK-00000031}:q:BULK-00000031'), 1,
    'enqueue: the last id has the command queued');
 
+# ---- ddm: full syncs (tokens, items, each declaration, status) -------------
+($j, $rc) = sim('-s', 'ddm', '-n', 5, '--sessions', 2, '--ddm-decls', 4,
+                '--redis', $t->redis_sock);
+is($rc, 0, 'ddm: exit 0');
+no_errors($j, 'ddm');
+is($j->{by_kind}{ddm_tokens}, 10, 'ddm: tokens once a sync');
+is($j->{by_kind}{ddm_items}, 10, 'ddm: declaration-items once a sync');
+is($j->{by_kind}{ddm_declaration}, 40, 'ddm: each of 4 declarations fetched');
+is($j->{by_kind}{ddm_status}, 10, 'ddm: one status report a sync');
+is($j->{sessions}, 10, 'ddm: two syncs per device');
+ok($j->{ddm}{status_bytes} > 2000, 'ddm: a status report of a few KB');
+is($j->{ddm}{devices}, 5, 'ddm: memory of each enrollment measured');
+ok($j->{ddm}{mem_dstat} > 0 && $j->{ddm}{mem_ditems} > 0,
+   'ddm: declaration states and status items stored');
+is($r->hlen("mdm:{$udid0}:dstat:$udid0"), 4, 'ddm: a state per declaration');
+like($r->hget("mdm:{$udid0}:dstat:$udid0", 'bench.su.3') // '',
+     qr/"valid":"valid"/, 'ddm: the state as reported');
+is($r->zcard("mdm:{$udid0}:q:$udid0"), 0,
+   'ddm: the assignment\'s sync command taken off the queue');
+
+# ---- ddm-fanout: one changed declaration to a set, no HTTP ------------------
+($j, $rc) = sim('-s', 'ddm-fanout', '--targets', 2500, '--target-prefix',
+                'FAN-', '--enroll', 'light', '--redis', $t->redis_sock,
+                '--cleanup');
+is($rc, 0, 'ddm-fanout: exit 0');
+is($j->{ddm}{synced}, 2500, 'ddm-fanout: every enrollment synced');
+is($j->{ddm}{queued}, 2500, 'ddm-fanout: a command queued for each');
+is($j->{ddm}{have_cmd}, 2500, 'ddm-fanout: checked in every queue');
+is($j->{ddm}{have_push}, 2500, 'ddm-fanout: a push requested for each');
+is($j->{ddm}{not_dm}, 0, 'ddm-fanout: DeclarativeManagement commands');
+is($j->{ddm}{calls}, 2, 'ddm-fanout: touch, then one mdm_ddm_fanout');
+is($r->exists('mdm:{FAN-00000000}:ddm:FAN-00000000'), 0,
+   'ddm-fanout: --cleanup took the DDM state away');
+is($r->scard('mdm:ddm:setenr:bench-fan'), 0,
+   'ddm-fanout: and the set\'s enrollments');
+
 # ---- nobody listening: connect errors, bounded, exit 1 ----------------------
 ($j, $rc) = sim('-s', 'poll', '-n', 3, '--sessions', 1, '--connect',
                 '127.0.0.1:' . $t->port('closed'));
