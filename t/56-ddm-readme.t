@@ -52,7 +52,8 @@ like $out, qr/softwareupdate\.install-state.*downloading/,
     'mdmctl ddm status shows the install state';
 is $redis->hget("mdm:{$udid}:ditems:$udid", 'softwareupdate.install-state'),
     '"downloading"', 'stored';
-my @log = grep { /DeclarativeManagement/ } split /\n/, $t->slurp('access.log');
+my @log = grep { /^\d+ DeclarativeManagement/ }
+          split /\n/, $t->slurp('access.log');
 is scalar(@log), 6, 'six DDM requests in the access log';
 ok !(grep { !/^200 / } @log), 'all 200';
 like join("\n", @log), qr/ddm=tokens.*ddm=declaration-items.*ddm=status/s,

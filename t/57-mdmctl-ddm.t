@@ -166,7 +166,8 @@ like $r->{out}, qr/^com\.example\.su2 +\Q$SU_TYPE\E$/m, 'dry-run: its type';
 like $r->{out}, qr/^1 declaration valid, nothing stored$/m, 'dry-run: said';
 is_deeply ok_json('put --dry-run --json', 'ddm', 'put', '--dry-run',
                   '--json', "$dir/new.json"),
-    { declarations => [{ Identifier => 'com.example.su2', Type => $SU_TYPE }] },
+    { declarations => [{ Identifier => 'com.example.su2', Type => $SU_TYPE,
+                         refs => [] }] },
     'dry-run --json: the check reply';
 $t->state_unchanged($before, 'dry-run stored nothing');
 
