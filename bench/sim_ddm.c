@@ -469,7 +469,7 @@ static void
 sim_ddm_assign(redisContext *rc, const char *set, int n, char **ids)
 {
     int           i, j, m, pending;
-    char          q[160], ek[160], u[64];
+    char          q[160], u[64];
     size_t       *lens;
     long long     len;
     redisReply   *r;
@@ -505,8 +505,7 @@ sim_ddm_assign(redisContext *rc, const char *set, int n, char **ids)
         freeReplyObject(r);
 
         /* one command for the call: its uuid is in any of its ids */
-        snprintf(ek, sizeof(ek), MDM_KEY_DDM_ENR, ids[i], ids[i]);
-        r = redisCommand(rc, "HGET %s cmd", ek);
+        r = redisCommand(rc, "HGET %s %s", MDM_KEY_DDM_PENDING, ids[i]);
         if (r == NULL || r->type != REDIS_REPLY_STRING) {
             sim_die("mdm_ddm_assign queued no command for %s", ids[i]);
         }
@@ -517,7 +516,9 @@ sim_ddm_assign(redisContext *rc, const char *set, int n, char **ids)
         for (j = 0; j < m; j++) {
             snprintf(q, sizeof(q), MDM_KEY_Q, ids[i + j], ids[i + j]);
             redisAppendCommand(rc, "ZREM %s %s", q, u);
-            pending++;
+            redisAppendCommand(rc, "HDEL %s %s", MDM_KEY_DDM_PENDING,
+                               ids[i + j]);
+            pending += 2;
         }
         sim_redis_drain(rc, pending, "ZREM");
         sim_ddm_drop_command(rc, u);
@@ -654,8 +655,8 @@ sim_ddm_fan_call(sim_t *sim, redisContext *rc, const char *fn,
 
 
 /*
- * Every target has a DeclarativeManagement command in its queue (the one
- * its DDM state names) and a push request; the distinct commands are
+ * Every target has a DeclarativeManagement command in its queue (its
+ * pending one, mdm:ddm:pending) and a push request; the distinct commands are
  * counted and their request type checked.
  */
 static void
@@ -663,7 +664,7 @@ sim_ddm_verify(sim_t *sim, redisContext *rc, int n, char **ids,
     char (*cmd)[64], int *ncmd)
 {
     int           i, j, m, b, k;
-    char          ek[160], q[160], ck[128], (*u)[64];
+    char          q[160], ck[128], (*u)[64];
     sim_ddm_t    *d;
     redisReply   *r, *p;
 
@@ -678,8 +679,8 @@ sim_ddm_verify(sim_t *sim, redisContext *rc, int n, char **ids,
         m = n - b < 5000 ? n - b : 5000;
         memset(u, 0, (size_t) m * 64);
         for (i = 0; i < m; i++) {
-            snprintf(ek, sizeof(ek), MDM_KEY_DDM_ENR, ids[b + i], ids[b + i]);
-            redisAppendCommand(rc, "HGET %s cmd", ek);
+            redisAppendCommand(rc, "HGET %s %s", MDM_KEY_DDM_PENDING,
+                               ids[b + i]);
             redisAppendCommand(rc, "SISMEMBER %s %s", MDM_KEY_PUSH_PENDING,
                                ids[b + i]);
         }

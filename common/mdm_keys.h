@@ -124,6 +124,8 @@
 #define MDM_KEY_DDM_ITEMS            "mdm:{%s}:ditems:%s"
 #define MDM_KEY_DDM_ITEMS_NGX        "mdm:{%*s}:ditems:%*s"
 #define MDM_KEY_DDM_ITEMS_FIXED      14
+#define MDM_KEY_DDM_PENDING          "mdm:ddm:pending"
+#define MDM_KEY_DDM_SETTS            "mdm:ddm:setts"
 
 
 #endif /* _MDM_KEYS_H_INCLUDED_ */

@@ -104,6 +104,8 @@ local function k_ddm_esets(d, e) return 'mdm:{' .. d .. '}:dsets:' .. e end
 local function k_ddm_adv(d, e) return 'mdm:{' .. d .. '}:dadv:' .. e end
 local function k_ddm_dstat(d, e) return 'mdm:{' .. d .. '}:dstat:' .. e end
 local function k_ddm_items(d, e) return 'mdm:{' .. d .. '}:ditems:' .. e end
+local K_DDM_PENDING = 'mdm:ddm:pending'
+local K_DDM_SETTS = 'mdm:ddm:setts'
 -- END keys
 
 local function device_of(e) return string.match(e, '^[^:]+') end
@@ -287,6 +289,16 @@ local function store_result(d, e, u, status, raw, ms, rt, ttl, extra)
     redis.call('EXPIRE', rk, ttl)
 end
 
+-- A DeclarativeManagement command that ends is no longer e's pending one
+-- (mdm:ddm:pending: the sync coalescing; KEYS.md).
+local function ddm_done(e, u, rt)
+    -- rt nil: the body is gone (Missing), the entry may still be this one
+    if (rt == 'DeclarativeManagement' or rt == nil)
+       and redis.call('HGET', K_DDM_PENDING, e) == u then
+        redis.call('HDEL', K_DDM_PENDING, e)
+    end
+end
+
 --[[
 NotNow'd items stay in q; nn holds those answered NotNow in this session,
 which Idle deletes. The next command is the first of q not in nn, and it
@@ -300,6 +312,7 @@ find it, whatever the queue holds.
 -- the channel has NotNow'd items (nil: unknown).
 local function finish_item(d, e, u, status, raw, ms, ttl, removed, nn)
     local cmd = redis.call('HMGET', k_cmd(u), 'request_type', 'refs')
+    ddm_done(e, u, cmd[1])
     -- a finished target keeps only its final status
     redis.call('HSET', k_cmdt(u), e, status)
     if not removed then
@@ -2288,19 +2301,21 @@ end
 -- The sorted identifiers e resolves to and their index entries
 -- ("<kind> <ServerToken>"), from its sets.
 function ddm.resolve(d, e)
-    local sets = redis.call('SMEMBERS', k_ddm_esets(d, e))
-    if #sets == 0 then
-        return {}, {}
+    local names = redis.call('SMEMBERS', k_ddm_esets(d, e))
+    if #names == 0 then
+        return {}, {}, names
     end
-    for i, s in ipairs(sets) do
+    local sets = {}
+    for i, s in ipairs(names) do
         sets[i] = k_ddm_set(s)
     end
     local ids = redis.call('SUNION', unpack(sets))
     if #ids == 0 then
-        return {}, {}
+        return {}, {}, names
     end
-    table.sort(ids)
-    return ids, redis.call('HMGET', K_DDM_INDEX, unpack(ids))
+    -- byte order, not the server's collation: the same token everywhere
+    table.sort(ids, bytes_lt)
+    return ids, redis.call('HMGET', K_DDM_INDEX, unpack(ids)), names
 end
 
 --[[
@@ -2335,8 +2350,9 @@ end
 --[[
 The enrollment's DeclarationsToken, Timestamp (ms), items body, and the
 resolved ids when they were computed (nil: from the cache). Timestamp is
-when what it resolves to last changed: the stamp the change left on it
-(changed_ms), or now for its first computation. write: keep the result.
+when what it resolves to last changed: the latest stamp of a change that
+reached it (its assignment's changed_ms, its sets' mdm:ddm:setts), kept
+while its token stays the same. write: keep the result.
 ]]
 function ddm.state(d, e, ms, write)
     local ek = k_ddm_enr(d, e)
@@ -2346,11 +2362,20 @@ function ddm.state(d, e, ms, write)
     if h[1] == gen and h[4] then
         return h[2], tonumber(h[3]), h[4], nil
     end
-    local ids, idx = ddm.resolve(d, e)
+    local ids, idx, sets = ddm.resolve(d, e)
     local token, body = ddm.items_of(ids, idx)
     local ts = tonumber(h[3])
     if token ~= h[2] or not ts then
-        ts = tonumber(h[5]) or ms
+        ts = tonumber(h[5]) or 0
+        if #sets > 0 then
+            for _, t in ipairs(redis.call('HMGET', K_DDM_SETTS,
+                                          unpack(sets))) do
+                ts = math.max(ts, tonumber(t) or 0)
+            end
+        end
+        if ts == 0 then
+            ts = ms
+        end
     end
     if write then
         redis.call('HSET', ek, 'gen', gen, 'token', token, 'ts_ms', int(ts),
@@ -2596,6 +2621,7 @@ function ddm.forget(d, e)
         redis.call('SREM', k_ddm_setenr(s), e)
     end
     redis.call('DEL', ek)
+    redis.call('HDEL', K_DDM_PENDING, e)
     ddm.reset(d, e)
 end
 
@@ -3712,6 +3738,7 @@ local function finish_targets(u, status, ms, ttl, budget)
             redis.call('ZREM', k_q(d, e), u)
             redis.call('SREM', k_nn(d, e), u)
             redis.call('HSET', ct, e, status)
+            ddm_done(e, u, cmd[2])
             store_result(d, e, u, status, '', ms, cmd[2], ttl)
             n = n + 1
         end
@@ -4656,30 +4683,36 @@ end
 
 --[[
 The sync of enrollments ids (all enrolled): one DeclarativeManagement
-command for those without one pending (at most one pending per
-enrollment), and a push request for each. Each is stamped changed_ms, its
-Timestamp if what it resolves to changed. Returns queued, already, pushes.
+command for those without one pending (mdm:ddm:pending: at most one per
+enrollment, one HMGET per 1,000 ids), and a push request for each.
+Returns queued, already, pushes.
 ]]
 function ddm.sync(ids, ms)
     local new, already = {}, 0
-    local u = ddm.uuid(ms)
-    for _, e in ipairs(ids) do
-        local d = device_of(e)
-        local ek = k_ddm_enr(d, e)
-        local pending = redis.call('HGET', ek, 'cmd')
-        if pending and redis.call('ZSCORE', k_q(d, e), pending) then
-            already = already + 1
-            redis.call('HSET', ek, 'changed_ms', int(ms))
-        else
-            new[#new + 1] = e
-            redis.call('HSET', ek, 'changed_ms', int(ms), 'cmd', u)
+    for part in parts(ids) do
+        local p = redis.call('HMGET', K_DDM_PENDING, unpack(part))
+        for k, e in ipairs(part) do
+            if p[k] then
+                already = already + 1
+            else
+                new[#new + 1] = e
+            end
         end
     end
     if #new > 0 then
+        local u = ddm.uuid(ms)
         local xms = ms + conf('command_max_age', COMMAND_MAX_AGE) * 1000
         local score = 4 * 1e13 + redis.call('INCR', K_SEQ)
         queue_targets(u, ddm.command(u), 'DeclarativeManagement', 5, score,
                       xms, false, new, ms)
+        for part in parts(new) do
+            local fv = {}
+            for _, e in ipairs(part) do
+                fv[#fv + 1] = e
+                fv[#fv + 1] = u
+            end
+            redis.call('HSET', K_DDM_PENDING, unpack(fv))
+        end
     end
     return #new, already, push_requests(ids)
 end
@@ -4687,8 +4720,10 @@ end
 -- The sets of declaration ids changed: their enrollments are synced by
 -- the fan-out, from the start of each set.
 function ddm.dirty(sets)
+    local ms = int(now_ms())
     for _, s in ipairs(sets) do
         redis.call('HSET', K_DDM_DIRTY, s, '0')
+        redis.call('HSET', K_DDM_SETTS, s, ms)
     end
     if #sets > 0 then
         redis.call('INCR', K_DDM_GEN)
@@ -5165,6 +5200,7 @@ function ddm.assignment(args, name, add)
         end
         if ch then
             changed[#changed + 1] = e
+            redis.call('HSET', k_ddm_enr(d, e), 'changed_ms', int(ms))
         end
     end
     local q, p = 0, 0
@@ -5245,11 +5281,11 @@ function ddm.show(keys, args)
         decls[#decls + 1] = { Identifier = id, Kind = kind,
                               ServerToken = tok }
     end
-    local h = redis.call('HMGET', k_ddm_enr(d, e), 'on_ms', 'cmd',
+    local h = redis.call('HMGET', k_ddm_enr(d, e), 'on_ms',
                          'status_ms')
     local sets = redis.call('SMEMBERS', k_ddm_esets(d, e))
     table.sort(sets)
-    local pending = h[2] and redis.call('ZSCORE', k_q(d, e), h[2]) and h[2]
+    local pending = redis.call('HGET', K_DDM_PENDING, e)
     local out = '{"enrollment":' .. cjson.encode(e)
         .. ',"on":' .. (h[1] and 'true' or 'false')
         .. ',"on_ms":' .. (h[1] or 'null')
@@ -5259,7 +5295,7 @@ function ddm.show(keys, args)
         .. ',"Timestamp":"' .. ddm.rfc3339(ts) .. '"'
         .. ',"pending_command":' .. (pending and cjson.encode(pending)
                                      or 'null')
-        .. ',"status_ms":' .. (h[3] or 'null') .. '}'
+        .. ',"status_ms":' .. (h[2] or 'null') .. '}'
     return out
 end
 

@@ -77,6 +77,8 @@ local function k_ddm_esets(d, e) return 'mdm:{' .. d .. '}:dsets:' .. e end
 local function k_ddm_adv(d, e) return 'mdm:{' .. d .. '}:dadv:' .. e end
 local function k_ddm_dstat(d, e) return 'mdm:{' .. d .. '}:dstat:' .. e end
 local function k_ddm_items(d, e) return 'mdm:{' .. d .. '}:ditems:' .. e end
+local K_DDM_PENDING = 'mdm:ddm:pending'
+local K_DDM_SETTS = 'mdm:ddm:setts'
 -- END keys
 
 local function device_of(e) return string.match(e, '^[^:]+') end

@@ -393,20 +393,38 @@ for (my $i = 0; $i < @many; $i += 2000) {
     my @part = @many[$i .. ($i + 1999 > $#many ? $#many : $i + 1999)];
     fj('mdm_ddm_assign', 1, 'fan', @part);
 }
+# a change while every one still has its command queued: coalesced
+sub fan_out {
+    my $f = fj('mdm_ddm_touch', 'com.example.fan')->{fanout};
+    ok $f->{remaining} > 0, 'a big fan-out is left for more calls';
+    my %sum = (synced => $f->{synced}, queued => $f->{queued});
+    while ($f->{remaining}) {
+        $f = fj('mdm_ddm_fanout');
+        $sum{$_} += $f->{$_} for qw(synced queued);
+    }
+    return \%sum;
+}
+my $sum = fan_out();
+is $sum->{synced}, scalar(@many), 'every enrollment reached';
+is $sum->{queued}, 0, 'none got a second command';
+is scalar(grep { $redis->zcard("mdm:{$_}:q:$_") == 1 } @many), scalar(@many),
+    'each still has exactly one';
+# the devices take and acknowledge them; the next change queues again
+my %uu;
 for my $e (@many) {
-    $redis->del("mdm:{$e}:q:$e", sub {});
+    $redis->zrange("mdm:{$e}:q:$e", 0, 0, sub { $uu{$_[0][0]} = 1 });
 }
 $redis->wait_all_responses;
-my $f = fj('mdm_ddm_touch', 'com.example.fan')->{fanout};
-ok $f->{remaining} > 0, 'a big fan-out is left for more calls';
-my $total = $f->{synced};
-while ($f->{remaining}) {
-    $f = fj('mdm_ddm_fanout');
-    $total += $f->{synced};
+for my $u (keys %uu) {
+    1 while $redis->fcall('mdm_cancel_command', 0, $u)->[-1];
 }
-is $total, scalar(@many), 'every enrollment synced once';
+sub pending { scalar grep { defined } $redis->hmget('mdm:ddm:pending', @many) }
+is pending(), 0, 'no DeclarativeManagement pending';
+$sum = fan_out();
+is $sum->{queued}, scalar(@many), 'a command for every enrollment';
 is scalar(grep { $redis->zcard("mdm:{$_}:q:$_") == 1 } @many), scalar(@many),
     'each has one DeclarativeManagement queued';
+is pending(), scalar(@many), 'each pending';
 
 $t->finish;
 done_testing;
