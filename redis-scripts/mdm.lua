@@ -4660,7 +4660,7 @@ redis.register_function('mdm_scep_revoke',
 -- declarative device management: the admin side -----------------------------
 
 
-local DDM_FANOUT_BUDGET = 2000      -- enrollments one call syncs
+local DDM_FANOUT_BUDGET = 1000      -- enrollments one call syncs
 local DDM_SET_PAT = '^[%w][%w._-]*$'
 
 function ddm.uuid(ms)
