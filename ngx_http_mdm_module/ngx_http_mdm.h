@@ -166,6 +166,7 @@ char *ngx_http_mdm_trusted_proxy_conf(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* store: one FCALL per device request */
 ngx_int_t ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx);
+void ngx_http_mdm_op_cleanup(void *data);
 u_char *ngx_http_mdm_deadline(ngx_http_mdm_srv_conf_t *mscf, u_char *p);
 u_char *ngx_http_mdm_copy(ngx_http_request_t *r, redisReply *e, size_t *len,
     const char *prefix);

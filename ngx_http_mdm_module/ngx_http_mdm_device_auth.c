@@ -31,7 +31,6 @@ static ngx_uint_t ngx_http_mdm_device_auth_verdict(ngx_http_request_t *r,
     ngx_http_mdm_ctx_t *ctx, redisReply *reply);
 static ngx_int_t ngx_http_mdm_device_auth_refuse(ngx_http_request_t *r,
     ngx_http_mdm_ctx_t *ctx, ngx_uint_t status, const char *reason);
-static void ngx_http_mdm_device_auth_cleanup(void *data);
 
 
 static ngx_int_t
@@ -156,7 +155,7 @@ ngx_http_mdm_device_auth_ask(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
         return rc;
     }
 
-    cln->handler = ngx_http_mdm_device_auth_cleanup;
+    cln->handler = ngx_http_mdm_op_cleanup;
     cln->data = ctx;
 
     /* a client that goes away ends the request; nothing else runs it */
@@ -164,18 +163,6 @@ ngx_http_mdm_device_auth_ask(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
     r->write_event_handler = ngx_http_request_empty_handler;
 
     return NGX_OK;
-}
-
-
-static void
-ngx_http_mdm_device_auth_cleanup(void *data)
-{
-    ngx_http_mdm_ctx_t  *ctx = data;
-
-    if (ctx->op) {
-        ngx_http_mdm_redis_cancel(ctx->op);
-        ctx->op = NULL;
-    }
 }
 
 

@@ -21,7 +21,6 @@
 #define NGX_HTTP_MDM_ARGS_MAX   (18 + 2 * MDM_KV_MAX)
 
 
-static void ngx_http_mdm_store_cleanup(void *data);
 static void ngx_http_mdm_store_done(ngx_int_t rc, redisReply *reply,
     void *data);
 static void ngx_http_mdm_store_reply(ngx_http_request_t *r,
@@ -180,7 +179,7 @@ ngx_http_mdm_store(ngx_http_request_t *r, ngx_http_mdm_ctx_t *ctx)
         return rc;
     }
 
-    cln->handler = ngx_http_mdm_store_cleanup;
+    cln->handler = ngx_http_mdm_op_cleanup;
     cln->data = ctx;
 
     r->read_event_handler = ngx_http_test_reading;
@@ -211,8 +210,10 @@ ngx_http_mdm_deadline(ngx_http_mdm_srv_conf_t *mscf, u_char *p)
 }
 
 
-static void
-ngx_http_mdm_store_cleanup(void *data)
+/* A request that goes first detaches its call (a cleanup of ctx). */
+
+void
+ngx_http_mdm_op_cleanup(void *data)
 {
     ngx_http_mdm_ctx_t  *ctx = data;
 

@@ -216,7 +216,7 @@ is($j->{ddm}{queued}, 2500, 'ddm-fanout: a command queued for each');
 is($j->{ddm}{have_cmd}, 2500, 'ddm-fanout: checked in every queue');
 is($j->{ddm}{have_push}, 2500, 'ddm-fanout: a push requested for each');
 is($j->{ddm}{not_dm}, 0, 'ddm-fanout: DeclarativeManagement commands');
-is($j->{ddm}{calls}, 2, 'ddm-fanout: touch, then one mdm_ddm_fanout');
+is($j->{ddm}{calls}, 3, 'ddm-fanout: touch, then two mdm_ddm_fanout (1,000 a call)');
 is($r->exists('mdm:{FAN-00000000}:ddm:FAN-00000000'), 0,
    'ddm-fanout: --cleanup took the DDM state away');
 is($r->scard('mdm:ddm:setenr:bench-fan'), 0,
