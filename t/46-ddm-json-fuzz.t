@@ -13,7 +13,6 @@ use JSON::PP;
 use MdmTest;
 
 my $t = MdmTest->new;
-$t->start_redis;
 my $r = $t->redis;
 my $root = MdmTest::root();
 my $runs = $ENV{MDM_FUZZ_RUNS} // 20000;
