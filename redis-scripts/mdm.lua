@@ -2564,8 +2564,7 @@ and status. Only an enabled enrollment (after its TokenUpdate) talks DDM;
 its first message records that DDM is on.
 ]]
 function ddm.checkin(d, e, enr, f, ms)
-    local h = redis.call('HMGET', enr, 'enabled')
-    if h[1] ~= '1' then
+    if redis.call('HGET', enr, 'enabled') ~= '1' then
         return refuse(403, 'DeclarativeManagement from an enrollment that '
                            .. 'is not enabled (TokenUpdate first)')
     end
@@ -5018,9 +5017,16 @@ function ddm.set_name(s)
     return s and #s <= 64 and string.match(s, DDM_SET_PAT) ~= nil
 end
 
--- The declarations set s' members reference that s would not hold.
-function ddm.missing_ref(s, ids, removing)
-    local gone = {}
+--[[
+The first declaration of ids, and its reference, that set s would not
+hold: after adding (ids joining, with s' members) or after removing (ids
+leaving; what stays referenced only members).
+]]
+function ddm.missing_ref(s, ids, adding, removing)
+    local new, gone = {}, {}
+    for _, id in ipairs(adding or {}) do
+        new[id] = true
+    end
     for _, id in ipairs(removing or {}) do
         gone[id] = true
     end
@@ -5028,7 +5034,7 @@ function ddm.missing_ref(s, ids, removing)
         local refs = redis.call('HGET', k_ddm_decl(id), 'refs') or ''
         for ref in string.gmatch(refs, '%S+') do
             if gone[ref]
-               or (not removing
+               or (adding and not new[ref]
                    and redis.call('SISMEMBER', k_ddm_set(s), ref) == 0) then
                 return id, ref
             end
@@ -5055,19 +5061,10 @@ function ddm.set_add(keys, args)
         return redis.error_reply('no declaration ' .. bad)
     end
     local sk = k_ddm_set(s)
-    local tmp = {}
-    for _, id in ipairs(ids) do
-        tmp[id] = true
-    end
-    for _, id in ipairs(ids) do
-        local refs = redis.call('HGET', k_ddm_decl(id), 'refs') or ''
-        for ref in string.gmatch(refs, '%S+') do
-            if not tmp[ref] and redis.call('SISMEMBER', sk, ref) == 0 then
-                return redis.error_reply('declaration ' .. id
-                    .. ' references ' .. ref .. ', which set ' .. s
-                    .. ' would not hold: add it too')
-            end
-        end
+    local id, ref = ddm.missing_ref(s, ids, ids)
+    if id then
+        return redis.error_reply('declaration ' .. id .. ' references '
+            .. ref .. ', which set ' .. s .. ' would not hold: add it too')
     end
     local ms = now_ms()
     redis.call('SADD', K_DDM_SETS, s)
@@ -5107,7 +5104,7 @@ function ddm.set_remove(keys, args)
             stay[#stay + 1] = id
         end
     end
-    local id, ref = ddm.missing_ref(s, stay, ids)
+    local id, ref = ddm.missing_ref(s, stay, nil, ids)
     if id then
         return redis.error_reply('declaration ' .. id .. ' in set ' .. s
             .. ' references ' .. ref .. ': remove ' .. id .. ' too')
@@ -5254,11 +5251,9 @@ function ddm.fanout_fn(keys, args)
 end
 
 function ddm.enr_arg(args, name)
-    local e = args[1]
-    local d = e and device_of(e)
-    if not d then
-        return nil, nil, redis.error_reply('usage: ' .. name
-                                           .. ' 0 <enrollment>')
+    local e, d, err = id_arg(args, name .. ' 0 <enrollment>')
+    if err then
+        return nil, nil, err
     end
     if redis.call('EXISTS', k_enr(d, e)) == 0 then
         return nil, nil, redis.error_reply('unknown enrollment id ' .. e)
